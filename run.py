@@ -1,0 +1,184 @@
+"""tf_simclr command line: absl flags -> Config -> tf_simclr.runner.run.
+
+python run.py --mode=train_then_eval            # the embedded default dataset, a few minutes
+python run.py --helpfull                        # every flag
+python run.py --flagfile=recipes/cifar10.flags  # a recipe
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import typing
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app, flags  # noqa: E402
+
+from tf_simclr.config import (  # noqa: E402
+    BRIGHTNESS_MODES,
+    LOSS_SCALES,
+    LR_SCALINGS,
+    MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PROJ_HEAD_MODES,
+    STRATEGIES,
+    TRAIN_MODES,
+    Config,
+    ConfigError,
+)
+
+HELP = {
+    "mode": f"What to do: {', '.join(MODES)}.",
+    "train_mode": f"{' or '.join(TRAIN_MODES)}: contrastive pretraining or supervised fine-tuning.",
+    "model_dir": "Directory for checkpoints, summaries, config.json, result.json and exports.",
+    "checkpoint": "Fine-tuning: pretraining checkpoint prefix (or model_dir) to start from.",
+    "dataset": "'embedded' (shipped in data/), a TFDS name (with --data_dir), a TFDS-format "
+    "directory, or an image folder root/<split>/<class>/*.jpg.",
+    "data_dir": "TFDS data_dir holding prepared datasets (no downloads are attempted).",
+    "train_split": "Split to train on.",
+    "eval_split": "Split to evaluate on.",
+    "cache_dataset": "Cache decoded images in memory (small datasets).",
+    "image_size": "Input side in pixels; <= 32 selects the CIFAR stem.",
+    "augmentations": "Comma-separated operators, e.g. crop,flip,color,blur (default from the "
+    "recipe: crop,flip,color plus blur with --use_blur).",
+    "color_jitter_strength": "Colour distortion strength s (ImageNet 1.0, CIFAR 0.5).",
+    "use_blur": "Add Gaussian blur to the default augmentations (ImageNet recipe).",
+    "brightness": f"Brightness jitter form: {', '.join(BRIGHTNESS_MODES)} (SimCLRv2, v1).",
+    "label_fraction": "Fine-tuning: class-balanced fraction of labelled training examples.",
+    "label_ids_file": "Fine-tuning: file of training example ids (one per line) to use.",
+    "strict_data": "Fail on corrupt image files instead of skipping them with a count.",
+    "train_batch_size": "Global training batch size (split over replicas).",
+    "train_epochs": "Training epochs (ignored when --train_steps > 0).",
+    "train_steps": "Training steps; overrides --train_epochs when > 0.",
+    "eval_batch_size": "Evaluation batch size.",
+    "eval_steps": "Evaluation batches per split (0: the whole split).",
+    "warmup_epochs": "Linear learning-rate warmup, in epochs.",
+    "steps_per_loop": "Training steps per tf.function call.",
+    "checkpoint_epochs": "Epochs between checkpoints.",
+    "checkpoint_steps": "Steps between checkpoints; overrides --checkpoint_epochs when > 0.",
+    "keep_checkpoint_max": "Checkpoints to keep.",
+    "keep_hub_module_max": "Exported SavedModels to keep.",
+    "log_every_steps": "Steps between progress log lines (non-interactive output).",
+    "optimizer": f"Optimizer: {', '.join(OPTIMIZERS)}.",
+    "learning_rate": "Base learning rate, scaled by --learning_rate_scaling.",
+    "learning_rate_scaling": f"{' or '.join(LR_SCALINGS)}: lr = base*B/256 or base*sqrt(B).",
+    "momentum": "Momentum of LARS / SGD.",
+    "weight_decay": "Weight decay (batch norm and biases excluded).",
+    "batch_norm_decay": "Batch-norm moving-average decay (momentum).",
+    "precision": f"Numeric policy: {', '.join(PRECISIONS)} (loss always in float32).",
+    "temperature": "NT-Xent temperature tau.",
+    "hidden_norm": "L2-normalise projections before the contrastive loss.",
+    "loss_scale": f"{' or '.join(LOSS_SCALES)}: the paper's loss, or the reference code's 2x.",
+    "resnet_depth": "ResNet depth: 18, 34, 50, 101, 152 or 200.",
+    "width_multiplier": "ResNet width multiplier (e.g. 0.25, 0.5, 1, 2, 4).",
+    "sk_ratio": "Selective-kernel ratio (SimCLRv2 uses 0.0625; 0 disables).",
+    "se_ratio": "Squeeze-excitation ratio (0 disables).",
+    "proj_head_mode": f"Projection head: {', '.join(PROJ_HEAD_MODES)}.",
+    "proj_out_dim": "Projection output dimension.",
+    "num_proj_layers": "Layers in the nonlinear projection head (SimCLRv2: 3).",
+    "ft_proj_selector": "Fine-tune from this projection-head layer (0: encoder output).",
+    "global_bn": "Synchronise batch-norm statistics across replicas.",
+    "lineareval_while_pretraining": "Train a linear head on stop_gradient features meanwhile.",
+    "zero_init_logits_layer": "Zero-initialise the supervised head when fine-tuning.",
+    "fine_tune_after_block": "Fine-tuning: freeze the stem and block groups <= this (-1: none).",
+    "knn_eval": "Report weighted kNN accuracy of frozen features.",
+    "knn_k": "Neighbours for the kNN evaluation.",
+    "knn_temperature": "Temperature of the weighted kNN vote.",
+    "linear_eval": "Train a linear probe on frozen features after pretraining.",
+    "linear_eval_epochs": "Epochs of the frozen-feature linear probe.",
+    "random_init_baseline": "Also evaluate the same architecture with random weights.",
+    "eval_timeout": "mode=eval: wait this many seconds for each new checkpoint (0: latest once).",
+    "strategy": f"Distribution: {', '.join(STRATEGIES)} (multi_worker reads TF_CONFIG).",
+    "num_cpu_devices": "mirrored on a CPU-only machine: split the CPU into this many devices.",
+    "use_tpu": "Same as --strategy=tpu.",
+    "tpu_name": "TPU name or grpc:// address.",
+    "tpu_zone": "GCE zone of the TPU.",
+    "gcp_project": "GCP project of the TPU.",
+    "seed": "Random seed for weights, data order and augmentations.",
+    "deterministic": "Enable TF op determinism (slower; bit-reproducible runs).",
+    "export": "Export a SavedModel (TF-Hub module) at the end of training.",
+    "summaries": "Write TensorBoard summaries to model_dir.",
+}
+
+
+def _define_flags() -> None:
+    hints = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        name, default = field.name, field.default
+        help_text = HELP[field.name]
+        kind = hints[name]
+        if kind is bool:
+            flags.DEFINE_bool(name, default, help_text)
+        elif kind is int:
+            flags.DEFINE_integer(name, default, help_text)
+        elif kind is float:
+            flags.DEFINE_float(name, default, help_text)
+        elif kind == (float | None):
+            flags.DEFINE_float(name, default, help_text)
+        else:
+            flags.DEFINE_string(name, default, help_text)
+
+
+_define_flags()
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> Config:
+    """Turn parsed flags into a validated Config (raises ConfigError)."""
+    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)}
+    for key in (
+        "checkpoint",
+        "data_dir",
+        "augmentations",
+        "label_ids_file",
+        "tpu_name",
+        "tpu_zone",
+        "gcp_project",
+    ):
+        if values[key] == "":
+            values[key] = None
+    return Config(**values)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"Unexpected arguments: {' '.join(argv[1:])} (flags use --name=value)."
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # TFDS and TF log through absl at INFO; keep the console to tf_simclr's own progress.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        config = config_from_flags()
+    except ConfigError as err:
+        raise app.UsageError(str(err)) from err
+
+    from tf_simclr import runner
+    from tf_simclr.train import NonFiniteLossError, TrainingInterrupted
+
+    try:
+        result = runner.run(config)
+    except TrainingInterrupted as err:
+        logging.warning("%s", err)
+        return 130
+    except (NonFiniteLossError, FileNotFoundError, ValueError, OSError) as err:
+        logging.error("%s", err)
+        return 1
+    metrics = result.get("metrics")
+    if metrics:
+        print("Results:", file=sys.stderr)
+        for key, value in sorted(metrics.items()):
+            print(f"  {key:28s} {value:.4f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

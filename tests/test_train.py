@@ -1,0 +1,139 @@
+"""End-to-end training on the embedded dataset: pretrain, evaluate, resume, fine-tune, faults."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr import runner, train
+from tf_simclr.config import Config
+
+
+def tiny_config(model_dir, **changes):
+    """A model and schedule small enough for a test: ResNet-18 at width 1/8 on 16 px views."""
+    values = dict(
+        model_dir=str(model_dir),
+        train_steps=4,
+        train_batch_size=32,
+        eval_batch_size=250,
+        eval_steps=2,
+        image_size=16,
+        width_multiplier=0.125,
+        proj_out_dim=16,
+        steps_per_loop=2,
+        checkpoint_steps=2,
+        linear_eval_epochs=3,
+        knn_k=20,
+        warmup_epochs=0.0,
+        export=False,
+        summaries=False,
+        seed=3,
+    )
+    values.update(changes)
+    return Config(**values)
+
+
+def _history_steps(model_dir):
+    return [r["step"] for r in train.read_history(str(model_dir))]
+
+
+def test_pretrain_evaluates_writes_results_and_resumes(tmp_path):
+    config = tiny_config(tmp_path, summaries=True)
+    result = runner.run(config)
+    assert result["step"] == 4
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["config_hash"] == config.hash()
+    metrics = saved["metrics"]
+    for key in ("knn_top1", "linear_top1", "sup_head_top1", "random_init_knn_top1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["knn_top1_gain"] == pytest.approx(
+        metrics["knn_top1"] - metrics["random_init_knn_top1"]
+    )
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    assert os.path.exists(tmp_path / "ckpt-4.index")
+    assert _history_steps(tmp_path) == [2, 4]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+    # Every logged record is finite and the learning rate follows the cosine schedule to 0.
+    records = train.read_history(str(tmp_path))
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert records[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-7)
+
+    # A longer rerun over the same model_dir resumes at step 4 with the optimizer state intact.
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-4"))
+    iterations_key = [k for k in reader.get_variable_to_shape_map() if "iterations" in k][0]
+    assert int(reader.get_tensor(iterations_key)) == 4
+    state = train.train(config.replace(train_steps=6), tf.distribute.get_strategy())
+    assert state.checkpoint_path.endswith("ckpt-6")
+    assert int(state.optimizer.iterations.numpy()) == 6
+    assert _history_steps(tmp_path) == [2, 4, 6]
+
+
+def test_rerun_of_a_finished_run_trains_nothing(tmp_path):
+    config = tiny_config(tmp_path, train_steps=2)
+    train.train(config, tf.distribute.get_strategy())
+    mtime = os.path.getmtime(tmp_path / "ckpt-2.index")
+    state = train.train(config, tf.distribute.get_strategy())
+    assert state.step == 2 and os.path.getmtime(tmp_path / "ckpt-2.index") == mtime
+
+
+def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, train_steps=2)
+    train.train(config, tf.distribute.get_strategy())
+    good = tf.train.load_checkpoint(str(tmp_path / "ckpt-2"))
+    key = [k for k in good.get_variable_to_shape_map() if "kernel" in k and "model/" in k][0]
+    before = good.get_tensor(key)
+    exploding = config.replace(
+        train_steps=8, optimizer="momentum", learning_rate=1e30, checkpoint_steps=2
+    )
+    with pytest.raises(train.NonFiniteLossError, match="non-finite between steps") as err:
+        train.train(exploding, tf.distribute.get_strategy())
+    assert "lower --learning_rate" in str(err.value)
+    names = sorted(n for n in os.listdir(tmp_path) if n.endswith(".index"))
+    assert names == ["ckpt-2.index"]  # nothing newer was written
+    np.testing.assert_array_equal(tf.train.load_checkpoint(str(tmp_path / "ckpt-2")).get_tensor(key), before)
+
+
+def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
+    pre_dir = tmp_path / "pretrain"
+    train.train(tiny_config(pre_dir, train_steps=2), tf.distribute.get_strategy())
+    ft_dir = tmp_path / "finetune"
+    config = tiny_config(
+        ft_dir,
+        train_mode="finetune",
+        checkpoint=str(pre_dir),
+        label_fraction=0.1,
+        train_steps=2,
+        fine_tune_after_block=4,  # only the head trains: the encoder must equal the checkpoint
+    )
+    result = runner.run(config)
+    assert 0.0 <= result["metrics"]["finetune_top1"] <= 1.0
+    pre = tf.train.load_checkpoint(str(pre_dir / "ckpt-2"))
+    fine = tf.train.load_checkpoint(str(ft_dir / "ckpt-2"))
+    encoder_keys = [
+        k
+        for k in pre.get_variable_to_shape_map()
+        if k.startswith("model/encoder") and k.endswith("VARIABLE_VALUE")
+    ]
+    assert encoder_keys
+    for key in encoder_keys:
+        np.testing.assert_array_equal(pre.get_tensor(key), fine.get_tensor(key), err_msg=key)
+
+
+def test_finetune_without_checkpoint_is_refused(tmp_path):
+    config = tiny_config(tmp_path, train_mode="finetune", train_steps=2)
+    with pytest.raises(ValueError, match="needs --checkpoint"):
+        train.train(config, tf.distribute.get_strategy())
+
+
+def test_batch_larger_than_the_dataset_is_refused(tmp_path):
+    config = tiny_config(tmp_path, train_batch_size=100_000)
+    with pytest.raises(ValueError, match="larger than the 5000 training examples"):
+        train.train(config, tf.distribute.get_strategy())
+
+
+def test_unknown_split_is_refused(tmp_path):
+    config = tiny_config(tmp_path, train_split="validation")
+    with pytest.raises(ValueError, match="validation"):
+        train.train(config, tf.distribute.get_strategy())

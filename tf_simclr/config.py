@@ -1,0 +1,311 @@
+"""One validated dataclass of hyperparameters, with a JSON round trip.
+
+`run.py` turns absl flags into a `Config`; the library only ever sees the `Config` (or explicit
+arguments taken from it), never global flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from typing import Any
+
+MODES = ("train", "eval", "train_then_eval", "preview", "export")
+TRAIN_MODES = ("pretrain", "finetune")
+OPTIMIZERS = ("lars", "momentum", "adam", "adamw")
+LR_SCALINGS = ("linear", "sqrt")
+PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LOSS_SCALES = ("paper", "reference")
+BRIGHTNESS_MODES = ("multiplicative", "additive")
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+CONFIG_FILENAME = "config.json"
+
+
+class ConfigError(ValueError):
+    """A flag value or a combination of flags is invalid; the message names the flag."""
+
+
+@dataclasses.dataclass
+class Config:
+    """All hyperparameters of a tf_simclr run. Defaults: the CIFAR-style recipe on the embedded
+    dataset, sized so `python run.py --mode=train_then_eval` finishes in minutes on 2 CPU cores."""
+
+    # What to do.
+    mode: str = "train_then_eval"
+    train_mode: str = "pretrain"
+    model_dir: str = "/tmp/tf_simclr"
+    checkpoint: str | None = None  # checkpoint or exported module to fine-tune from
+
+    # Data.
+    dataset: str = "embedded"
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    cache_dataset: bool = False
+    image_size: int = 32
+    augmentations: str | None = None  # None: crop,flip,color (+blur when use_blur)
+    color_jitter_strength: float = 0.5
+    use_blur: bool = False
+    brightness: str = "multiplicative"
+    label_fraction: float | None = None
+    label_ids_file: str | None = None
+    strict_data: bool = False
+
+    # Schedule.
+    train_batch_size: int = 256
+    train_epochs: int = 40
+    train_steps: int = 0  # > 0 overrides train_epochs
+    eval_batch_size: int = 256
+    eval_steps: int = 0  # 0: the whole eval split
+    warmup_epochs: float = 2.0
+    steps_per_loop: int = 10
+    checkpoint_epochs: int = 10
+    checkpoint_steps: int = 0  # > 0 overrides checkpoint_epochs
+    keep_checkpoint_max: int = 5
+    keep_hub_module_max: int = 1
+    log_every_steps: int = 10
+
+    # Optimisation.
+    optimizer: str = "lars"
+    learning_rate: float = 1.0
+    learning_rate_scaling: str = "linear"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_norm_decay: float = 0.9
+    precision: str = "float32"
+
+    # Loss.
+    temperature: float = 0.5
+    hidden_norm: bool = True
+    loss_scale: str = "paper"
+
+    # Model.
+    resnet_depth: int = 18
+    width_multiplier: float = 0.25
+    sk_ratio: float = 0.0
+    se_ratio: float = 0.0
+    proj_head_mode: str = "nonlinear"
+    proj_out_dim: int = 128
+    num_proj_layers: int = 2
+    ft_proj_selector: int = 0
+    global_bn: bool = True
+    lineareval_while_pretraining: bool = True
+    zero_init_logits_layer: bool = False
+    fine_tune_after_block: int = -1
+
+    # Evaluation.
+    knn_eval: bool = True
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    linear_eval: bool = True
+    linear_eval_epochs: int = 100
+    random_init_baseline: bool = True
+    eval_timeout: int = (
+        0  # mode=eval: seconds to wait for new checkpoints (0: evaluate latest once)
+    )
+
+    # Runtime.
+    strategy: str = "default"
+    num_cpu_devices: int = 0  # mirrored on CPU: split the CPU into this many logical devices
+    use_tpu: bool = False
+    tpu_name: str | None = None
+    tpu_zone: str | None = None
+    gcp_project: str | None = None
+    seed: int = 0
+    deterministic: bool = False
+    export: bool = True
+    summaries: bool = True
+
+    def __post_init__(self) -> None:
+        if self.use_tpu and self.strategy == "default":
+            self.strategy = "tpu"
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid flag and its valid values."""
+        _choice("mode", self.mode, MODES)
+        _choice("train_mode", self.train_mode, TRAIN_MODES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("learning_rate_scaling", self.learning_rate_scaling, LR_SCALINGS)
+        _choice("proj_head_mode", self.proj_head_mode, PROJ_HEAD_MODES)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("loss_scale", self.loss_scale, LOSS_SCALES)
+        _choice("brightness", self.brightness, BRIGHTNESS_MODES)
+        _choice("resnet_depth", self.resnet_depth, RESNET_DEPTHS)
+        if not self.model_dir:
+            raise ConfigError("--model_dir must be a directory path (it holds checkpoints).")
+        if not self.dataset:
+            raise ConfigError("--dataset is empty: give a TFDS name, a directory or 'embedded'.")
+        _positive("train_batch_size", self.train_batch_size)
+        _positive("eval_batch_size", self.eval_batch_size)
+        _positive("image_size", self.image_size)
+        if self.image_size < 8:
+            raise ConfigError(
+                f"--image_size={self.image_size} is too small for a ResNet: use 8 or more "
+                "(32 for CIFAR-size data, 224 for ImageNet)."
+            )
+        _positive("steps_per_loop", self.steps_per_loop)
+        _positive("log_every_steps", self.log_every_steps)
+        _positive("keep_checkpoint_max", self.keep_checkpoint_max)
+        _positive("keep_hub_module_max", self.keep_hub_module_max)
+        _positive("proj_out_dim", self.proj_out_dim)
+        _positive("knn_k", self.knn_k)
+        _positive("width_multiplier", self.width_multiplier)
+        for name in (
+            "train_epochs",
+            "train_steps",
+            "eval_steps",
+            "checkpoint_epochs",
+            "checkpoint_steps",
+            "linear_eval_epochs",
+            "eval_timeout",
+            "num_cpu_devices",
+            "num_proj_layers",
+        ):
+            _non_negative(name, getattr(self, name))
+        if (
+            self.train_steps == 0
+            and self.train_epochs == 0
+            and self.mode
+            in (
+                "train",
+                "train_then_eval",
+            )
+        ):
+            raise ConfigError("Set --train_epochs or --train_steps to a positive number.")
+        for name in ("learning_rate", "temperature", "knn_temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name} must be a positive number, got {value}.")
+        for name in ("weight_decay", "warmup_epochs", "color_jitter_strength"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name} must be >= 0, got {value}.")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}.")
+        if not 0.0 < self.batch_norm_decay < 1.0:
+            raise ConfigError(f"--batch_norm_decay must be in (0, 1), got {self.batch_norm_decay}.")
+        if not 0.0 <= self.sk_ratio < 1.0 or not 0.0 <= self.se_ratio < 1.0:
+            raise ConfigError("--sk_ratio and --se_ratio must be in [0, 1) (0 turns them off).")
+        if self.label_fraction is not None and not 0.0 < self.label_fraction <= 1.0:
+            raise ConfigError(
+                f"--label_fraction must be in (0, 1] (e.g. 0.01 or 0.1), got {self.label_fraction}."
+            )
+        if self.label_fraction is not None and self.label_ids_file:
+            raise ConfigError("Give either --label_fraction or --label_ids_file, not both.")
+        if (
+            self.label_fraction is not None or self.label_ids_file
+        ) and self.train_mode != "finetune":
+            raise ConfigError(
+                "--label_fraction/--label_ids_file only apply to --train_mode=finetune."
+            )
+        if self.ft_proj_selector < 0:
+            raise ConfigError("--ft_proj_selector must be >= 0 (0: encoder output).")
+        if self.proj_head_mode == "nonlinear" and self.num_proj_layers < 1:
+            raise ConfigError("--proj_head_mode=nonlinear needs --num_proj_layers >= 1.")
+        if self.ft_proj_selector > self.num_proj_layers:
+            raise ConfigError(
+                f"--ft_proj_selector={self.ft_proj_selector} exceeds --num_proj_layers="
+                f"{self.num_proj_layers}."
+            )
+        if not -1 <= self.fine_tune_after_block <= 4:
+            raise ConfigError("--fine_tune_after_block must be in [-1, 4] (-1 trains all blocks).")
+        if self.fine_tune_after_block != -1 and self.train_mode != "finetune":
+            raise ConfigError("--fine_tune_after_block only applies to --train_mode=finetune.")
+        if self.strategy == "tpu" and not (self.tpu_name or os.environ.get("TPU_NAME")):
+            raise ConfigError(
+                "--strategy=tpu (or --use_tpu) needs --tpu_name (name or grpc address)."
+            )
+        if self.num_cpu_devices and self.strategy != "mirrored":
+            raise ConfigError("--num_cpu_devices only applies to --strategy=mirrored.")
+
+    # -- derived values ---------------------------------------------------------------------
+    def augmentation_spec(self) -> str:
+        """The augmentation composition: explicit --augmentations, else the recipe's."""
+        if self.augmentations:
+            return self.augmentations
+        return "crop,flip,color,blur" if self.use_blur else "crop,flip,color"
+
+    def train_steps_for(self, num_train_examples: int) -> int:
+        """Total optimisation steps: --train_steps, or epochs over the training split."""
+        if self.train_steps > 0:
+            return self.train_steps
+        return max(1, math.ceil(self.train_epochs * num_train_examples / self.train_batch_size))
+
+    def warmup_steps_for(self, num_train_examples: int) -> int:
+        return int(round(self.warmup_epochs * num_train_examples / self.train_batch_size))
+
+    def checkpoint_every_for(self, num_train_examples: int) -> int:
+        """Steps between checkpoints (always at the end of training too)."""
+        if self.checkpoint_steps > 0:
+            return self.checkpoint_steps
+        steps_per_epoch = max(1, num_train_examples // self.train_batch_size)
+        return max(1, self.checkpoint_epochs * steps_per_epoch)
+
+    # -- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown config keys: {', '.join(unknown)}.")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def hash(self) -> str:
+        """A short hash of the settings that define the trained model (not mode/paths)."""
+        ignored = {"mode", "model_dir", "eval_timeout", "export", "summaries", "log_every_steps"}
+        payload = {k: v for k, v in sorted(self.to_dict().items()) if k not in ignored}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def save(self, model_dir: str | None = None) -> str:
+        """Write config.json into model_dir atomically; returns its path."""
+        directory = model_dir or self.model_dir
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CONFIG_FILENAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self.to_json() + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str) -> Config:
+        path = os.path.join(model_dir, CONFIG_FILENAME)
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        valid = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"--{name}={value!r} is not valid; choose one of: {valid}.")
+
+
+def _positive(name: str, value: float) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"--{name} must be a positive number, got {value}.")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if value is None or value < 0:
+        raise ConfigError(f"--{name} must be >= 0, got {value}.")

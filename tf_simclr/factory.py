@@ -1,0 +1,174 @@
+"""Builds the library's pieces (model, optimizer, datasets) from a `Config`.
+
+The modules themselves take explicit arguments; this is the one place that maps config fields
+onto them, so train/eval/export all build exactly the same things.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tensorflow as tf
+
+from tf_simclr import data as data_lib
+from tf_simclr import model as model_lib
+from tf_simclr import optim, resnet
+from tf_simclr.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: Config, num_classes: int, *, train_mode: str | None = None):
+    """The SimCLR model (ResNet encoder + heads) described by `config`."""
+    encoder = resnet.build_resnet(
+        config.resnet_depth,
+        config.width_multiplier,
+        # Any spatial size, so exports accept other resolutions; the stem follows image_size.
+        input_shape=(None, None, 3),
+        cifar_stem=config.image_size <= 32,
+        sk_ratio=config.sk_ratio,
+        se_ratio=config.se_ratio,
+        batch_norm_decay=config.batch_norm_decay,
+        global_bn=config.global_bn,
+    )
+    model = model_lib.SimCLRModel(
+        encoder,
+        num_classes=num_classes,
+        proj_head_mode=config.proj_head_mode,
+        proj_out_dim=config.proj_out_dim,
+        num_proj_layers=config.num_proj_layers,
+        ft_proj_selector=config.ft_proj_selector,
+        train_mode=train_mode or config.train_mode,
+        lineareval_while_pretraining=config.lineareval_while_pretraining,
+        global_bn=config.global_bn,
+        batch_norm_decay=config.batch_norm_decay,
+        fine_tune_after_block=config.fine_tune_after_block,
+        zero_init_logits_layer=config.zero_init_logits_layer,
+        temperature=config.temperature,
+        hidden_norm=config.hidden_norm,
+        loss_scale=config.loss_scale,
+    )
+    # Build the variables now so checkpoints restore eagerly and counts are known.
+    model(tf.zeros([1, config.image_size, config.image_size, 3]), training=False)
+    return model
+
+
+def learning_rate_schedule(config: Config, num_train_examples: int):
+    """Scaled base learning rate with linear warmup and cosine decay to zero."""
+    base = optim.scale_learning_rate(
+        config.learning_rate, config.train_batch_size, config.learning_rate_scaling
+    )
+    total = config.train_steps_for(num_train_examples)
+    warmup = config.warmup_steps_for(num_train_examples)
+    if warmup > total:
+        log.warning(
+            "Warmup (%d steps) is longer than training (%d): warming up over all of it.",
+            warmup,
+            total,
+        )
+        warmup = total
+    return optim.WarmupCosineDecay(base_learning_rate=base, warmup_steps=warmup, total_steps=total)
+
+
+def build_optimizer(config: Config, num_train_examples: int):
+    """The optimizer named by --optimizer, on the warmup + cosine schedule."""
+    optimizer = optim.build_optimizer(
+        config.optimizer,
+        learning_rate=learning_rate_schedule(config, num_train_examples),
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        mixed_precision=config.precision,
+    )
+    return optimizer
+
+
+def dataset_info(config: Config, split: str | None = None):
+    """DatasetInfo of the configured source (sizes and classes), read without decoding images."""
+    _, info = data_lib.load_source(
+        config.dataset, data_dir=config.data_dir, split=split or config.train_split
+    )
+    return info
+
+
+def num_train_examples(config: Config) -> int:
+    """Examples per training epoch: the train split, or its labelled subset when fine-tuning
+    on a label fraction / id file."""
+    if config.train_mode == "finetune" and (config.label_fraction or config.label_ids_file):
+        _, info = data_lib.build_finetune_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            split=config.train_split,
+            batch_size=1,
+            image_size=config.image_size,
+            seed=config.seed,
+            label_fraction=config.label_fraction,
+            label_ids_file=config.label_ids_file,
+            strict=config.strict_data,
+        )
+        return info.num_examples[config.train_split]
+    return dataset_info(config).num_examples[config.train_split]
+
+
+def _cache_setting(config: Config):
+    # False still lets the data module cache small fixed-size datasets in memory ("auto").
+    return True if config.cache_dataset else "auto"
+
+
+def pretrain_dataset_fn(config: Config, global_batch_size: int):
+    """A function of a tf.distribute.InputContext giving this replica's two-view dataset
+    (the data module divides the global batch by the replicas itself)."""
+
+    def dataset_fn(input_context: tf.distribute.InputContext | None = None):
+        dataset, _ = data_lib.build_pretrain_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            split=config.train_split,
+            batch_size=global_batch_size,
+            image_size=config.image_size,
+            augmentations=config.augmentation_spec(),
+            color_jitter_strength=config.color_jitter_strength,
+            brightness=config.brightness,
+            seed=config.seed,
+            input_context=input_context,
+            cache=_cache_setting(config),
+            strict=config.strict_data,
+        )
+        return dataset
+
+    return dataset_fn
+
+
+def finetune_dataset_fn(config: Config, global_batch_size: int):
+    """A function of an InputContext giving this replica's labelled fine-tuning dataset."""
+
+    def dataset_fn(input_context: tf.distribute.InputContext | None = None):
+        dataset, _ = data_lib.build_finetune_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            split=config.train_split,
+            batch_size=global_batch_size,
+            image_size=config.image_size,
+            seed=config.seed,
+            label_fraction=config.label_fraction,
+            label_ids_file=config.label_ids_file,
+            input_context=input_context,
+            cache=_cache_setting(config),
+            strict=config.strict_data,
+        )
+        return dataset
+
+    return dataset_fn
+
+
+def eval_dataset(config: Config, split: str):
+    """Single pass over `split` with evaluation preprocessing."""
+    dataset, _ = data_lib.build_eval_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        split=split,
+        batch_size=config.eval_batch_size,
+        image_size=config.image_size,
+    )
+    if config.eval_steps > 0:
+        dataset = dataset.take(config.eval_steps)
+    return dataset

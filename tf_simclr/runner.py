@@ -1,0 +1,218 @@
+"""Top-level workflows behind `run.py --mode=...`: train, eval, train_then_eval, preview, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from tf_simclr import checkpoints as ckpt_lib
+from tf_simclr import distribute, factory
+from tf_simclr import evaluate as eval_lib
+from tf_simclr import train as train_lib
+from tf_simclr.config import Config
+
+log = logging.getLogger(__name__)
+
+RESULT_FILENAME = "result.json"
+CURVES_FILENAME = "training_curves.png"
+
+
+def run(config: Config) -> dict:
+    """Run the configured mode; returns what it produced (metrics, paths)."""
+    train_lib.setup_runtime(config)
+    if config.mode == "preview":
+        return {"preview": preview(config)}
+    strategy = distribute.make_strategy(
+        config.strategy,
+        tpu_name=config.tpu_name,
+        tpu_zone=config.tpu_zone,
+        gcp_project=config.gcp_project,
+        num_cpu_devices=config.num_cpu_devices or None,
+    )
+    log.info("Strategy %s with %d replica(s).", config.strategy, strategy.num_replicas_in_sync)
+    if config.mode == "export":
+        return {"export_path": export_latest(config, strategy)}
+    if config.mode == "eval":
+        return evaluate_checkpoints(config, strategy)
+
+    start = time.perf_counter()
+    state = train_lib.train(config, strategy)
+    result = {"step": state.step, "total_steps": state.total_steps}
+    if config.mode == "train_then_eval":
+        result["metrics"] = evaluate_model(config, state.model, state.num_classes)
+    result["train_seconds"] = time.perf_counter() - start
+    result["images_per_second"] = state.images_per_second
+    curves = train_lib.plot_history(state.history, os.path.join(config.model_dir, CURVES_FILENAME))
+    if curves:
+        result["curves"] = curves
+    if config.export:
+        result["export_path"] = _export(config, state.model, state.step)
+    write_result(config, result)
+    return result
+
+
+def _feature_metrics(config: Config, model, num_classes: int, prefix: str = "") -> dict:
+    """kNN and linear-probe accuracy of frozen final_avg_pool features."""
+    metrics = {}
+    if not (config.knn_eval or config.linear_eval):
+        return metrics
+    train_x, train_y = eval_lib.extract_features(
+        model, factory.eval_dataset(config, config.train_split)
+    )
+    test_x, test_y = eval_lib.extract_features(
+        model, factory.eval_dataset(config, config.eval_split)
+    )
+    if config.knn_eval:
+        knn = eval_lib.knn_accuracy(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            num_classes=num_classes,
+            k=config.knn_k,
+            temperature=config.knn_temperature,
+        )
+        metrics.update({prefix + k: v for k, v in knn.items()})
+    if config.linear_eval:
+        linear = eval_lib.linear_eval(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            num_classes=num_classes,
+            epochs=config.linear_eval_epochs,
+            seed=config.seed,
+        )
+        metrics.update({prefix + k: v for k, v in linear.items()})
+    return metrics
+
+
+def evaluate_model(config: Config, model, num_classes: int) -> dict:
+    """All evaluations that apply to the configured train_mode, plus the random-init baseline."""
+    log.info("Evaluating on split %r.", config.eval_split)
+    metrics = {}
+    if config.train_mode == "finetune" or config.lineareval_while_pretraining:
+        sup = eval_lib.classification_accuracy(
+            model, factory.eval_dataset(config, config.eval_split)
+        )
+        key = "finetune" if config.train_mode == "finetune" else "sup_head"
+        metrics.update({f"{key}_{k}": v for k, v in sup.items()})
+    if config.train_mode == "pretrain":
+        metrics.update(_feature_metrics(config, model, num_classes))
+        if config.random_init_baseline:
+            keras.utils.set_random_seed(config.seed + 1)
+            baseline = factory.build_model(config, num_classes)
+            metrics.update(_feature_metrics(config, baseline, num_classes, prefix="random_init_"))
+            for name in ("knn_top1", "linear_top1"):
+                if name in metrics and "random_init_" + name in metrics:
+                    metrics[name + "_gain"] = metrics[name] - metrics["random_init_" + name]
+    for key, value in sorted(metrics.items()):
+        log.info("  %s = %.4f", key, value)
+    return metrics
+
+
+def evaluate_checkpoints(config: Config, strategy) -> dict:
+    """mode=eval: evaluate the latest checkpoint, or (eval_timeout > 0) each new one as it
+    appears until none arrives within eval_timeout seconds."""
+    info = factory.dataset_info(config)
+    with strategy.scope():
+        model = factory.build_model(config, info.num_classes)
+    checkpoint = tf.train.Checkpoint(model=model)
+    result = {}
+    if config.eval_timeout > 0:
+        for path in tf.train.checkpoints_iterator(config.model_dir, timeout=config.eval_timeout):
+            result = _evaluate_one(config, checkpoint, model, info.num_classes, path)
+        if not result:
+            raise FileNotFoundError(
+                f"No checkpoint appeared in {config.model_dir} within --eval_timeout="
+                f"{config.eval_timeout} s."
+            )
+        return result
+    found = ckpt_lib.list_checkpoints(config.model_dir)
+    if not found:
+        raise FileNotFoundError(
+            f"No checkpoint in --model_dir={config.model_dir}: train first "
+            "(--mode=train or train_then_eval), or point --model_dir at a trained run."
+        )
+    return _evaluate_one(config, checkpoint, model, info.num_classes, found[-1])
+
+
+def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
+    ckpt_lib.validate_checkpoint(path)
+    checkpoint.restore(path).expect_partial()
+    step = int(path.rsplit("-", 1)[-1])
+    log.info("Evaluating %s.", path)
+    result = {
+        "step": step,
+        "checkpoint": path,
+        "metrics": evaluate_model(config, model, num_classes),
+    }
+    write_result(config, result)
+    return result
+
+
+def _export(config: Config, model, step: int) -> str | None:
+    try:
+        from tf_simclr import export as export_lib
+    except ImportError as err:  # pragma: no cover - export is part of the package
+        log.error("Export unavailable: %s", err)
+        return None
+    path = export_lib.export_saved_model(
+        model,
+        os.path.join(config.model_dir, "saved_model"),
+        step=step,
+        keep_max=config.keep_hub_module_max,
+    )
+    log.info("Exported SavedModel to %s.", path)
+    return path
+
+
+def export_latest(config: Config, strategy) -> str:
+    """mode=export: restore the latest intact checkpoint and export it."""
+    info = factory.dataset_info(config)
+    with strategy.scope():
+        model = factory.build_model(config, info.num_classes)
+    checkpoint = tf.train.Checkpoint(model=model)
+    found = ckpt_lib.list_checkpoints(config.model_dir)
+    if not found:
+        raise FileNotFoundError(f"No checkpoint to export in --model_dir={config.model_dir}.")
+    ckpt_lib.validate_checkpoint(found[-1])
+    checkpoint.restore(found[-1]).expect_partial()
+    return _export(config, model, int(found[-1].rsplit("-", 1)[-1]))
+
+
+def preview(config: Config) -> str:
+    """mode=preview: a PNG grid of sample images and their two augmented views."""
+    from tf_simclr import preview as preview_lib
+
+    os.makedirs(config.model_dir, exist_ok=True)
+    path = os.path.join(config.model_dir, "preview.png")
+    preview_lib.write_preview(
+        path,
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        split=config.train_split,
+        image_size=config.image_size,
+        augmentations=config.augmentation_spec(),
+        color_jitter_strength=config.color_jitter_strength,
+        seed=config.seed,
+    )
+    log.info("Wrote %s.", path)
+    return path
+
+
+def write_result(config: Config, result: dict) -> str:
+    """result.json in model_dir (atomic), with the config hash identifying the run."""
+    payload = {"config_hash": config.hash(), "dataset": config.dataset, **result}
+    path = os.path.join(config.model_dir, RESULT_FILENAME)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=float)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,507 @@
+"""The training loop: SimCLR pretraining or supervised fine-tuning under a tf.distribute strategy.
+
+Several steps run per `tf.function` call (`steps_per_loop`). Checkpoints hold the model, the
+optimizer (with its step counter, which drives the learning-rate schedule) and the global step,
+so a rerun over the same model_dir resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_simclr import checkpoints as ckpt_lib
+from tf_simclr import factory
+from tf_simclr import loss as loss_lib
+from tf_simclr.config import Config
+
+log = logging.getLogger(__name__)
+
+METRICS_FILENAME = "metrics.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved at the step boundary."""
+
+
+@dataclass
+class TrainState:
+    """What a training run leaves behind for evaluation and export."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step: int
+    total_steps: int
+    num_classes: int
+    checkpoint_path: str | None
+    history: list[dict] = field(default_factory=list)
+    images_per_second: float = 0.0
+
+
+def setup_runtime(config: Config) -> None:
+    """Seeds, optional op determinism and the mixed-precision policy."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(config.precision)
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked at step boundaries (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signal_name is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint at the next step boundary.", self.signal_name)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Progress:
+    """A progress bar on an interactive terminal, periodic log lines otherwise."""
+
+    def __init__(self, total: int, initial: int, every: int, images_per_step: int) -> None:
+        self.total = total
+        self.every = every
+        self.images_per_step = images_per_step
+        self.last_logged = initial
+        self.start_step = initial
+        self.start_time = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def images_per_second(self, step: int) -> float:
+        elapsed = time.perf_counter() - self.start_time
+        return (step - self.start_step) * self.images_per_step / max(elapsed, 1e-9)
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        rate = self.images_per_second(step)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(
+                loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}"
+            )
+            return
+        if step - self.last_logged >= self.every or step >= self.total:
+            self.last_logged = step
+            remaining = (self.total - step) * self.images_per_step / max(rate, 1e-9)
+            hidden = ("learning_rate", "images_per_second")
+            shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in hidden)
+            log.info(
+                "step %d/%d %s lr=%.4g %.0f img/s ETA %s",
+                step,
+                self.total,
+                shown,
+                metrics.get("learning_rate", float("nan")),
+                rate,
+                _format_seconds(remaining),
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _check_model_dir_writable(model_dir: str) -> None:
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        probe = os.path.join(model_dir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise OSError(
+            f"--model_dir={model_dir} is not writable ({err.strerror}). Choose a directory you "
+            "can write to, or free disk space."
+        ) from err
+
+
+def _distribute(strategy: tf.distribute.Strategy, dataset_fn):
+    """Multi-worker and TPU: one pipeline per worker/host reading its own shard. One machine:
+    one pipeline of global batches split across the replicas, so each step sees exactly the
+    examples a single device would (the loss curve does not depend on the replica count)."""
+    per_host = isinstance(
+        strategy,
+        (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy),
+    )
+    if per_host:
+        return strategy.distribute_datasets_from_function(dataset_fn)
+    return strategy.experimental_distribute_dataset(dataset_fn(None))
+
+
+def _make_step_fn(config: Config, model, optimizer, global_batch: int, num_replicas: int):
+    """The per-replica training step for the configured train_mode."""
+    pretrain = config.train_mode == "pretrain"
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def step_fn(batch):
+        labels = tf.cast(batch["label"], tf.int32)
+        metrics = {}
+        with tf.GradientTape() as tape:
+            if pretrain:
+                images = tf.concat([batch["view1"], batch["view2"]], axis=0)
+                labels = tf.concat([labels, labels], axis=0)
+            else:
+                images = batch["image"]
+            outputs = model(images, training=True)
+            total = tf.constant(0.0)
+            if pretrain:
+                z1, z2 = tf.split(tf.cast(outputs["proj_head_output"], tf.float32), 2, axis=0)
+                contrast = loss_lib.nt_xent_loss(
+                    z1,
+                    z2,
+                    temperature=config.temperature,
+                    hidden_norm=config.hidden_norm,
+                    loss_scale=config.loss_scale,
+                )
+                total += contrast.loss
+                metrics["contrast_loss"] = contrast.loss
+                metrics.update(loss_lib.contrastive_metrics(contrast.logits, contrast.labels))
+            if "logits_sup" in outputs:
+                logits = tf.cast(outputs["logits_sup"], tf.float32)
+                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=labels, logits=logits
+                )
+                # Sum over local rows / global rows: replicas' shares add up to the mean.
+                sup_loss = tf.reduce_sum(per_example) / tf.cast(
+                    tf.shape(images)[0] * num_replicas, tf.float32
+                )
+                total += sup_loss
+                metrics["sup_loss"] = sup_loss
+                metrics["sup_acc"] = tf.reduce_mean(
+                    tf.cast(
+                        tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32
+                    )
+                )
+            if model.losses:
+                total += tf.add_n([tf.cast(x, tf.float32) for x in model.losses]) / num_replicas
+            metrics["loss"] = total
+            scaled = optimizer.scale_loss(total) if loss_scaled else total
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return metrics
+
+    return step_fn
+
+
+# How each metric combines across replicas: loss shares add up, per-replica rates average.
+_SUM_METRICS = {"loss", "contrast_loss", "sup_loss"}
+
+
+def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: list[str]):
+    @tf.function
+    def train_loop(iterator, num_steps):
+        sums = [tf.constant(0.0) for _ in metric_names]
+        last_loss = tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            per_replica = strategy.run(step_fn, args=(next(iterator),))
+            reduced = [
+                strategy.reduce(
+                    tf.distribute.ReduceOp.SUM
+                    if name in _SUM_METRICS
+                    else tf.distribute.ReduceOp.MEAN,
+                    per_replica[name],
+                    axis=None,
+                )
+                for name in metric_names
+            ]
+            sums = [s + tf.cast(r, tf.float32) for s, r in zip(sums, reduced, strict=True)]
+            last_loss = tf.cast(reduced[metric_names.index("loss")], tf.float32)
+            global_step.assign_add(1)
+        means = [s / tf.cast(num_steps, tf.float32) for s in sums]
+        return dict(zip(metric_names, means, strict=True)), last_loss
+
+    return train_loop
+
+
+def _metric_names(config: Config, model) -> list[str]:
+    names = ["loss"]
+    if config.train_mode == "pretrain":
+        names += ["contrast_loss", "contrastive_acc", "contrastive_entropy"]
+    if getattr(model, "has_supervised_head", True) and (
+        config.train_mode == "finetune" or config.lineareval_while_pretraining
+    ):
+        names += ["sup_loss", "sup_acc"]
+    return names
+
+
+def _current_learning_rate(optimizer) -> float:
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    lr = inner.learning_rate
+    if callable(lr):
+        lr = lr(inner.iterations)
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+def _append_metrics(model_dir: str, record: dict) -> None:
+    with open(os.path.join(model_dir, METRICS_FILENAME), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_history(model_dir: str) -> list[dict]:
+    """Logged training metrics, one record per logging interval; a resumed run's records follow
+    on from the interrupted one's (records past the restored step are dropped)."""
+    path = os.path.join(model_dir, METRICS_FILENAME)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+    by_step = {}
+    for record in records:
+        by_step[record["step"]] = record  # later (resumed) records win
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _truncate_history(model_dir: str, step: int) -> None:
+    """Drop logged records newer than the checkpoint we resume from, so curves have no repeats."""
+    kept = [r for r in read_history(model_dir) if r["step"] <= step]
+    path = os.path.join(model_dir, METRICS_FILENAME)
+    if os.path.exists(path):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in kept:
+                f.write(json.dumps(record) + "\n")
+        os.replace(tmp, path)
+
+
+def _restore_initial_weights(config: Config, model) -> None:
+    """Fine-tuning: load pretrained weights from --checkpoint (a checkpoint prefix or a model_dir)."""
+    path = config.checkpoint
+    if not path:
+        raise ValueError(
+            "--train_mode=finetune needs --checkpoint: a pretraining checkpoint (prefix or "
+            "model_dir). Without it the encoder would start from random weights."
+        )
+    if os.path.isdir(path):
+        found = ckpt_lib.list_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"--checkpoint={path} is a directory without ckpt-* files.")
+        path = found[-1]
+    elif not os.path.exists(path + ".index"):
+        raise FileNotFoundError(
+            f"--checkpoint={path} is not a checkpoint (no {path}.index). Give a checkpoint "
+            "prefix such as model_dir/ckpt-500, or a model_dir."
+        )
+    ckpt_lib.validate_checkpoint(path)
+    status = tf.train.Checkpoint(model=model).restore(path)
+    status.expect_partial()
+    if config.zero_init_logits_layer and hasattr(model, "zero_supervised_head"):
+        model.zero_supervised_head()
+    log.info("Initialised the model from %s.", path)
+
+
+def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
+    """Pretrain or fine-tune as configured; resume from model_dir if it holds checkpoints."""
+    model_dir = config.model_dir
+    _check_model_dir_writable(model_dir)
+    num_replicas = strategy.num_replicas_in_sync
+    if config.train_batch_size % num_replicas:
+        raise ValueError(
+            f"--train_batch_size={config.train_batch_size} must be divisible by the "
+            f"{num_replicas} replicas of --strategy={config.strategy}."
+        )
+    info = factory.dataset_info(config)
+    if config.train_split not in info.num_examples:
+        raise ValueError(
+            f"--train_split={config.train_split!r} is not a split of {config.dataset}; "
+            f"available: {', '.join(sorted(info.num_examples))}."
+        )
+    num_train = factory.num_train_examples(config)
+    if config.train_batch_size > num_train:
+        raise ValueError(
+            f"--train_batch_size={config.train_batch_size} is larger than the "
+            f"{num_train} training examples of split {config.train_split!r}: lower the batch size."
+        )
+    total_steps = config.train_steps_for(num_train)
+    checkpoint_every = config.checkpoint_every_for(num_train)
+
+    with strategy.scope():
+        model = factory.build_model(config, info.num_classes)
+        optimizer = factory.build_optimizer(config, num_train)
+        optimizer.build(model.trainable_variables)
+        global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, global_step=global_step)
+    manager = tf.train.CheckpointManager(
+        checkpoint, model_dir, max_to_keep=config.keep_checkpoint_max, step_counter=global_step
+    )
+    restored = ckpt_lib.restore_latest_valid(checkpoint, model_dir)
+    if restored:
+        log.info("Resuming from %s at step %d.", restored, int(global_step.numpy()))
+        _truncate_history(model_dir, int(global_step.numpy()))
+    elif config.train_mode == "finetune":
+        _restore_initial_weights(config, model)
+    config.save(model_dir)
+
+    step = int(global_step.numpy())
+    state = TrainState(model, optimizer, step, total_steps, info.num_classes, restored)
+    if step >= total_steps:
+        log.info("Training already finished (step %d of %d).", step, total_steps)
+        state.history = read_history(model_dir)
+        return state
+
+    dataset_fn = (
+        factory.pretrain_dataset_fn(config, config.train_batch_size)
+        if config.train_mode == "pretrain"
+        else factory.finetune_dataset_fn(config, config.train_batch_size)
+    )
+    dist_dataset = _distribute(strategy, dataset_fn)
+    iterator = iter(dist_dataset)
+    step_fn = _make_step_fn(config, model, optimizer, config.train_batch_size, num_replicas)
+    metric_names = _metric_names(config, model)
+    train_loop = _make_train_loop(strategy, step_fn, global_step, metric_names)
+
+    writer = tf.summary.create_file_writer(model_dir) if config.summaries else None
+    log.info(
+        "Training %s for %d steps (batch %d on %d replica(s), %d examples, %.1f epochs).",
+        config.train_mode,
+        total_steps,
+        config.train_batch_size,
+        num_replicas,
+        num_train,
+        total_steps * config.train_batch_size / num_train,
+    )
+    progress = Progress(total_steps, step, config.log_every_steps, config.train_batch_size)
+    last_finite = None
+    last_saved = step
+    try:
+        with _StopRequest() as stop:
+            if writer is not None and step == 0 and config.train_mode == "pretrain":
+                _write_view_summaries(writer, dataset_fn)
+            while step < total_steps:
+                n = min(config.steps_per_loop, total_steps - step)
+                loop_start = time.perf_counter()
+                means, last_loss = train_loop(iterator, tf.constant(n, tf.int32))
+                means = {k: float(v) for k, v in means.items()}
+                loop_time = time.perf_counter() - loop_start
+                if not (math.isfinite(means["loss"]) and math.isfinite(float(last_loss))):
+                    raise NonFiniteLossError(
+                        f"The training loss became non-finite between steps {step} and "
+                        f"{step + n}. Last finite metrics: {last_finite}. The last good "
+                        f"checkpoint ({manager.latest_checkpoint}) was kept. Try a lower "
+                        "--learning_rate, or check the data for corrupt images."
+                    )
+                step = int(global_step.numpy())
+                means["learning_rate"] = _current_learning_rate(optimizer)
+                means["images_per_second"] = n * config.train_batch_size / max(loop_time, 1e-9)
+                last_finite = {"step": step, **means}
+                _append_metrics(model_dir, last_finite)
+                state.history.append(last_finite)
+                if writer is not None:
+                    with writer.as_default(step=step):
+                        for key, value in means.items():
+                            tf.summary.scalar(f"train/{key}", value)
+                        tf.summary.scalar("train/weight_decay", config.weight_decay)
+                progress.update(step, means)
+                if step - last_saved >= checkpoint_every or step >= total_steps:
+                    manager.save(checkpoint_number=step)
+                    last_saved = step
+                if stop.signal_name is not None:
+                    if last_saved != step:
+                        manager.save(checkpoint_number=step)
+                    raise TrainingInterrupted(
+                        f"Stopped by {stop.signal_name} at step {step}/{total_steps}; checkpoint "
+                        f"saved in {model_dir}. Rerun the same command to resume."
+                    )
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.flush()
+    state.step = step
+    state.checkpoint_path = manager.latest_checkpoint
+    state.images_per_second = progress.images_per_second(step)
+    state.history = read_history(model_dir)
+    return state
+
+
+def _write_view_summaries(writer, dataset_fn, max_images: int = 8) -> None:
+    """A few augmented views as TensorBoard images, so users can see what the model trains on."""
+    try:
+        batch = next(iter(dataset_fn(None).take(1)))
+    except (tf.errors.OpError, StopIteration) as err:
+        log.warning("Could not write augmented-view summaries: %s", err)
+        return
+    with writer.as_default(step=0):
+        tf.summary.image("views/view1", batch["view1"][:max_images], max_outputs=max_images)
+        tf.summary.image("views/view2", batch["view2"][:max_images], max_outputs=max_images)
+
+
+def plot_history(history: list[dict], path: str) -> str | None:
+    """A PNG of the training curves; returns its path (None when there is nothing to plot)."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in history])
+    panels = [
+        ("loss", ["loss", "contrast_loss", "sup_loss"]),
+        ("accuracy", ["contrastive_acc", "sup_acc"]),
+        ("learning rate", ["learning_rate"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5))
+    for ax, (title, keys) in zip(axes, panels, strict=True):
+        for key in keys:
+            values = [r.get(key) for r in history]
+            if any(v is not None for v in values):
+                ax.plot(steps, [np.nan if v is None else v for v in values], label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
