@@ -1,0 +1,485 @@
+"""Optimisers and learning-rate schedules for SimCLR.
+
+- `LARS`: the layer-wise adaptive rate scaling optimiser of the SimCLR reference (momentum,
+  trust coefficient eta, weight decay added to the gradient). Variables matching the exclusion
+  patterns get no weight decay / no trust scaling; this is decided per variable in `build()`,
+  because inside a distributed update the variable no longer carries its Keras path.
+- `SGDL2`, `AdamL2`: Keras SGD (momentum, optional Nesterov) and Adam with *coupled* L2 weight
+  decay (g <- g + wd * w, the gradient of wd/2 * ||w||^2: what the reference's L2 loss term does).
+- `AdamWExclude`: Keras AdamW (decoupled decay w <- w - lr * wd * w) with the same exclusions.
+- `WarmupCosineDecay`: linear warmup then cosine decay to zero, a serialisable Keras schedule.
+- `scale_learning_rate`, `build_optimizer`.
+
+Exclusion patterns are regular expressions searched (`re.search`) in the variable's Keras path
+(e.g. "simclr/head_supervised/dense/kernel"), falling back to its name for plain tf.Variables.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import keras
+import tensorflow as tf
+
+# Batch-norm parameters and biases: no weight decay, no trust scaling (SimCLR paper / reference).
+# Keras 3 names BN variables "gamma"/"beta" (and moving stats, which are not trainable) inside a
+# layer named "batch_normalization*" by default; "bn" catches layers named like "conv1_bn", "bn2".
+NORM_AND_BIAS_PATTERNS = (
+    "batch_normalization",
+    r"(?:^|[/_])bn\d*(?:[/_]|$)",
+    "bias",
+    "beta",
+    "gamma",
+)
+# The supervised (linear-eval) head trained on stop_gradient(h) during pretraining.
+HEAD_PATTERNS = ("head_supervised",)
+DEFAULT_EXCLUDE = NORM_AND_BIAS_PATTERNS + HEAD_PATTERNS
+
+OPTIMIZERS = ("lars", "momentum", "adam", "adamw")
+LR_SCALINGS = ("linear", "sqrt")
+
+
+def variable_path(variable) -> str:
+    """The Keras path of a variable ("layer/.../name"), or its name for a plain tf.Variable."""
+    path = getattr(variable, "path", None)
+    return path if path else variable.name
+
+
+def matches_any(variable, patterns) -> bool:
+    """True when any regex in `patterns` is found in the variable's path."""
+    path = variable_path(variable)
+    return any(re.search(p, path) for p in (patterns or ()))
+
+
+def _check_patterns(patterns, arg):
+    if patterns is None:
+        return ()
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    patterns = tuple(patterns)
+    for p in patterns:
+        try:
+            re.compile(p)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"{arg} must be regular expressions; {p!r} is not ({e}).") from e
+    return patterns
+
+
+def _check_float(value, arg, low=0.0, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{arg} must be a number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        upper = f" and <= {high}" if high is not None else ""
+        raise ValueError(f"{arg} must be >= {low}{upper}, got {value}.")
+    return value
+
+
+def _as_lr(learning_rate):
+    # Keras rejects int learning rates ("should be float"); accept them.
+    if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+        return float(learning_rate)
+    return learning_rate
+
+
+def _dense(gradient):
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class LARS(keras.optimizers.Optimizer):
+    """LARS (You et al. 2017) as used by SimCLR.
+
+    For each variable w with gradient g (after the strategy's gradient all-reduce):
+        g <- g + weight_decay * w                    unless excluded from weight decay
+        trust = eta * ||w|| / ||g||                  (1 if a norm is 0 or w is excluded from
+                                                      layer adaptation)
+        v <- momentum * v + lr * trust * g
+        w <- w - v                                   (Nesterov: w <- w - (momentum*v + lr*trust*g))
+    With classic_momentum=False the trust ratio is computed on the momentum update instead
+    (v <- m*v + g; w <- w - lr * eta*||w||/||v|| * v), as the reference's second variant.
+
+    Args:
+        learning_rate: float or a LearningRateSchedule.
+        momentum: in [0, 1].
+        weight_decay: coupled L2 coefficient (>= 0).
+        eta: trust coefficient.
+        exclude_from_weight_decay: regexes of variable paths that get no weight decay.
+        exclude_from_layer_adaptation: regexes of variable paths that get no trust scaling;
+            None means the same as exclude_from_weight_decay (the reference's default).
+        nesterov, classic_momentum: variants of the momentum update.
+        **kwargs: Keras optimizer arguments (clipnorm, loss_scale_factor, name, ...).
+            Keras' own decoupled `weight_decay` is not used.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        momentum=0.9,
+        weight_decay=0.0,
+        eta=0.001,
+        exclude_from_weight_decay=DEFAULT_EXCLUDE,
+        exclude_from_layer_adaptation=None,
+        nesterov=False,
+        classic_momentum=True,
+        name="LARS",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=_as_lr(learning_rate), weight_decay=None, name=name, **kwargs
+        )
+        self.momentum = _check_float(momentum, "momentum", 0.0, 1.0)
+        self.lars_weight_decay = _check_float(weight_decay, "weight_decay")
+        self.eta = _check_float(eta, "eta")
+        self.exclude_from_weight_decay_patterns = _check_patterns(
+            exclude_from_weight_decay, "exclude_from_weight_decay"
+        )
+        if exclude_from_layer_adaptation is None:
+            self.exclude_from_layer_adaptation_patterns = self.exclude_from_weight_decay_patterns
+        else:
+            self.exclude_from_layer_adaptation_patterns = _check_patterns(
+                exclude_from_layer_adaptation, "exclude_from_layer_adaptation"
+            )
+        self._layer_adaptation_given = exclude_from_layer_adaptation is not None
+        self.nesterov = bool(nesterov)
+        self.classic_momentum = bool(classic_momentum)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = self.add_optimizer_variables(variables, "momentum")
+        # Python flags per variable index: update_step only sees an anonymous per-replica
+        # variable under tf.distribute, so the path lookup has to happen here.
+        self._use_decay_flags = tuple(
+            not matches_any(v, self.exclude_from_weight_decay_patterns) for v in variables
+        )
+        self._use_adaptation_flags = tuple(
+            not matches_any(v, self.exclude_from_layer_adaptation_patterns) for v in variables
+        )
+
+    def uses_weight_decay(self, variable) -> bool:
+        """Whether `variable` (one the optimizer was built with) gets weight decay."""
+        return self._use_decay_flags[self._get_variable_index(variable)]
+
+    def uses_layer_adaptation(self, variable) -> bool:
+        """Whether `variable` (one the optimizer was built with) gets trust scaling."""
+        return self._use_adaptation_flags[self._get_variable_index(variable)]
+
+    def _trust_ratio(self, w, u):
+        w_norm = tf.norm(w, ord=2)
+        u_norm = tf.norm(u, ord=2)
+        ratio = self.eta * w_norm / tf.where(u_norm > 0, u_norm, tf.ones_like(u_norm))
+        return tf.where((w_norm > 0) & (u_norm > 0), ratio, tf.ones_like(ratio))
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        dtype = variable.dtype
+        lr = tf.cast(learning_rate, dtype)
+        momentum = tf.cast(self.momentum, dtype)
+        g = tf.cast(_dense(gradient), dtype)
+        w = tf.convert_to_tensor(variable)
+        v = self.momentums[index]
+
+        if self._use_decay_flags[index] and self.lars_weight_decay > 0:
+            g = g + tf.cast(self.lars_weight_decay, dtype) * w
+        adapt = self._use_adaptation_flags[index]
+
+        if self.classic_momentum:
+            scaled_lr = lr * self._trust_ratio(w, g) if adapt else lr
+            next_v = momentum * v + scaled_lr * g
+            update = momentum * next_v + scaled_lr * g if self.nesterov else next_v
+            self.assign(v, next_v)
+            self.assign_sub(variable, update)
+        else:
+            next_v = momentum * v + g
+            update = momentum * next_v + g if self.nesterov else next_v
+            scaled_lr = lr * self._trust_ratio(w, update) if adapt else lr
+            self.assign(v, next_v)
+            self.assign_sub(variable, scaled_lr * update)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "momentum": self.momentum,
+                "weight_decay": self.lars_weight_decay,
+                "eta": self.eta,
+                "exclude_from_weight_decay": list(self.exclude_from_weight_decay_patterns),
+                "exclude_from_layer_adaptation": (
+                    list(self.exclude_from_layer_adaptation_patterns)
+                    if self._layer_adaptation_given
+                    else None
+                ),
+                "nesterov": self.nesterov,
+                "classic_momentum": self.classic_momentum,
+            }
+        )
+        return config
+
+
+class _ExcludeByPath:
+    """Mixin: Keras weight-decay exclusion decided from variable paths at build time, plus an
+    optional coupled L2 term (g <- g + l2 * w) for the non-excluded variables."""
+
+    def _setup_exclusion(self, exclude_from_weight_decay, l2):
+        self.exclude_from_weight_decay_patterns = _check_patterns(
+            exclude_from_weight_decay, "exclude_from_weight_decay"
+        )
+        self.l2 = _check_float(l2, "weight_decay")
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._use_decay_flags = tuple(
+            not matches_any(v, self.exclude_from_weight_decay_patterns) for v in variables
+        )
+
+    def _use_weight_decay(self, variable):
+        # Called by Keras' decoupled decay (AdamW), possibly with a per-replica variable.
+        return self._use_decay_flags[self._get_variable_index(variable)]
+
+    def uses_weight_decay(self, variable) -> bool:
+        """Whether `variable` (one the optimizer was built with) gets weight decay."""
+        return self._use_weight_decay(variable)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.l2 > 0 and self._use_weight_decay(variable):
+            gradient = tf.cast(_dense(gradient), variable.dtype)
+            gradient = gradient + tf.cast(self.l2, variable.dtype) * tf.convert_to_tensor(variable)
+        return super().update_step(gradient, variable, learning_rate)
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class SGDL2(_ExcludeByPath, keras.optimizers.SGD):
+    """Keras SGD (momentum, optional Nesterov) with coupled L2 weight decay `weight_decay`
+    (g <- g + weight_decay * w) on variables not matching `exclude_from_weight_decay`."""
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=0.0,
+        exclude_from_weight_decay=NORM_AND_BIAS_PATTERNS,
+        name="SGDL2",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=_as_lr(learning_rate),
+            momentum=float(momentum),
+            nesterov=nesterov,
+            weight_decay=None,
+            name=name,
+            **kwargs,
+        )
+        self._setup_exclusion(exclude_from_weight_decay, weight_decay)
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight_decay"] = self.l2
+        config["exclude_from_weight_decay"] = list(self.exclude_from_weight_decay_patterns)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class AdamL2(_ExcludeByPath, keras.optimizers.Adam):
+    """Keras Adam with coupled L2 weight decay (added to the gradient before the moments)."""
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        weight_decay=0.0,
+        exclude_from_weight_decay=NORM_AND_BIAS_PATTERNS,
+        name="AdamL2",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=_as_lr(learning_rate), weight_decay=None, name=name, **kwargs
+        )
+        self._setup_exclusion(exclude_from_weight_decay, weight_decay)
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight_decay"] = self.l2
+        config["exclude_from_weight_decay"] = list(self.exclude_from_weight_decay_patterns)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class AdamWExclude(_ExcludeByPath, keras.optimizers.AdamW):
+    """Keras AdamW (decoupled decay w <- w - lr * weight_decay * w, applied before the Adam
+    step) on variables not matching `exclude_from_weight_decay`."""
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        weight_decay=0.004,
+        exclude_from_weight_decay=NORM_AND_BIAS_PATTERNS,
+        name="AdamWExclude",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=_as_lr(learning_rate),
+            weight_decay=_check_float(weight_decay, "weight_decay"),
+            name=name,
+            **kwargs,
+        )
+        self._setup_exclusion(exclude_from_weight_decay, 0.0)
+
+    def get_config(self):
+        config = super().get_config()
+        config["exclude_from_weight_decay"] = list(self.exclude_from_weight_decay_patterns)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup then cosine decay to zero (the SimCLR reference schedule).
+
+        step < warmup_steps:  lr = base * step / warmup_steps
+        otherwise:            lr = base * 0.5 * (1 + cos(pi * min(step - warmup, T) / T)),
+                              T = total_steps - warmup_steps
+    so lr(0) = 0, lr(warmup_steps) = base, lr(step >= total_steps) = 0. With warmup_steps = 0
+    there is no warmup; with total_steps == warmup_steps the rate drops to 0 after the warmup.
+    `base_learning_rate` is the already scaled rate (see `scale_learning_rate`).
+    """
+
+    def __init__(self, base_learning_rate, warmup_steps, total_steps, name="WarmupCosineDecay"):
+        super().__init__()
+        self.base_learning_rate = _check_float(base_learning_rate, "base_learning_rate")
+        for arg, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{arg} must be an integer >= 0, got {value!r}.")
+        if total_steps < warmup_steps:
+            raise ValueError(
+                f"total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps}): "
+                "shorten the warmup or train longer."
+            )
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.name = name
+
+    def __call__(self, step):
+        with tf.name_scope(self.name):
+            step = tf.cast(step, tf.float32)
+            base = tf.constant(self.base_learning_rate, tf.float32)
+            warmup = float(self.warmup_steps)
+            decay_steps = float(self.total_steps - self.warmup_steps)
+            if self.warmup_steps > 0:
+                warm = base * step / warmup
+            else:
+                warm = base
+            if decay_steps > 0:
+                progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+                decayed = 0.5 * base * (1.0 + tf.cos(math.pi * progress))
+            else:
+                decayed = tf.zeros_like(step)
+            return tf.where(step < warmup, warm, decayed)
+
+    def get_config(self):
+        return {
+            "base_learning_rate": self.base_learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "name": self.name,
+        }
+
+
+def scale_learning_rate(base, batch_size, scaling="linear") -> float:
+    """SimCLR learning-rate scaling: base * B / 256 ("linear") or base * sqrt(B) ("sqrt")."""
+    base = _check_float(base, "learning_rate")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if scaling == "linear":
+        return base * batch_size / 256.0
+    if scaling == "sqrt":
+        return base * math.sqrt(batch_size)
+    raise ValueError(
+        f"Unknown learning_rate_scaling {scaling!r}; use one of {LR_SCALINGS} "
+        "('linear': base*B/256, 'sqrt': base*sqrt(B))."
+    )
+
+
+def build_optimizer(
+    name="lars",
+    learning_rate=0.3,
+    momentum=0.9,
+    weight_decay=0.0,
+    *,
+    eta=0.001,
+    nesterov=False,
+    exclude_from_weight_decay=None,
+    exclude_from_layer_adaptation=None,
+    mixed_precision=None,
+    **kwargs,
+) -> keras.optimizers.Optimizer:
+    """Builds the optimiser `name` with weight decay handled consistently.
+
+    - "lars": `LARS`; by default, like the reference run, batch-norm parameters and biases get
+      no weight decay and no trust scaling, and the supervised head ("head_supervised") gets no
+      trust scaling but does get the L2 decay on its kernel (the reference adds it as a loss).
+    - "momentum": `SGDL2` (momentum, `nesterov`), coupled L2 decay.
+    - "adam": `AdamL2`, coupled L2 decay.  "adamw": `AdamWExclude`, decoupled decay.
+    For the last three, batch-norm parameters and biases are excluded from decay (the
+    reference L2 loss excluded only batch norm). Pass `exclude_*` to override (regexes).
+    `mixed_precision="mixed_float16"` wraps the result in a Keras LossScaleOptimizer (needed in
+    custom loops; `model.compile` does it by itself). Other kwargs go to the Keras optimiser.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; use one of {OPTIMIZERS}.")
+    if mixed_precision not in (None, "float32", "mixed_float16", "mixed_bfloat16"):
+        raise ValueError(
+            f"mixed_precision must be None, 'float32', 'mixed_float16' or 'mixed_bfloat16', "
+            f"got {mixed_precision!r}."
+        )
+    decay_excl = exclude_from_weight_decay
+    if decay_excl is None:
+        decay_excl = NORM_AND_BIAS_PATTERNS
+    if name == "lars":
+        adapt_excl = exclude_from_layer_adaptation
+        if adapt_excl is None:
+            adapt_excl = tuple(decay_excl) + HEAD_PATTERNS
+        opt = LARS(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            eta=eta,
+            exclude_from_weight_decay=decay_excl,
+            exclude_from_layer_adaptation=adapt_excl,
+            nesterov=nesterov,
+            **kwargs,
+        )
+    else:
+        if exclude_from_layer_adaptation is not None:
+            raise ValueError("exclude_from_layer_adaptation only applies to optimizer='lars'.")
+        if name == "momentum":
+            opt = SGDL2(
+                learning_rate=learning_rate,
+                momentum=_check_float(momentum, "momentum", 0.0, 1.0),
+                nesterov=nesterov,
+                weight_decay=weight_decay,
+                exclude_from_weight_decay=decay_excl,
+                **kwargs,
+            )
+        elif name == "adam":
+            opt = AdamL2(
+                learning_rate=learning_rate,
+                weight_decay=weight_decay,
+                exclude_from_weight_decay=decay_excl,
+                **kwargs,
+            )
+        else:
+            opt = AdamWExclude(
+                learning_rate=learning_rate,
+                weight_decay=weight_decay,
+                exclude_from_weight_decay=decay_excl,
+                **kwargs,
+            )
+    if mixed_precision == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
