@@ -1,0 +1,339 @@
+"""Tests for tf_simclr.model: heads vs NumPy, two-view BN, stop-gradient, fine-tune freezing,
+Keras-native compile()/fit() with our ResNet and a keras.applications encoder."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr import model as model_lib
+from tf_simclr.loss import nt_xent_loss
+from tf_simclr.model import SimCLRModel, build_model
+
+SIZE = 16
+EPS = 1e-5
+
+
+def _tiny(**kwargs):
+    kwargs.setdefault("num_classes", 5)
+    return build_model(resnet_depth=18, width_multiplier=0.25, image_size=SIZE, **kwargs)
+
+
+def _images(n, seed):
+    return tf.random.stateless_uniform((n, SIZE, SIZE, 3), seed=[seed, 0])
+
+
+def _bn_train(x, gamma=None, beta=None):
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    y = (x - mean) / np.sqrt(var + EPS)
+    return y * (1 if gamma is None else gamma) + (0 if beta is None else beta)
+
+
+@pytest.mark.parametrize("mode", ["nonlinear", "linear", "none"])
+def test_projection_head_modes_match_numpy(mode):
+    keras.utils.set_random_seed(0)
+    model = _tiny(proj_head_mode=mode, num_proj_layers=2, proj_out_dim=8)
+    outs = model(_images(6, 1), training=True)
+    h = outs["final_avg_pool"].numpy()
+    np.testing.assert_allclose(outs["proj_head_input"], h)
+    head = model.projection_head
+    for d in head.dense_layers:
+        assert not d.use_bias  # every Dense is followed by BN
+    if mode == "none":
+        ref = h
+        assert not head.dense_layers
+    elif mode == "linear":
+        assert len(head.dense_layers) == 1 and not head.bn_layers[0].center
+        ref = _bn_train(h @ head.dense_layers[0].kernel.numpy())
+    else:
+        d0, d1 = head.dense_layers
+        bn0, bn1 = head.bn_layers
+        assert d0.units == h.shape[-1] and bn0.center and not bn1.center
+        x = np.maximum(_bn_train(h @ d0.kernel.numpy()), 0)
+        ref = _bn_train(x @ d1.kernel.numpy())
+    assert outs["proj_head_output"].shape == (6, h.shape[-1] if mode == "none" else 8)
+    np.testing.assert_allclose(outs["proj_head_output"], ref, rtol=1e-3, atol=1e-4)
+    # Supervised head: Dense on h (ft_proj_selector=0).
+    sup = model.supervised_head
+    np.testing.assert_allclose(
+        outs["logits_sup"], h @ sup.kernel.numpy() + sup.bias.numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_ft_proj_selector_feeds_middle_layer():
+    keras.utils.set_random_seed(1)
+    model = _tiny(num_proj_layers=3, ft_proj_selector=2, zero_init_logits_layer=False)
+    x = _images(4, 2)
+    outs = model(x, training=False)
+    hiddens = model.projection_head(outs["final_avg_pool"], training=False)
+    sup = model.supervised_head
+    assert sup.kernel.shape == (128, 5)
+    np.testing.assert_allclose(
+        outs["logits_sup"], hiddens[2] @ sup.kernel + sup.bias, rtol=1e-4, atol=1e-5
+    )
+    zero = _tiny(zero_init_logits_layer=True)
+    assert np.all(zero.supervised_head.kernel.numpy() == 0)
+    assert model.has_supervised_head
+    model.zero_supervised_head()
+    assert not np.any(model(x)["logits_sup"].numpy())
+    assert "head_supervised" in zero.supervised_head.kernel.path  # LARS excludes it by path
+
+
+def test_endpoints_and_variable_sets():
+    model = _tiny(num_classes=3)
+    outs = model(_images(2, 3), training=False)
+    expected = {
+        "initial_conv",
+        "initial_max_pool",
+        "block_group1",
+        "block_group2",
+        "block_group3",
+        "block_group4",
+        "final_avg_pool",
+        "proj_head_input",
+        "proj_head_output",
+        "logits_sup",
+    }
+    assert set(outs) == expected
+    assert outs["logits_sup"].shape == (2, 3)
+    ids = {id(v) for v in model.trainable_variables}
+    sup_ids = {id(v) for v in model.supervised_head_variables}
+    back_ids = {id(v) for v in model.backbone_trainable_variables}
+    assert len(sup_ids) == 2 and not sup_ids & back_ids and sup_ids | back_ids == ids
+    assert model.frozen_variables == []
+    no_sup = _tiny(num_classes=None)
+    assert "logits_sup" not in no_sup(_images(2, 3))
+    no_sup = _tiny(lineareval_while_pretraining=False)
+    assert no_sup.supervised_head is None
+
+
+def test_two_views_share_batch_norm_statistics():
+    keras.utils.set_random_seed(2)
+    model = _tiny()
+    v1, v2 = _images(4, 4), _images(4, 5)
+    outs = model.forward_two_views(v1, v2, training=True)
+    assert outs["proj_head_output"].shape[0] == 8
+    conv = outs["initial_conv"].numpy()
+    # Stem BN (gamma=1, beta=0 at init) normalised over all 2B images and pixels.
+    flat = conv.reshape(-1, conv.shape[-1])
+    ref = np.maximum((conv - flat.mean(0)) / np.sqrt(flat.var(0) + EPS), 0)
+    np.testing.assert_allclose(outs["initial_max_pool"], ref, rtol=1e-3, atol=1e-4)
+    stem_bn = model.encoder.get_layer("initial_max_pool").bn
+    np.testing.assert_allclose(stem_bn.moving_mean, 0.1 * flat.mean(0), rtol=1e-4, atol=1e-6)
+    # Same as one call on the concatenated batch; not the same as view 1 alone.
+    alone = model(v1, training=True)["proj_head_output"]
+    assert not np.allclose(outs["proj_head_output"][:4], alone, atol=1e-3)
+    again = model(tf.concat([v1, v2], 0), training=True)["proj_head_output"]
+    np.testing.assert_allclose(outs["proj_head_output"], again, rtol=1e-4, atol=1e-5)
+
+
+def test_supervised_head_gradient_is_stopped_in_pretraining():
+    keras.utils.set_random_seed(3)
+    x = _images(4, 6)
+    for mode, expect_encoder_grads in (("pretrain", False), ("finetune", True)):
+        model = _tiny(train_mode=mode)
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)["logits_sup"]
+            loss = tf.reduce_sum(logits**2)
+        enc_vars = model.encoder.trainable_variables
+        grads = tape.gradient(loss, enc_vars + model.supervised_head_variables)
+        has = [g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads]
+        assert any(has[: len(enc_vars)]) == expect_encoder_grads, mode
+        assert all(has[len(enc_vars) :])
+
+
+def _snapshot(model):
+    return {v.path: v.numpy().copy() for v in model.weights}
+
+
+def test_finetune_freezes_blocks_and_their_batch_norm():
+    keras.utils.set_random_seed(4)
+    model = _tiny(
+        train_mode="finetune", fine_tune_after_block=2, num_proj_layers=2, ft_proj_selector=1
+    )
+    assert len(model.weights) == len({id(v) for v in model.weights})  # nothing tracked twice
+    frozen_prefixes = ("initial_conv", "initial_max_pool", "block_group1/", "block_group2/")
+    trainable_paths = [v.path for v in model.trainable_variables]
+    assert not [p for p in trainable_paths if p.startswith(frozen_prefixes)]
+    assert any(p.startswith("block_group3/") for p in trainable_paths)
+    assert any("nl_0_" in p for p in trainable_paths)
+    assert not any("nl_1_" in p for p in trainable_paths)  # after the selector: unused
+    frozen_paths = {v.path for v in model.frozen_variables}
+    assert any(p.startswith("block_group2/") for p in frozen_paths)
+    assert not any("moving_" in p for p in frozen_paths)
+
+    x = _images(8, 7)
+    ref = model(x, training=False)
+    trained = model(x, training=True)
+    # Frozen parts run BN in inference mode even with training=True.
+    np.testing.assert_allclose(trained["block_group2"], ref["block_group2"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(trained["block_group3"], ref["block_group3"], atol=1e-4)
+
+    before = _snapshot(model)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    ds = tf.data.Dataset.from_tensors({"image": x, "label": tf.range(8) % 5})
+    hist = model.fit(ds, epochs=1, verbose=0)
+    assert set(hist.history) == {"loss", "sup_loss", "sup_acc"}
+    after = _snapshot(model)
+    for path, value in before.items():
+        changed = not np.array_equal(value, after[path])
+        if path.startswith(frozen_prefixes) or "nl_1_" in path:
+            assert not changed, f"frozen variable {path} changed"
+    # (conv1 of a block gets no gradient at step 1: its block's last BN gamma starts at zero.)
+    for path in ("head_supervised/kernel", "block_group3/block_0/shortcut_conv/conv2d/kernel"):
+        assert any(p.endswith(path) and not np.array_equal(before[p], after[p]) for p in before)
+
+    only_head = _tiny(train_mode="finetune", fine_tune_after_block=4, proj_head_mode="none")
+    assert {v.path for v in only_head.trainable_variables} == {
+        v.path for v in only_head.supervised_head_variables
+    }
+    everything = _tiny(train_mode="finetune", fine_tune_after_block=-1)
+    assert len(everything.encoder.trainable_variables) == len(everything.encoder.trainable_weights)
+    # ft_proj_selector=0: the whole projection head is unused in fine-tuning, so it is frozen.
+    assert everything.frozen_variables
+    assert all("projection_head" in v.path for v in everything.frozen_variables)
+
+
+def _two_view_batch(n=8, seed=0):
+    base = _images(n, seed)
+    noise = 0.05 * tf.random.stateless_normal(base.shape, seed=[seed, 1])
+    return {"view1": base, "view2": tf.clip_by_value(base + noise, 0, 1), "label": tf.range(n) % 5}
+
+
+def test_fit_overfits_fixed_batch_with_resnet():
+    keras.utils.set_random_seed(5)
+    model = _tiny(temperature=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    batch = _two_view_batch()
+    ds = tf.data.Dataset.from_tensors(batch).repeat(8)
+    hist = model.fit(ds, epochs=2, verbose=0).history
+    assert set(hist) == {
+        "loss",
+        "contrastive_loss",
+        "contrastive_acc",
+        "contrastive_entropy",
+        "sup_loss",
+        "sup_acc",
+    }
+    assert all(np.isfinite(hist["loss"]))
+    assert hist["loss"][-1] < hist["loss"][0] - 0.2
+    assert hist["contrastive_loss"][-1] < hist["contrastive_loss"][0]
+    assert hist["sup_loss"][-1] < hist["sup_loss"][0]
+    # The reported contrastive loss is the NT-Xent loss of the current model (eval-mode BN).
+    model.reset_metrics()
+    res = model.test_step(batch)  # what evaluate() runs per batch (eager here: no extra trace)
+    outs = model.forward_two_views(batch["view1"], batch["view2"], training=False)
+    z1, z2 = tf.split(outs["proj_head_output"], 2)
+    ref = float(nt_xent_loss(z1, z2, temperature=0.5).loss)
+    np.testing.assert_allclose(float(res["contrastive_loss"]), ref, rtol=1e-4)
+    # Labelled eval batches report the supervised head only.
+    model.reset_metrics()
+    res = model.test_step({"image": batch["view1"], "label": batch["label"]})
+    assert set(res) == {"loss", "sup_loss", "sup_acc"}
+
+
+def test_fit_with_keras_applications_encoder():
+    keras.utils.set_random_seed(6)
+    # A small keras.applications net (quick to trace); returns a [B, 1, 1, C] map that the model
+    # pools.
+    encoder = keras.applications.VGG16(input_shape=(32, 32, 3), include_top=False, weights=None)
+    model = SimCLRModel(encoder, num_classes=3, proj_out_dim=16, num_proj_layers=2)
+    outs = model(tf.zeros((2, 32, 32, 3)))
+    assert outs["final_avg_pool"].shape == (2, encoder.output.shape[-1])
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    data = {
+        "view1": tf.random.stateless_uniform((4, 32, 32, 3), seed=[1, 2]),
+        "view2": tf.random.stateless_uniform((4, 32, 32, 3), seed=[1, 3]),
+        "label": tf.constant([0, 1, 2, 0]),
+    }
+    hist = model.fit(tf.data.Dataset.from_tensors(data).repeat(2), verbose=0).history
+    assert np.isfinite(hist["loss"][0]) and 0 <= hist["contrastive_acc"][0] <= 1
+
+
+def test_vector_encoder_and_bad_inputs():
+    enc = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(6)])
+    model = SimCLRModel(enc, num_classes=None, proj_head_mode="linear", proj_out_dim=4)
+    outs = model(tf.zeros((2, 4, 4, 3)))
+    assert outs["proj_head_output"].shape == (2, 4)
+    with pytest.raises(ValueError, match="view1"):
+        model.train_step({"image": tf.zeros((2, 4, 4, 3))})
+
+    tiny = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten()])
+    cases = [
+        (dict(proj_head_mode="deep"), "proj_head_mode"),
+        (dict(train_mode="eval"), "train_mode"),
+        (dict(fine_tune_after_block=2), "fine_tune_after_block"),
+        (dict(proj_head_mode="none", ft_proj_selector=1), "ft_proj_selector"),
+        (dict(num_proj_layers=2, ft_proj_selector=3), "ft_proj_selector"),
+        (dict(train_mode="finetune", num_classes=None), "num_classes"),
+        (dict(train_mode="finetune", fine_tune_after_block=2), "block groups"),
+        (dict(temperature=0.0), "temperature"),
+    ]
+    for kwargs, match in cases:
+        kwargs.setdefault("num_classes", 2)
+        with pytest.raises(ValueError, match=match):
+            SimCLRModel(tiny, **kwargs)
+
+    class TupleEncoder(keras.layers.Layer):
+        def call(self, x):
+            return x, x
+
+    with pytest.raises(ValueError, match="dict"):
+        SimCLRModel(TupleEncoder(), num_classes=2)(tf.zeros((1, 4, 4, 3)))
+    assert model_lib.PROJ_HEAD_MODES == ("nonlinear", "linear", "none")
+
+
+_MIRRORED_SCRIPT = r"""
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+sys.path.insert(0, sys.argv[1])
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from tf_simclr.model import build_model
+
+def make(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        m = build_model(resnet_depth=18, width_multiplier=0.25, image_size=16, num_classes=3,
+                        global_bn=True, proj_out_dim=16)
+        m.compile(optimizer=keras.optimizers.SGD(0.5))
+    return m
+
+v1 = tf.random.stateless_uniform((8, 16, 16, 3), seed=[0, 1])
+batch = {"view1": v1, "view2": tf.clip_by_value(v1 + 0.1, 0, 1), "label": tf.range(8) % 3}
+ds = tf.data.Dataset.from_tensors(batch).repeat(2)
+single = make(tf.distribute.get_strategy())
+mirrored = make(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+mirrored.set_weights(single.get_weights())
+h1 = single.fit(ds, verbose=0).history
+h2 = mirrored.fit(ds, verbose=0).history
+diff = max(float(np.max(np.abs(a - b))) for a, b in zip(single.get_weights(), mirrored.get_weights()))
+print(json.dumps({"h1": h1, "h2": h2, "weight_diff": diff,
+                  "replicas": mirrored.distribute_strategy.num_replicas_in_sync}))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_global_bn_matches_single_device(tmp_path):
+    """2 logical CPUs with global BN == one device on the same global batch (fit, 2 steps)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored_check.py"
+    script.write_text(_MIRRORED_SCRIPT)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, str(script), root], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["replicas"] == 2
+    for key in ("loss", "contrastive_loss", "sup_loss", "contrastive_acc"):
+        np.testing.assert_allclose(res["h2"][key], res["h1"][key], rtol=1e-4, atol=1e-5)
+    # After two lr-0.5 steps; sync BN's E[x^2]-E[x]^2 vs the fused kernel's variance differ in
+    # float32 round-off (largest differences ~3e-4 in early conv kernels of magnitude ~0.2-1).
+    assert res["weight_diff"] < 1e-3

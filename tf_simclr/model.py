@@ -1,0 +1,502 @@
+"""SimCLR model: encoder + projection head + supervised head, with a Keras-native train_step.
+
+Two-view batch norm: like the reference code, the two views of a pretraining batch go through
+the network as ONE concatenated batch of 2B images (``forward_two_views``), so every batch norm
+layer (encoder and projection head) normalises with statistics over both views. Rows [:B] of
+every output are view 1, rows [B:] view 2. With ``global_bn=True`` the statistics are further
+synchronised across replicas (``keras.layers.BatchNormalization(synchronized=True)``).
+
+Usage from user code (no CLI needed)::
+
+    encoder = tf_simclr.resnet.build_resnet(18, input_shape=(32, 32, 3))   # or any Keras model
+    model = SimCLRModel(encoder, num_classes=10, temperature=0.5)
+    model.compile(optimizer=tf_simclr.optim.LARS(learning_rate=1.0, weight_decay=1e-4))
+    model.fit(two_view_ds)     # elements {"view1": [B,H,W,3], "view2": ..., "label": [B]}
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tf_simclr import loss as loss_lib
+from tf_simclr.resnet import batch_norm, freeze_up_to_block, layer_groups
+
+PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
+TRAIN_MODES = ("pretrain", "finetune")
+SUPERVISED_HEAD_NAME = "head_supervised"
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class ProjectionHead(keras.layers.Layer):
+    """SimCLR projection head g(h); ``call`` returns the list of hiddens [h, g_1(h), ..., z].
+
+    nonlinear: ``num_proj_layers`` layers; hidden ones are Dense(no bias) + BN + ReLU at the input
+    width, the last is Dense(proj_out_dim, no bias) + BN without beta. linear: that last layer
+    only. none: z = h. Dense kernels start from N(0, 0.01^2) as in the reference code.
+    """
+
+    def __init__(
+        self,
+        mode="nonlinear",
+        proj_out_dim=128,
+        num_proj_layers=3,
+        batch_norm_decay=0.9,
+        batch_norm_epsilon=1e-5,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if mode not in PROJ_HEAD_MODES:
+            raise ValueError(f"proj_head_mode must be one of {PROJ_HEAD_MODES}, got {mode!r}.")
+        if mode == "nonlinear" and num_proj_layers < 1:
+            raise ValueError(
+                f"proj_head_mode='nonlinear' needs num_proj_layers >= 1, got {num_proj_layers}."
+            )
+        if mode != "none" and proj_out_dim < 1:
+            raise ValueError(f"proj_out_dim must be >= 1, got {proj_out_dim}.")
+        self.mode = mode
+        self.proj_out_dim = proj_out_dim
+        self.num_proj_layers = num_proj_layers
+        self.batch_norm_decay = batch_norm_decay
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.global_bn = global_bn
+        self.dense_layers = []
+        self.bn_layers = []
+
+    @property
+    def num_layers(self) -> int:
+        """Number of Dense+BN layers (0 for mode 'none')."""
+        return {"none": 0, "linear": 1, "nonlinear": self.num_proj_layers}[self.mode]
+
+    def build(self, input_shape):
+        width = int(input_shape[-1])
+        n = self.num_layers
+        prefix = "l" if self.mode == "linear" else "nl"
+        for j in range(n):
+            last = j == n - 1
+            dense = keras.layers.Dense(
+                self.proj_out_dim if last else width,
+                use_bias=False,  # always followed by BN
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                name=f"{prefix}_{j}_dense",
+            )
+            bn = batch_norm(
+                name=f"{prefix}_{j}_batch_normalization",
+                momentum=self.batch_norm_decay,
+                epsilon=self.batch_norm_epsilon,
+                global_bn=self.global_bn,
+                center=not last,  # the output layer has neither bias nor beta
+            )
+            dense.build((None, width))
+            bn.build((None, dense.units))
+            self.dense_layers.append(dense)
+            self.bn_layers.append(bn)
+
+    def call(self, h, training=None):
+        hiddens = [h]
+        x = h
+        n = self.num_layers
+        for j in range(n):
+            x = self.bn_layers[j](self.dense_layers[j](x), training=training)
+            if j != n - 1:
+                x = ops.relu(x)
+            hiddens.append(x)
+        return hiddens
+
+    def compute_output_shape(self, input_shape):
+        shapes = [tuple(input_shape)]
+        for j in range(self.num_layers):
+            last = j == self.num_layers - 1
+            shapes.append((input_shape[0], self.proj_out_dim if last else input_shape[-1]))
+        return shapes
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(
+            mode=self.mode,
+            proj_out_dim=self.proj_out_dim,
+            num_proj_layers=self.num_proj_layers,
+            batch_norm_decay=self.batch_norm_decay,
+            batch_norm_epsilon=self.batch_norm_epsilon,
+            global_bn=self.global_bn,
+        )
+        return cfg
+
+
+def _num_replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+class SimCLRModel(keras.Model):
+    """SimCLR network: ``encoder`` -> projection head -> (optional) supervised head.
+
+    ``encoder`` is any Keras model/layer mapping images to either a dict containing
+    ``"final_avg_pool"`` [B, D] (``tf_simclr.resnet.build_resnet``), a [B, D] tensor, or a
+    [B, H, W, C] feature map (global-average-pooled here; e.g. keras.applications with
+    ``include_top=False``).
+
+    ``call(images, training=False)`` returns a dict with the encoder endpoints plus
+    ``proj_head_input`` (h), ``proj_head_output`` (z) and, when a supervised head exists,
+    ``logits_sup``. Pretraining: the supervised head (``lineareval_while_pretraining``) sees
+    ``stop_gradient`` of the ``ft_proj_selector``-th hidden of the projection head (0 = h), so it
+    never changes the representation. Fine-tuning (``train_mode="finetune"``): the head is trained
+    through, and ``fine_tune_after_block=k`` freezes the stem and block groups 1..k
+    (``trainable=False``: no updates, BN in inference mode); projection-head layers after
+    ``ft_proj_selector`` are unused and frozen too.
+
+    ``train_step`` / ``test_step`` make ``compile()`` + ``fit()`` / ``evaluate()`` work on
+    pretraining batches ``{"view1", "view2", "label"}`` (NT-Xent + supervised cross-entropy) and,
+    in fine-tune mode, on ``{"image", "label"}`` batches (or ``(image, label)`` tuples).
+    """
+
+    def __init__(
+        self,
+        encoder,
+        *,
+        num_classes: int | None,
+        proj_head_mode: str = "nonlinear",
+        proj_out_dim: int = 128,
+        num_proj_layers: int = 3,
+        ft_proj_selector: int = 0,
+        train_mode: str = "pretrain",
+        lineareval_while_pretraining: bool = True,
+        global_bn: bool = False,
+        batch_norm_decay: float = 0.9,
+        batch_norm_epsilon: float = 1e-5,
+        fine_tune_after_block: int = -1,
+        zero_init_logits_layer: bool = False,
+        temperature: float = 0.5,
+        hidden_norm: bool = True,
+        loss_scale: str = "paper",
+        head_weight_decay: float = 0.0,
+        name: str = "simclr",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}.")
+        if fine_tune_after_block != -1 and train_mode != "finetune":
+            raise ValueError(
+                "fine_tune_after_block only applies to train_mode='finetune'; "
+                f"got fine_tune_after_block={fine_tune_after_block} with train_mode={train_mode!r}."
+            )
+        if train_mode == "finetune" and not num_classes:
+            raise ValueError("train_mode='finetune' needs num_classes >= 1.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.encoder = encoder
+        self.projection_head = ProjectionHead(
+            proj_head_mode,
+            proj_out_dim=proj_out_dim,
+            num_proj_layers=num_proj_layers,
+            batch_norm_decay=batch_norm_decay,
+            batch_norm_epsilon=batch_norm_epsilon,
+            global_bn=global_bn,
+            name="projection_head",
+        )
+        n_hiddens = self.projection_head.num_layers + 1
+        if not 0 <= ft_proj_selector < n_hiddens:
+            raise ValueError(
+                f"ft_proj_selector={ft_proj_selector} is out of range for proj_head_mode="
+                f"{proj_head_mode!r} with {self.projection_head.num_layers} layer(s); use 0.."
+                f"{n_hiddens - 1} (0 = encoder output)."
+            )
+        self.num_classes = num_classes
+        self.proj_head_mode = proj_head_mode
+        self.ft_proj_selector = ft_proj_selector
+        self.train_mode = train_mode
+        self.lineareval_while_pretraining = lineareval_while_pretraining
+        self.global_bn = global_bn
+        self.fine_tune_after_block = fine_tune_after_block
+        self.temperature = temperature
+        self.hidden_norm = hidden_norm
+        self.loss_scale = loss_scale
+        self.head_weight_decay = head_weight_decay
+
+        self.supervised_head = None
+        if num_classes and (train_mode == "finetune" or lineareval_while_pretraining):
+            self.supervised_head = keras.layers.Dense(
+                num_classes,
+                use_bias=True,
+                kernel_initializer=(
+                    "zeros"
+                    if zero_init_logits_layer
+                    else keras.initializers.RandomNormal(stddev=0.01)
+                ),
+                name=SUPERVISED_HEAD_NAME,
+            )
+
+        # Not Keras-tracked: these layers are already tracked through encoder / heads.
+        object.__setattr__(self, "_frozen_layers", [])
+        if train_mode == "finetune":
+            freeze_up_to_block(encoder, fine_tune_after_block)
+            if fine_tune_after_block == 4:
+                self._frozen_layers.append(encoder)
+            elif fine_tune_after_block >= 0:
+                groups = layer_groups(encoder)
+                names = ["stem"] + [f"block_group{i}" for i in range(1, fine_tune_after_block + 1)]
+                self._frozen_layers.extend(layer for g in names for layer in groups[g])
+
+        names = (
+            "loss",
+            "contrastive_loss",
+            "contrastive_acc",
+            "contrastive_entropy",
+            "sup_loss",
+            "sup_acc",
+        )
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+
+    # ------------------------------------------------------------------ forward
+    def _encode(self, images, training):
+        out = self.encoder(images, training=training)
+        if isinstance(out, dict):
+            if "final_avg_pool" not in out:
+                raise ValueError(
+                    "An encoder returning a dict must include 'final_avg_pool' ([B, D] features); "
+                    f"got keys {sorted(out)}."
+                )
+            return dict(out)
+        if isinstance(out, (list, tuple)):
+            raise ValueError(
+                "The encoder must return one tensor ([B, D] or [B, H, W, C]) or a dict with "
+                f"'final_avg_pool'; got a {type(out).__name__} of {len(out)} tensors."
+            )
+        rank = len(out.shape)
+        if rank == 4:
+            return {"encoder_output": out, "final_avg_pool": ops.mean(out, axis=(1, 2))}
+        if rank == 2:
+            return {"final_avg_pool": out}
+        raise ValueError(
+            f"Encoder output must be [B, D] or [B, H, W, C]; got shape {tuple(out.shape)}."
+        )
+
+    def build(self, input_shape):
+        # Build the heads from a symbolic pass so variables exist before the first real step.
+        if not self.projection_head.built:
+            x = keras.KerasTensor(tuple(input_shape))
+            h = self._encode(x, training=False)["final_avg_pool"]
+            dims = [int(h.shape[-1])]
+            self.projection_head.build((None, dims[0]))
+            for d in self.projection_head.dense_layers:
+                dims.append(d.units)
+            if self.supervised_head is not None and not self.supervised_head.built:
+                self.supervised_head.build((None, dims[self.ft_proj_selector]))
+        self._freeze_unused_head_layers()
+        self.built = True
+
+    def _freeze_unused_head_layers(self):
+        if self.train_mode != "finetune":
+            return
+        for j in range(self.ft_proj_selector, self.projection_head.num_layers):
+            for layer in (self.projection_head.dense_layers[j], self.projection_head.bn_layers[j]):
+                if layer.trainable:
+                    layer.trainable = False
+                    self._frozen_layers.append(layer)
+
+    def call(self, images, training=False):
+        outs = self._encode(images, training=training)
+        hiddens = self.projection_head(outs["final_avg_pool"], training=training)
+        outs["proj_head_input"] = hiddens[0]
+        outs["proj_head_output"] = hiddens[-1]
+        if self.supervised_head is not None:
+            sup_in = hiddens[self.ft_proj_selector]
+            if self.train_mode == "pretrain":
+                sup_in = ops.stop_gradient(sup_in)
+            outs["logits_sup"] = self.supervised_head(sup_in)
+        return outs
+
+    def forward_two_views(self, view1, view2, training=True):
+        """One pass on concat([view1, view2]) (2B images, BN sees both views); rows [:B] = view1."""
+        return self(ops.concatenate([view1, view2], axis=0), training=training)
+
+    # ------------------------------------------------------------ variable sets
+    @property
+    def has_supervised_head(self) -> bool:
+        """Whether ``call`` returns ``logits_sup``."""
+        return self.supervised_head is not None
+
+    def zero_supervised_head(self) -> None:
+        """Set the supervised head's kernel and bias to zero (e.g. after restoring a checkpoint)."""
+        if self.supervised_head is None:
+            raise ValueError("This model has no supervised head (num_classes is None).")
+        if not self.supervised_head.built:
+            raise ValueError("Build the model (call it once) before zeroing its supervised head.")
+        for v in self.supervised_head.weights:
+            v.assign(ops.zeros(v.shape, v.dtype))
+
+    @property
+    def supervised_head_variables(self) -> list:
+        """Trainable variables of the supervised (linear-eval / fine-tune) head."""
+        return [] if self.supervised_head is None else list(self.supervised_head.trainable_weights)
+
+    @property
+    def backbone_trainable_variables(self) -> list:
+        """Trainable variables of encoder + projection head (everything but the supervised head)."""
+        return list(self.encoder.trainable_weights) + list(self.projection_head.trainable_weights)
+
+    @property
+    def frozen_variables(self) -> list:
+        """Parameters frozen by fine-tuning (excludes BN moving statistics)."""
+        out, seen = [], set()
+        for layer in self._frozen_layers:
+            for v in layer.weights:
+                if id(v) in seen or "moving_mean" in v.path or "moving_variance" in v.path:
+                    continue
+                seen.add(id(v))
+                out.append(v)
+        return out
+
+    # ------------------------------------------------------------------ losses
+    def _supervised_loss(self, logits, labels):
+        logits = ops.cast(logits, "float32")
+        labels = ops.cast(ops.reshape(labels, [-1]), "int32")
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        acc = ops.mean(ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), "float32"))
+        return ops.mean(per_example), acc
+
+    def _head_l2(self):
+        if not self.head_weight_decay or self.supervised_head is None:
+            return 0.0
+        return self.head_weight_decay * 0.5 * ops.sum(ops.square(self.supervised_head.kernel))
+
+    def _pretrain_losses(self, data, training):
+        if not isinstance(data, dict) or "view1" not in data or "view2" not in data:
+            raise ValueError(
+                "Pretraining batches must be dicts with 'view1' and 'view2' (and 'label'); got "
+                f"{type(data).__name__}{' keys ' + str(sorted(data)) if isinstance(data, dict) else ''}."
+            )
+        outs = self.forward_two_views(data["view1"], data["view2"], training=training)
+        z1, z2 = ops.split(outs["proj_head_output"], 2, axis=0)
+        con = loss_lib.nt_xent_loss(
+            z1,
+            z2,
+            temperature=self.temperature,
+            hidden_norm=self.hidden_norm,
+            loss_scale=self.loss_scale,
+        )
+        stats = {"contrastive_loss": con.loss}  # this replica's share of the global loss
+        stats.update(loss_lib.contrastive_metrics(con.logits, con.labels))
+        total = con.loss
+        replicas = _num_replicas()
+        if "logits_sup" in outs and data.get("label") is not None:
+            labels = ops.concatenate([data["label"], data["label"]], axis=0)
+            sup, acc = self._supervised_loss(outs["logits_sup"], labels)
+            stats["sup_loss"], stats["sup_acc"] = sup, acc
+            total = total + (sup + self._head_l2()) / replicas
+        return total, stats
+
+    def _finetune_losses(self, data, training):
+        if isinstance(data, dict):
+            if "image" not in data or "label" not in data:
+                raise ValueError(
+                    f"Fine-tune batches need 'image' and 'label'; got keys {sorted(data)}."
+                )
+            images, labels = data["image"], data["label"]
+        else:
+            images, labels = data[0], data[1]
+        outs = self(images, training=training)
+        sup, acc = self._supervised_loss(outs["logits_sup"], labels)
+        total = (sup + self._head_l2()) / _num_replicas()
+        return total, {"sup_loss": sup, "sup_acc": acc}
+
+    def _compute_losses(self, data, training):
+        if self.train_mode == "pretrain":
+            total, stats = self._pretrain_losses(data, training)
+        else:
+            total, stats = self._finetune_losses(data, training)
+        if self.losses:  # Keras regularisers, if a user encoder has any
+            total = total + ops.sum(self.losses) / _num_replicas()
+        return total, stats
+
+    def _record(self, total, stats):
+        replicas = _num_replicas()
+        # Trackers average across replicas, so record each replica's share scaled to a full loss.
+        self._trackers["loss"].update_state(total * replicas)
+        for k, v in stats.items():
+            self._trackers[k].update_state(v * replicas if k == "contrastive_loss" else v)
+        return {k: self._trackers[k].result() for k in ["loss", *stats]}
+
+    # ------------------------------------------------------------- Keras hooks
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            total, stats = self._compute_losses(data, training=True)
+            scaled = (
+                self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
+            )
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._record(total, stats)
+
+    def test_step(self, data):
+        if self.train_mode == "pretrain" and isinstance(data, dict) and "view1" not in data:
+            # Plain labelled eval batches: report the supervised head only.
+            outs = self(data["image"], training=False)
+            if "logits_sup" not in outs:
+                raise ValueError(
+                    "This model has no supervised head to evaluate on 'image' batches."
+                )
+            sup, acc = self._supervised_loss(outs["logits_sup"], data["label"])
+            return self._record(sup / _num_replicas(), {"sup_loss": sup, "sup_acc": acc})
+        total, stats = self._compute_losses(data, training=False)
+        return self._record(total, stats)
+
+    def get_config(self):
+        # The encoder is an arbitrary object; rebuild SimCLRModel in code rather than from config.
+        raise NotImplementedError(
+            "SimCLRModel is not config-serialisable; rebuild it with build_model(...) and restore "
+            "weights (checkpoint or model.save_weights)."
+        )
+
+
+def build_model(
+    *,
+    resnet_depth: int = 50,
+    width_multiplier: float = 1.0,
+    image_size: int | None = None,
+    sk_ratio: float = 0.0,
+    se_ratio: float = 0.0,
+    cifar_stem: bool | None = None,
+    global_bn: bool = False,
+    batch_norm_decay: float = 0.9,
+    batch_norm_epsilon: float = 1e-5,
+    num_classes: int | None = None,
+    **model_kwargs,
+) -> SimCLRModel:
+    """Build a ResNet encoder (``tf_simclr.resnet.build_resnet``) wrapped in a ``SimCLRModel``.
+
+    ``model_kwargs`` go to ``SimCLRModel`` (proj_head_mode, temperature, train_mode, ...).
+    With ``image_size`` the variables are created at once.
+    """
+    from tf_simclr.resnet import build_resnet
+
+    shape = (image_size, image_size, 3) if image_size else (None, None, 3)
+    encoder = build_resnet(
+        resnet_depth,
+        width_multiplier,
+        input_shape=shape,
+        cifar_stem=cifar_stem,
+        sk_ratio=sk_ratio,
+        se_ratio=se_ratio,
+        batch_norm_decay=batch_norm_decay,
+        batch_norm_epsilon=batch_norm_epsilon,
+        global_bn=global_bn,
+    )
+    model = SimCLRModel(
+        encoder,
+        num_classes=num_classes,
+        global_bn=global_bn,
+        batch_norm_decay=batch_norm_decay,
+        batch_norm_epsilon=batch_norm_epsilon,
+        **model_kwargs,
+    )
+    if image_size:
+        model.build((None, image_size, image_size, 3))
+    return model

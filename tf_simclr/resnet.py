@@ -1,0 +1,788 @@
+"""ResNet v1 family (post-activation) as used by SimCLR v1/v2, in Keras 3.
+
+Follows the reference SimCLR code: the stride sits on the 3x3 conv of a bottleneck block
+("v1.5"), strided convs use fixed (input-size independent) padding, conv kernels have no bias
+and use ``VarianceScaling()`` (scale 1, fan-in, truncated normal), BN momentum 0.9 / epsilon 1e-5,
+and the last BN of every residual block starts with gamma = 0. SimCLRv2 options: selective
+kernels (``sk_ratio``; also switches to the ResNet-D stem of three 3x3 convs and average-pool
+shortcuts) and squeeze-excitation (``se_ratio``).
+
+All batch-norm layers have ``batch_normalization`` in their name so optimisers that exclude
+BN parameters by variable path (LARS) find them.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+ENDPOINTS = (
+    "initial_conv",
+    "initial_max_pool",
+    "block_group1",
+    "block_group2",
+    "block_group3",
+    "block_group4",
+    "final_avg_pool",
+)
+
+# depth -> (bottleneck?, blocks per group)
+RESNET_LAYERS = {
+    18: (False, (2, 2, 2, 2)),
+    34: (False, (3, 4, 6, 3)),
+    50: (True, (3, 4, 6, 3)),
+    101: (True, (3, 4, 23, 3)),
+    152: (True, (3, 8, 36, 3)),
+    200: (True, (3, 24, 36, 3)),
+}
+
+CIFAR_STEM_MAX_SIZE = 32
+
+
+def _conv_init():
+    return keras.initializers.VarianceScaling()
+
+
+def _scaled(channels: int, width_multiplier: float) -> int:
+    """Channel count after the width multiplier (at least 1)."""
+    return max(1, int(round(channels * width_multiplier)))
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` computed with TF's fused kernel where possible.
+
+    Same variables, hyper-parameters and semantics as the Keras layer (moving statistics use the
+    biased batch variance, ``moving = momentum * moving + (1 - momentum) * batch``), but one
+    FusedBatchNormV3 op (and its fused gradient) instead of ~15 elementwise ops: faster on CPU
+    and much quicker to trace. Falls back to the Keras implementation for cross-replica
+    (``synchronized``) statistics with more than one replica, masks, renorm, or axis != -1.
+    """
+
+    def _can_fuse(self, inputs, mask):
+        if mask is not None or self.renorm or self.axis not in (-1, len(inputs.shape) - 1):
+            return False
+        if len(inputs.shape) not in (2, 4) or inputs.dtype not in (tf.float32, tf.float16):
+            return False
+        if self.synchronized:
+            ctx = tf.distribute.get_replica_context()
+            if ctx is not None and ctx.num_replicas_in_sync > 1:
+                return False  # cross-replica statistics: Keras' all-reduce implementation
+        return True
+
+    def call(self, inputs, training=None, mask=None):
+        inputs = tf.convert_to_tensor(inputs)
+        if not self._can_fuse(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        x = inputs
+        if len(inputs.shape) == 2:
+            x = tf.reshape(x, [-1, 1, 1, inputs.shape[-1]])
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
+        moving_mean = tf.cast(self.moving_mean, tf.float32)
+        moving_variance = tf.cast(self.moving_variance, tf.float32)
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, is_training=True
+            )
+            # The fused op returns the unbiased (n-1) variance; Keras keeps the biased one.
+            n = tf.cast(tf.size(x) // channels, tf.float32)
+            variance = variance * tf.maximum(n - 1.0, 0.0) / tf.maximum(n, 1.0)
+            self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(
+                moving_variance * self.momentum + variance * (1.0 - self.momentum)
+            )
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x,
+                gamma,
+                beta,
+                mean=moving_mean,
+                variance=moving_variance,
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+        if len(inputs.shape) == 2:
+            y = tf.reshape(y, tf.shape(inputs))
+        return tf.cast(y, self.compute_dtype)
+
+
+# Use the fused layer (bench/bench_train_step.py --bn keras flips this to compare).
+USE_FUSED_BN = True
+
+
+def batch_norm(
+    *,
+    name: str,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    global_bn: bool = False,
+    gamma_zero: bool = False,
+    center: bool = True,
+) -> keras.layers.BatchNormalization:
+    """BatchNormalization with SimCLR defaults; ``global_bn`` syncs statistics across replicas."""
+    if "batch_normalization" not in name:
+        name = f"{name}_batch_normalization"
+    cls = FusedBatchNormalization if USE_FUSED_BN else keras.layers.BatchNormalization
+    return cls(
+        axis=-1,
+        momentum=momentum,
+        epsilon=epsilon,
+        center=center,
+        scale=True,
+        gamma_initializer="zeros" if gamma_zero else "ones",
+        synchronized=global_bn,
+        name=name,
+    )
+
+
+class _BNConfigMixin:
+    """Shared BN hyper-parameters for the composite layers below."""
+
+    def _init_bn(self, batch_norm_decay, batch_norm_epsilon, global_bn):
+        self.batch_norm_decay = batch_norm_decay
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.global_bn = global_bn
+
+    def _bn(self, name, gamma_zero=False):
+        return batch_norm(
+            name=name,
+            momentum=self.batch_norm_decay,
+            epsilon=self.batch_norm_epsilon,
+            global_bn=self.global_bn,
+            gamma_zero=gamma_zero,
+        )
+
+    def _bn_config(self):
+        return {
+            "batch_norm_decay": self.batch_norm_decay,
+            "batch_norm_epsilon": self.batch_norm_epsilon,
+            "global_bn": self.global_bn,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class FixedPaddingConv2D(keras.layers.Layer):
+    """Conv2D without bias; strided convs pad by (k-1) explicitly so output size is ceil(n/s)."""
+
+    def __init__(self, filters, kernel_size, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        pad_total = kernel_size - 1
+        self._pad = (pad_total // 2, pad_total - pad_total // 2)
+        self.conv = keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same" if strides == 1 else "valid",
+            use_bias=False,
+            kernel_initializer=_conv_init(),
+            name="conv2d",
+        )
+
+    def build(self, input_shape):
+        b, h, w, c = input_shape
+        if self.strides > 1:
+            h = None if h is None else h + self.kernel_size - 1
+            w = None if w is None else w + self.kernel_size - 1
+        self.conv.build((b, h, w, c))
+
+    def call(self, x):
+        if self.strides > 1 and self.kernel_size > 1:
+            x = ops.pad(x, [[0, 0], self._pad, self._pad, [0, 0]])
+        return self.conv(x)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.strides
+
+        def out(n):
+            return None if n is None else -(-n // s)
+
+        return (b, out(h), out(w), self.filters)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides)
+        return cfg
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class SelectiveKernel(_BNConfigMixin, keras.layers.Layer):
+    """SimCLRv2 selective-kernel conv: two 3x3 paths mixed by a softmax attention over paths."""
+
+    def __init__(
+        self,
+        filters,
+        strides=1,
+        sk_ratio=0.0625,
+        min_dim=32,
+        batch_norm_decay=0.9,
+        batch_norm_epsilon=1e-5,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self.filters = filters
+        self.strides = strides
+        self.sk_ratio = sk_ratio
+        self.min_dim = min_dim
+        mid_dim = max(int(filters * sk_ratio), min_dim)
+        self.conv = FixedPaddingConv2D(2 * filters, 3, strides, name="sk_conv")
+        self.bn = self._bn("sk_batch_normalization")
+        self.fc_reduce = keras.layers.Conv2D(
+            mid_dim, 1, use_bias=False, kernel_initializer=_conv_init(), name="sk_reduce"
+        )
+        self.bn_reduce = self._bn("sk_reduce_batch_normalization")
+        self.fc_expand = keras.layers.Conv2D(
+            2 * filters, 1, use_bias=False, kernel_initializer=_conv_init(), name="sk_expand"
+        )
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(self.conv.compute_output_shape(input_shape))
+        self.fc_reduce.build((None, 1, 1, self.filters))
+        self.bn_reduce.build((None, 1, 1, self.fc_reduce.filters))
+        self.fc_expand.build((None, 1, 1, self.fc_reduce.filters))
+
+    def call(self, x, training=None):
+        x = ops.relu(self.bn(self.conv(x), training=training))
+        paths = ops.stack(ops.split(x, 2, axis=-1), axis=0)  # [2, B, H, W, C]
+        squeeze = ops.mean(ops.sum(paths, axis=0), axis=(1, 2), keepdims=True)
+        squeeze = ops.relu(self.bn_reduce(self.fc_reduce(squeeze), training=training))
+        mixing = self.fc_expand(squeeze)
+        mixing = ops.softmax(ops.stack(ops.split(mixing, 2, axis=-1), axis=0), axis=0)
+        return ops.sum(paths * mixing, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+
+        def out(n):
+            return None if n is None else -(-n // self.strides)
+
+        return (b, out(h), out(w), self.filters)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(
+            filters=self.filters,
+            strides=self.strides,
+            sk_ratio=self.sk_ratio,
+            min_dim=self.min_dim,
+            **self._bn_config(),
+        )
+        return cfg
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class SqueezeExcite(keras.layers.Layer):
+    """SE-Net channel attention: global pool -> 1x1 reduce (ReLU) -> 1x1 expand (sigmoid) -> scale."""
+
+    def __init__(self, reduced_filters, **kwargs):
+        super().__init__(**kwargs)
+        self.reduced_filters = reduced_filters
+        self.reduce = keras.layers.Conv2D(
+            reduced_filters, 1, kernel_initializer=_conv_init(), name="se_reduce"
+        )
+        self.expand = None
+
+    def build(self, input_shape):
+        self.expand = keras.layers.Conv2D(
+            input_shape[-1], 1, kernel_initializer=_conv_init(), name="se_expand"
+        )
+        self.reduce.build((None, 1, 1, input_shape[-1]))
+        self.expand.build((None, 1, 1, self.reduced_filters))
+
+    def call(self, x):
+        s = ops.mean(x, axis=(1, 2), keepdims=True)
+        s = self.expand(ops.relu(self.reduce(s)))
+        return ops.sigmoid(s) * x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(reduced_filters=self.reduced_filters)
+        return cfg
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class ResidualBlock(_BNConfigMixin, keras.layers.Layer):
+    """Basic (depth 18/34) or bottleneck (50+) post-activation residual block."""
+
+    def __init__(
+        self,
+        filters,
+        strides=1,
+        use_projection=False,
+        bottleneck=False,
+        sk_ratio=0.0,
+        se_ratio=0.0,
+        batch_norm_decay=0.9,
+        batch_norm_epsilon=1e-5,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self.filters = filters
+        self.strides = strides
+        self.use_projection = use_projection
+        self.bottleneck = bottleneck
+        self.sk_ratio = sk_ratio
+        self.se_ratio = se_ratio
+        out_filters = 4 * filters if bottleneck else filters
+        self.out_filters = out_filters
+
+        self.shortcut_pad = None
+        self.shortcut_pool = None
+        self.shortcut_conv = None
+        self.shortcut_bn = None
+        if use_projection:
+            if sk_ratio > 0:
+                # ResNet-D: average-pool then 1x1 stride-1 conv, so no activation is skipped.
+                if strides > 1:
+                    # Pad (0, 1) first, as the reference, so odd sizes give ceil(n / s) rows.
+                    self.shortcut_pad = keras.layers.ZeroPadding2D(((0, 1), (0, 1)))
+                    self.shortcut_pool = keras.layers.AveragePooling2D(
+                        pool_size=2, strides=strides, padding="valid", name="shortcut_pool"
+                    )
+                else:
+                    self.shortcut_pool = keras.layers.AveragePooling2D(
+                        pool_size=2, strides=1, padding="same", name="shortcut_pool"
+                    )
+                self.shortcut_conv = FixedPaddingConv2D(out_filters, 1, 1, name="shortcut_conv")
+            else:
+                self.shortcut_conv = FixedPaddingConv2D(
+                    out_filters, 1, strides, name="shortcut_conv"
+                )
+            self.shortcut_bn = self._bn("shortcut_batch_normalization")
+
+        self.layers_seq = []  # (layer, kind) with kind in {"conv", "bn_relu", "bn", "sk"}
+        if bottleneck:
+            self.layers_seq += [
+                (FixedPaddingConv2D(filters, 1, 1, name="conv1"), "conv"),
+                (self._bn("bn1_batch_normalization"), "bn_relu"),
+            ]
+            if sk_ratio > 0:
+                self.layers_seq.append(
+                    (
+                        SelectiveKernel(
+                            filters, strides, sk_ratio, name="sk2", **self._bn_config()
+                        ),
+                        "sk",
+                    )
+                )
+            else:
+                self.layers_seq += [
+                    (FixedPaddingConv2D(filters, 3, strides, name="conv2"), "conv"),
+                    (self._bn("bn2_batch_normalization"), "bn_relu"),
+                ]
+            self.layers_seq += [
+                (FixedPaddingConv2D(out_filters, 1, 1, name="conv3"), "conv"),
+                (self._bn("bn3_batch_normalization", gamma_zero=True), "bn"),
+            ]
+        else:
+            self.layers_seq += [
+                (FixedPaddingConv2D(filters, 3, strides, name="conv1"), "conv"),
+                (self._bn("bn1_batch_normalization"), "bn_relu"),
+                (FixedPaddingConv2D(filters, 3, 1, name="conv2"), "conv"),
+                (self._bn("bn2_batch_normalization", gamma_zero=True), "bn"),
+            ]
+        # Keep sublayers tracked by Keras (a list of tuples is not auto-tracked).
+        self.block_layers = [layer for layer, _ in self.layers_seq]
+        self.se = None
+        if se_ratio > 0:
+            self.se = SqueezeExcite(max(1, int(filters * se_ratio)), name="se")
+
+    def build(self, input_shape):
+        if self.use_projection:
+            shape = input_shape
+            if self.shortcut_pad is not None:
+                shape = self.shortcut_pad.compute_output_shape(shape)
+            if self.shortcut_pool is not None:
+                shape = self.shortcut_pool.compute_output_shape(shape)
+            self.shortcut_conv.build(shape)
+            self.shortcut_bn.build(self.shortcut_conv.compute_output_shape(shape))
+        shape = input_shape
+        for layer, kind in self.layers_seq:
+            layer.build(shape)
+            if kind in ("conv", "sk"):
+                shape = layer.compute_output_shape(shape)
+        if self.se is not None:
+            self.se.build(shape)
+
+    def call(self, x, training=None):
+        shortcut = x
+        if self.use_projection:
+            if self.shortcut_pad is not None:
+                shortcut = self.shortcut_pad(shortcut)
+            if self.shortcut_pool is not None:
+                shortcut = self.shortcut_pool(shortcut)
+            shortcut = self.shortcut_bn(self.shortcut_conv(shortcut), training=training)
+        for layer, kind in self.layers_seq:
+            if kind == "conv":
+                x = layer(x)
+            elif kind == "sk":
+                x = layer(x, training=training)
+            else:
+                x = layer(x, training=training)
+                if kind == "bn_relu":
+                    x = ops.relu(x)
+        if self.se is not None:
+            x = self.se(x)
+        return ops.relu(x + shortcut)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+
+        def out(n):
+            return None if n is None else -(-n // self.strides)
+
+        return (b, out(h), out(w), self.out_filters)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(
+            filters=self.filters,
+            strides=self.strides,
+            use_projection=self.use_projection,
+            bottleneck=self.bottleneck,
+            sk_ratio=self.sk_ratio,
+            se_ratio=self.se_ratio,
+            **self._bn_config(),
+        )
+        return cfg
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class BlockGroup(_BNConfigMixin, keras.layers.Layer):
+    """A stage of residual blocks; the first block changes stride/width via a projection."""
+
+    def __init__(
+        self,
+        filters,
+        num_blocks,
+        strides,
+        bottleneck=False,
+        sk_ratio=0.0,
+        se_ratio=0.0,
+        batch_norm_decay=0.9,
+        batch_norm_epsilon=1e-5,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self.filters = filters
+        self.num_blocks = num_blocks
+        self.strides = strides
+        self.bottleneck = bottleneck
+        self.sk_ratio = sk_ratio
+        self.se_ratio = se_ratio
+        self.blocks = [
+            ResidualBlock(
+                filters,
+                strides=strides if i == 0 else 1,
+                use_projection=i == 0,
+                bottleneck=bottleneck,
+                sk_ratio=sk_ratio,
+                se_ratio=se_ratio,
+                name=f"block_{i}",
+                **self._bn_config(),
+            )
+            for i in range(num_blocks)
+        ]
+
+    def build(self, input_shape):
+        shape = input_shape
+        for block in self.blocks:
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+
+    def call(self, x, training=None):
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+
+        def out(n):
+            return None if n is None else -(-n // self.strides)
+
+        return (b, out(h), out(w), self.filters * (4 if self.bottleneck else 1))
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(
+            filters=self.filters,
+            num_blocks=self.num_blocks,
+            strides=self.strides,
+            bottleneck=self.bottleneck,
+            sk_ratio=self.sk_ratio,
+            se_ratio=self.se_ratio,
+            **self._bn_config(),
+        )
+        return cfg
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class StemConv(_BNConfigMixin, keras.layers.Layer):
+    """Stem convolution(s) up to (not including) the last BN: output is the ``initial_conv`` endpoint.
+
+    ImageNet: 7x7/2 conv. CIFAR (<=32 px): 3x3/1 conv. ResNet-D (sk_ratio > 0, not CIFAR):
+    3x3/2 -> BN-ReLU -> 3x3 -> BN-ReLU -> 3x3.
+    """
+
+    def __init__(
+        self,
+        filters,
+        cifar_stem=False,
+        resnet_d=False,
+        batch_norm_decay=0.9,
+        batch_norm_epsilon=1e-5,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self.filters = filters
+        self.cifar_stem = cifar_stem
+        self.resnet_d = resnet_d
+        self.convs = []
+        self.bns = []
+        if cifar_stem:
+            self.convs = [FixedPaddingConv2D(filters, 3, 1, name="conv")]
+        elif resnet_d:
+            half = max(1, filters // 2)
+            self.convs = [
+                FixedPaddingConv2D(half, 3, 2, name="conv1"),
+                FixedPaddingConv2D(half, 3, 1, name="conv2"),
+                FixedPaddingConv2D(filters, 3, 1, name="conv3"),
+            ]
+            self.bns = [self._bn("bn1_batch_normalization"), self._bn("bn2_batch_normalization")]
+        else:
+            self.convs = [FixedPaddingConv2D(filters, 7, 2, name="conv")]
+
+    def build(self, input_shape):
+        shape = input_shape
+        for i, conv in enumerate(self.convs):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            if i < len(self.bns):
+                self.bns[i].build(shape)
+
+    def call(self, x, training=None):
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.bns):
+                x = ops.relu(self.bns[i](x, training=training))
+        return x
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = 1 if self.cifar_stem else 2
+
+        def out(n):
+            return None if n is None else -(-n // s)
+
+        return (b, out(h), out(w), self.filters)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(
+            filters=self.filters,
+            cifar_stem=self.cifar_stem,
+            resnet_d=self.resnet_d,
+            **self._bn_config(),
+        )
+        return cfg
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class StemPool(_BNConfigMixin, keras.layers.Layer):
+    """Stem BN + ReLU (+ 3x3/2 max-pool unless CIFAR stem): the ``initial_max_pool`` endpoint."""
+
+    def __init__(
+        self,
+        cifar_stem=False,
+        batch_norm_decay=0.9,
+        batch_norm_epsilon=1e-5,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self.cifar_stem = cifar_stem
+        self.bn = self._bn("stem_batch_normalization")
+        self.pool = None
+        if not cifar_stem:
+            self.pool = keras.layers.MaxPooling2D(pool_size=3, strides=2, padding="same")
+
+    def build(self, input_shape):
+        self.bn.build(input_shape)
+
+    def call(self, x, training=None):
+        x = ops.relu(self.bn(x, training=training))
+        if self.pool is not None:
+            x = self.pool(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        if self.cifar_stem:
+            return input_shape
+        b, h, w, c = input_shape
+
+        def out(n):
+            return None if n is None else -(-n // 2)
+
+        return (b, out(h), out(w), c)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(cifar_stem=self.cifar_stem, **self._bn_config())
+        return cfg
+
+
+def build_resnet(
+    depth: int = 50,
+    width_multiplier: float = 1.0,
+    *,
+    input_shape=(None, None, 3),
+    cifar_stem: bool | None = None,
+    sk_ratio: float = 0.0,
+    se_ratio: float = 0.0,
+    batch_norm_decay: float = 0.9,
+    batch_norm_epsilon: float = 1e-5,
+    global_bn: bool = False,
+    name: str | None = None,
+) -> keras.Model:
+    """Build a SimCLR ResNet v1 trunk (no classifier).
+
+    Returns a functional ``keras.Model`` mapping images [B, H, W, 3] to a dict of endpoints
+    ``ENDPOINTS`` (``final_avg_pool`` is the [B, C] representation h). ``cifar_stem=None`` picks
+    the CIFAR stem (3x3/1 conv, no max-pool) when the input side is known and <= 32 px.
+    The model also carries ``layer_groups``: an ordered dict ``{"stem": [...], "block_group1":
+    [...], ...}`` of layers, used for ``fine_tune_after_block``.
+    """
+    if depth not in RESNET_LAYERS:
+        raise ValueError(
+            f"Unsupported ResNet depth {depth!r}; choose one of {sorted(RESNET_LAYERS)}."
+        )
+    if not width_multiplier or width_multiplier <= 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}.")
+    if sk_ratio < 0 or se_ratio < 0:
+        raise ValueError(f"sk_ratio and se_ratio must be >= 0, got {sk_ratio}, {se_ratio}.")
+    if len(input_shape) != 3 or input_shape[-1] is None:
+        raise ValueError(f"input_shape must be (H, W, C) with known C, got {input_shape!r}.")
+    if cifar_stem is None:
+        h, w = input_shape[0], input_shape[1]
+        cifar_stem = h is not None and w is not None and max(h, w) <= CIFAR_STEM_MAX_SIZE
+    bottleneck, blocks = RESNET_LAYERS[depth]
+    bn_kw = dict(
+        batch_norm_decay=batch_norm_decay,
+        batch_norm_epsilon=batch_norm_epsilon,
+        global_bn=global_bn,
+    )
+    if name is None:
+        wm = f"{width_multiplier:g}".replace(".", "_")
+        name = f"resnet{depth}_{wm}x" + ("_sk" if sk_ratio > 0 else "")
+
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    stem_conv = StemConv(
+        _scaled(64, width_multiplier),
+        cifar_stem=cifar_stem,
+        resnet_d=sk_ratio > 0,
+        name="initial_conv",
+        **bn_kw,
+    )
+    stem_pool = StemPool(cifar_stem=cifar_stem, name="initial_max_pool", **bn_kw)
+    outputs = {}
+    x = stem_conv(inputs)
+    outputs["initial_conv"] = x
+    x = stem_pool(x)
+    outputs["initial_max_pool"] = x
+    groups = {"stem": [stem_conv, stem_pool]}
+    for i, (base, n, stride) in enumerate(
+        zip((64, 128, 256, 512), blocks, (1, 2, 2, 2), strict=True)
+    ):
+        group = BlockGroup(
+            _scaled(base, width_multiplier),
+            n,
+            stride,
+            bottleneck=bottleneck,
+            sk_ratio=sk_ratio,
+            se_ratio=se_ratio,
+            name=f"block_group{i + 1}",
+            **bn_kw,
+        )
+        x = group(x)
+        outputs[f"block_group{i + 1}"] = x
+        groups[f"block_group{i + 1}"] = [group]
+    outputs["final_avg_pool"] = keras.layers.GlobalAveragePooling2D(name="final_avg_pool")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    # object.__setattr__: keep Keras from tracking the layers a second time via this dict.
+    object.__setattr__(model, "layer_groups", groups)
+    object.__setattr__(
+        model,
+        "resnet_config",
+        dict(
+            depth=depth,
+            width_multiplier=width_multiplier,
+            cifar_stem=cifar_stem,
+            sk_ratio=sk_ratio,
+            se_ratio=se_ratio,
+            **bn_kw,
+        ),
+    )
+    return model
+
+
+def layer_groups(encoder) -> dict | None:
+    """``{"stem": [...], "block_group1": [...], ...}`` of a ResNet from ``build_resnet`` (also
+    after ``keras.models.load_model``, found by layer name); None for other encoders."""
+    groups = getattr(encoder, "layer_groups", None)
+    if groups:
+        return groups
+    try:
+        found = {"stem": [encoder.get_layer("initial_conv"), encoder.get_layer("initial_max_pool")]}
+        for i in range(1, 5):
+            found[f"block_group{i}"] = [encoder.get_layer(f"block_group{i}")]
+    except (AttributeError, ValueError):
+        return None
+    return found
+
+
+def freeze_up_to_block(encoder: keras.Model, fine_tune_after_block: int) -> None:
+    """Freeze the stem and block groups 1..k (k = ``fine_tune_after_block``).
+
+    -1 trains everything, 0 freezes the stem only, 4 freezes the whole encoder. Frozen layers
+    get ``trainable=False``, so their batch norm runs in inference mode (Keras semantics).
+    Encoders without ``layer_groups`` (e.g. keras.applications models) accept only -1 and 4.
+    """
+    k = fine_tune_after_block
+    if k not in (-1, 0, 1, 2, 3, 4):
+        raise ValueError(f"fine_tune_after_block must be in -1..4, got {k!r}.")
+    if k == -1:
+        return
+    if k == 4:
+        encoder.trainable = False
+        return
+    groups = layer_groups(encoder)
+    if not groups:
+        raise ValueError(
+            f"fine_tune_after_block={k} needs an encoder with named block groups "
+            "(build it with tf_simclr.resnet.build_resnet); for other encoders use -1 (train all) "
+            "or 4 (freeze the encoder)."
+        )
+    names = ["stem"] + [f"block_group{i}" for i in range(1, k + 1)]
+    for gname in names:
+        for layer in groups[gname]:
+            layer.trainable = False
