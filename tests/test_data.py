@@ -1,0 +1,307 @@
+"""Tests of tf_simclr.data: sources, pipelines, label fractions, sharding, conversion, bad input."""
+
+import io
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from tf_simclr import data as D
+from tf_simclr import preview
+
+CIFAR_DIR = "/work/shared/data/cifar10-jpeg"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _png(arr, mode=None):
+    buf = io.BytesIO()
+    img = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """root/{train,test}/{cat,dog,eel}/ with RGB/gray/RGBA/palette images and bad files."""
+    root = tmp_path_factory.mktemp("imgs") / "tiny"
+    rng = np.random.default_rng(0)
+    expected = {}
+    for split, n in (("train", 6), ("test", 2)):
+        for ci, cls in enumerate(("cat", "dog", "eel")):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+                arr[..., 0] = 80 * ci  # class-specific red level, to check labels
+                kind = i % 4
+                if kind == 0:
+                    (d / f"{i}.png").write_bytes(_png(arr))
+                    expected[(split, cls, i)] = arr
+                elif kind == 1:
+                    buf = io.BytesIO()
+                    Image.fromarray(arr).convert("L").save(buf, format="JPEG", quality=95)
+                    (d / f"{i}.jpg").write_bytes(buf.getvalue())
+                elif kind == 2:
+                    (d / f"{i}.png").write_bytes(
+                        _png(np.dstack([arr, np.full_like(arr[..., :1], 255)]))
+                    )
+                else:
+                    (d / f"{i}.png").write_bytes(_png(arr, "P"))
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"this is not an image")
+    (root / "train" / "dog" / "empty.png").write_bytes(b"")
+    (root / "train" / "dog" / "notes.txt").write_text("ignored: not an image extension")
+    return root, expected
+
+
+# ------------------------------------------------------------------------------------------
+# Embedded dataset
+# ------------------------------------------------------------------------------------------
+def test_embedded_source_info_and_examples():
+    ds, info = D.load_source("embedded", split="train")
+    assert info.num_examples == {"train": 5000, "test": 1000}
+    assert info.num_classes == 10 and len(info.class_names) == 10
+    assert info.image_shape == (32, 32, 3) and info.kind == "embedded"
+    labels = []
+    for ex in ds.take(300):
+        assert ex["image"].dtype == tf.uint8 and ex["image"].shape == (32, 32, 3)
+        labels.append(int(ex["label"]))
+    assert set(labels) == set(range(10))
+
+
+def test_embedded_generator_is_deterministic():
+    sys.path.insert(0, os.path.join(REPO, "data"))
+    import generate_embedded as G
+
+    a = G.make_image(np.random.default_rng(5), 3)
+    b = G.make_image(np.random.default_rng(5), 3)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    # The first stored test image is the generator's first test image (same seed, same bytes).
+    ds, _ = D.load_source("embedded", split="test", with_ids=True)
+    got = {ex["id"].numpy().decode(): ex for ex in ds.take(1000)}
+    for i in (0, 1, 999):
+        image, label = G.make_example(G.SEED + 1, G.NUM_TEST, i)
+        ex = got[f"test_{i:05d}"]
+        assert int(ex["label"]) == label
+        np.testing.assert_array_equal(ex["image"].numpy(), image)
+
+
+def test_pretrain_pipeline_embedded_shapes_determinism_and_views():
+    kw = dict(batch_size=32, image_size=32, augmentations="cifar", seed=3, shuffle_buffer=500)
+    ds, info = D.build_pretrain_dataset(**kw)
+    b1 = [b for b in ds.take(2)]
+    b2 = [b for b in D.build_pretrain_dataset(**kw)[0].take(2)]
+    b3 = next(iter(D.build_pretrain_dataset(**{**kw, "seed": 4})[0]))
+    first = b1[0]
+    assert set(first) == {"view1", "view2", "label"}
+    assert first["view1"].shape == (32, 32, 32, 3) and first["view1"].dtype == tf.float32
+    assert first["label"].dtype == tf.int32 and first["label"].shape == (32,)
+    for k in first:
+        np.testing.assert_array_equal(b1[1][k].numpy(), b2[1][k].numpy())
+    assert not np.array_equal(first["view1"].numpy(), b3["view1"].numpy())
+    v1, v2 = first["view1"].numpy(), first["view2"].numpy()
+    assert v1.min() >= 0.0 and v1.max() <= 1.0
+    assert np.mean(np.abs(v1 - v2), axis=(1, 2, 3)).min() > 1e-3  # views differ per image
+
+
+def test_eval_pipeline_single_pass_no_crop_at_32px():
+    ds, info = D.build_eval_dataset("embedded", split="test", batch_size=300, image_size=32)
+    sizes = [int(b["label"].shape[0]) for b in ds]
+    assert sizes == [300, 300, 300, 100]
+    src, _ = D.load_source("embedded", split="test")
+    img = next(iter(src))["image"].numpy() / 255.0
+    first = next(iter(ds))["image"][0].numpy()
+    np.testing.assert_allclose(first, img, atol=1e-6)
+
+
+def test_label_fraction_indices_balanced_deterministic():
+    labels = np.repeat(np.arange(5), 200)
+    idx = D.label_fraction_indices(labels, 0.1, seed=0)
+    assert len(idx) == 100 and np.all(np.bincount(labels[idx]) == 20)
+    np.testing.assert_array_equal(idx, D.label_fraction_indices(labels, 0.1, seed=0))
+    assert not np.array_equal(idx, D.label_fraction_indices(labels, 0.1, seed=1))
+    assert len(D.label_fraction_indices(labels, 0.001)) == 5  # at least one per class
+    with pytest.raises(ValueError, match="label_fraction"):
+        D.label_fraction_indices(labels, 1.5)
+
+
+def test_finetune_label_fraction_and_ids_file(tmp_path):
+    ds, info = D.build_finetune_dataset(
+        batch_size=50, image_size=32, label_fraction=0.01, seed=0, shuffle_buffer=100
+    )
+    assert info.num_examples["train"] == 50
+    b = next(iter(ds))
+    assert b["image"].shape == (50, 32, 32, 3) and b["label"].dtype == tf.int32
+    seen = np.concatenate([x["label"].numpy() for x in ds.take(4)])
+    assert np.all(np.bincount(seen, minlength=10) == 20)  # 5 per class, 4 epochs
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# three examples\ntrain_00000\ntrain_00007\n\ntrain_00042\n")
+    ds, info = D.build_finetune_dataset(batch_size=3, image_size=32, label_ids_file=str(ids))
+    assert info.num_examples["train"] == 3
+    ids.write_text("train_00000\nnot_an_id\n")
+    with pytest.raises(ValueError, match="not_an_id"):
+        D.build_finetune_dataset(batch_size=3, image_size=32, label_ids_file=str(ids))
+    with pytest.raises(FileNotFoundError, match="Label ids file"):
+        D.build_finetune_dataset(batch_size=3, image_size=32, label_ids_file=str(tmp_path / "x"))
+
+
+def test_sharding_gives_disjoint_covering_parts():
+    parts = []
+    for pid in range(2):
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pid, num_replicas_in_sync=2
+        )
+        ds, _ = D.load_source("embedded", split="test", input_context=ctx, with_ids=True)
+        parts.append({x.decode() for x in ds.map(lambda d: d["id"]).as_numpy_iterator()})
+    assert not parts[0] & parts[1]
+    assert len(parts[0] | parts[1]) == 1000
+    ctx = tf.distribute.InputContext(2, 1, 2)
+    ds, _ = D.build_pretrain_dataset(batch_size=64, input_context=ctx, seed=0)
+    assert next(iter(ds))["view1"].shape[0] == 32  # per-replica batch
+
+
+# ------------------------------------------------------------------------------------------
+# Image folders and conversion
+# ------------------------------------------------------------------------------------------
+def test_image_folder_modes_labels_and_corrupt_files(folder, caplog):
+    root, expected = folder
+    with caplog.at_level(logging.WARNING, logger="tf_simclr.data"):
+        ds, info = D.load_source(str(root), split="train", with_ids=True)
+    assert "Skipping 2 corrupt" in caplog.text and "broken.jpg" in caplog.text
+    assert info.class_names == ("cat", "dog", "eel") and info.num_classes == 3
+    assert info.num_examples == {"train": 18, "test": 6} and info.skipped_files == 2
+    exs = list(ds.as_numpy_iterator())
+    assert len(exs) == 18
+    for ex in exs:
+        assert ex["image"].shape == (12, 12, 3) and ex["image"].dtype == np.uint8
+        cls = ex["id"].decode().split("/")[0]
+        assert ex["label"] == info.class_names.index(cls)
+        i = int(ex["id"].decode().split("/")[1].split(".")[0])
+        if ("train", cls, i) in expected:  # lossless RGB PNG: exact pixels
+            np.testing.assert_array_equal(ex["image"], expected[("train", cls, i)])
+    with pytest.raises(ValueError, match="broken.jpg"):
+        D.load_source(str(root), split="train", strict=True)
+
+
+def test_truncated_image_is_skipped_not_crashing(tmp_path):
+    root = tmp_path / "f" / "train" / "a"
+    root.mkdir(parents=True)
+    good = _png(np.zeros((8, 8, 3), np.uint8))
+    (root / "good.png").write_bytes(good)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(buf, format="JPEG")
+    (root / "cut.jpg").write_bytes(buf.getvalue()[:40])  # valid header, truncated body
+    ds, _ = D.load_source(str(tmp_path / "f"))
+    assert len(list(ds)) == 1
+
+
+def test_folder_pipelines_variable_size_route(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        d = tmp_path / "v" / "train" / cls
+        d.mkdir(parents=True)
+        for i, (h, w) in enumerate([(40, 30), (25, 50), (64, 64), (20, 20)]):
+            (d / f"{i}.png").write_bytes(_png(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+    src = str(tmp_path / "v")
+    ds, info = D.build_pretrain_dataset(src, batch_size=4, image_size=24, augmentations="imagenet")
+    assert info.image_shape == (None, None, 3)
+    b = next(iter(ds))
+    assert b["view1"].shape == (4, 24, 24, 3) and b["view2"].shape == (4, 24, 24, 3)
+    ev, _ = D.build_eval_dataset(src, split="train", batch_size=3, image_size=48)
+    assert [x["image"].shape[0] for x in ev] == [3, 3, 2]
+
+
+def test_convert_folder_to_tfds_dir_and_load(folder, tmp_path, capsys):
+    root, expected = folder
+    out = D.convert_image_folder(str(root), str(tmp_path / "tfds"), name="tiny")
+    assert out == str(tmp_path / "tfds" / "tiny" / "1.0.0")
+    assert os.path.isfile(os.path.join(out, "dataset_info.json"))
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(out)
+    assert builder.info.splits["train"].num_examples == 18
+    assert builder.info.splits["test"].num_examples == 6
+    for path in (out, str(tmp_path / "tfds" / "tiny")):  # version dir or dataset dir
+        ds, info = D.load_source(path, split="train", with_ids=True)
+        assert info.kind == "tfds_dir" and info.class_names == ("cat", "dog", "eel")
+        assert info.image_shape == (12, 12, 3)
+    for ex in ds.as_numpy_iterator():
+        cls, name = ex["id"].decode().split("/")
+        assert ex["label"] == ("cat", "dog", "eel").index(cls)
+        i = int(name.split(".")[0])
+        if ("train", cls, i) in expected:
+            np.testing.assert_array_equal(ex["image"], expected[("train", cls, i)])
+    for name in ("tiny", "tiny:1.0.0"):  # a TFDS name prepared in data_dir
+        ds2, info2 = D.load_source(name, data_dir=str(tmp_path / "tfds"), split="test")
+        assert info2.kind == "tfds" and len(list(ds2)) == 6
+    b = next(iter(D.build_pretrain_dataset(out, batch_size=4, image_size=16)[0]))
+    assert b["view1"].shape == (4, 16, 16, 3)
+    # The command line: progress bar, exit code, refusal to overwrite.
+    assert (
+        D.main(["convert", "--src", str(root), "--dst", str(tmp_path / "cli"), "--name", "t2"]) == 0
+    )
+    assert "t2/train" in capsys.readouterr().err
+    assert (
+        D.main(["convert", "--src", str(root), "--dst", str(tmp_path / "cli"), "--name", "t2"]) == 2
+    )
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="broken.jpg"):
+        D.convert_image_folder(str(root), str(tmp_path / "s"), strict=True)
+
+
+@pytest.mark.skipif(not os.path.isdir(CIFAR_DIR), reason=f"real CIFAR-10 folder {CIFAR_DIR} absent")
+def test_real_cifar10_jpeg_folder():
+    ds, info = D.load_source(CIFAR_DIR, split="test", shuffle_files=True, seed=0)
+    assert info.num_examples == {"test": 10000, "train": 50000}
+    assert info.class_names[:3] == ("airplane", "automobile", "bird")
+    exs = list(ds.take(8).as_numpy_iterator())
+    assert all(e["image"].shape == (32, 32, 3) for e in exs)
+    assert len({int(e["label"]) for e in exs}) > 2  # shuffled file list mixes classes
+    mean = np.mean([e["image"].mean() for e in exs]) / 255
+    assert 0.2 < mean < 0.8
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------
+def test_bad_inputs_have_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        D.load_source(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        D.load_source(str(tmp_path / "empty"))
+    (tmp_path / "noimg" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "noimg" / "train" / "a" / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match="No readable images"):
+        D.load_source(str(tmp_path / "noimg"))
+    t = time.time()
+    with pytest.raises(ValueError, match="Unknown dataset 'no_such_dataset_xyz'"):
+        D.load_source("no_such_dataset_xyz")
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        D.load_source("cifar10", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        D.load_source("imagenet2012_subset/1pct", data_dir=str(tmp_path))
+    assert time.time() - t < 20  # never waits on downloads
+    with pytest.raises(ValueError, match="Split 'validation' not in dataset"):
+        D.load_source("embedded", split="validation")
+    with pytest.raises(ValueError, match="Unknown augmentation"):
+        D.build_pretrain_dataset(augmentations="crop,warp")
+    with pytest.raises(FileNotFoundError, match="Source folder"):
+        D.convert_image_folder(str(tmp_path / "nope"), str(tmp_path / "out"))
+    bad = tmp_path / "badtfds" / "1.0.0"
+    bad.mkdir(parents=True)
+    (bad / "dataset_info.json").write_text("{not json")
+    with pytest.raises(ValueError, match="TFDS-format directory"):
+        D.load_source(str(tmp_path / "badtfds"))
+
+
+def test_preview_writes_png(tmp_path):
+    path = preview.write_preview(str(tmp_path / "p.png"), num_images=3, image_size=32, seed=1)
+    img = np.asarray(Image.open(path))
+    assert img.ndim == 3 and img.shape[2] == 3
+    assert img.shape[1] > img.shape[0] / 3 * 2  # three columns: original + two views
