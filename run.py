@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import typing
 
@@ -68,6 +69,8 @@ HELP = {
     "learning_rate": "Base learning rate, scaled by --learning_rate_scaling.",
     "learning_rate_scaling": f"{' or '.join(LR_SCALINGS)}: lr = base*B/256 or base*sqrt(B).",
     "momentum": "Momentum of LARS / SGD.",
+    "sup_head_learning_rate": "Pretraining: base learning rate (x B/256) of the linear-eval head, "
+    "which has its own momentum-SGD optimizer.",
     "weight_decay": "Weight decay (batch norm and biases excluded).",
     "batch_norm_decay": "Batch-norm moving-average decay (momentum).",
     "precision": f"Numeric policy: {', '.join(PRECISIONS)} (loss always in float32).",
@@ -95,6 +98,9 @@ HELP = {
     "eval_timeout": "mode=eval: wait this many seconds for each new checkpoint (0: latest once).",
     "strategy": f"Distribution: {', '.join(STRATEGIES)} (multi_worker reads TF_CONFIG).",
     "num_cpu_devices": "mirrored on a CPU-only machine: split the CPU into this many devices.",
+    "collective_timeout": "multi_worker: seconds to wait for the other workers (at startup and "
+    "for each training loop) before exiting with an error naming them (exit code 75; rerun all "
+    "workers to resume). 0 waits forever.",
     "use_tpu": "Same as --strategy=tpu.",
     "tpu_name": "TPU name or grpc:// address.",
     "tpu_zone": "GCE zone of the TPU.",
@@ -145,6 +151,12 @@ def config_from_flags() -> Config:
     return Config(**values)
 
 
+def _interrupt(signum, _frame) -> None:
+    # SIGTERM outside the training loop behaves like Ctrl-C (the loop installs its own handler
+    # that finishes the step and saves first).
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(
@@ -161,16 +173,42 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:
         raise app.UsageError(str(err)) from err
 
-    from tf_simclr import runner
+    import tensorflow as tf
+
+    from tf_simclr import distribute, runner
+    from tf_simclr.checkpoints import CheckpointError
     from tf_simclr.train import NonFiniteLossError, TrainingInterrupted
 
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if config.strategy == "multi_worker":
+            # Bound the wait for the other workers while runner builds the strategy, and let
+            # only the chief export into the shared model_dir.
+            distribute.set_default_collective_timeout(config.collective_timeout)
+            if config.export and not distribute.is_chief_task():
+                config = config.replace(export=False)
         result = runner.run(config)
     except TrainingInterrupted as err:
         logging.warning("%s", err)
         return 130
-    except (NonFiniteLossError, FileNotFoundError, ValueError, OSError) as err:
+    except distribute.WorkerLostError as err:
         logging.error("%s", err)
+        return distribute.WORKER_LOST_EXIT_CODE
+    except KeyboardInterrupt as err:
+        logging.warning(
+            "Interrupted (%s). Complete checkpoints in %s are kept (an unfinished save is "
+            "skipped on resume). Rerun the same command to resume.",
+            err.args[0] if err.args else "SIGINT",
+            config.model_dir,
+        )
+        return 130
+    except (NonFiniteLossError, CheckpointError, FileNotFoundError, ValueError, OSError) as err:
+        logging.error("%s", err)
+        return 1
+    except tf.errors.OpError as err:
+        # TF's message ends with the op name and may carry a long graph trace: keep it short.
+        logging.error("TensorFlow error: %s", str(err.message).strip().splitlines()[0])
+        logging.debug("Details:", exc_info=True)
         return 1
     metrics = result.get("metrics")
     if metrics:

@@ -305,3 +305,18 @@ def test_preview_writes_png(tmp_path):
     img = np.asarray(Image.open(path))
     assert img.ndim == 3 and img.shape[2] == 3
     assert img.shape[1] > img.shape[0] / 3 * 2  # three columns: original + two views
+
+
+def test_start_batch_resumes_the_stream_exactly():
+    """Batches from a stream started at batch 3 equal batches 3.. of a fresh stream."""
+    fresh, _ = D.build_pretrain_dataset(
+        "embedded", batch_size=8, image_size=16, augmentations="cifar", seed=5
+    )
+    resumed, _ = D.build_pretrain_dataset(
+        "embedded", batch_size=8, image_size=16, augmentations="cifar", seed=5, start_batch=3
+    )
+    want = list(fresh.take(5))[3:]
+    got = list(resumed.take(2))
+    for a, b in zip(want, got, strict=True):
+        for key in ("view1", "view2", "label"):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())

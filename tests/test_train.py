@@ -62,12 +62,28 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path):
 
     # A longer rerun over the same model_dir resumes at step 4 with the optimizer state intact.
     reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-4"))
-    iterations_key = [k for k in reader.get_variable_to_shape_map() if "iterations" in k][0]
+    iterations_key = [k for k in reader.get_variable_to_shape_map() if "iteration" in k][0]
     assert int(reader.get_tensor(iterations_key)) == 4
     state = train.train(config.replace(train_steps=6), tf.distribute.get_strategy())
     assert state.checkpoint_path.endswith("ckpt-6")
     assert int(state.optimizer.iterations.numpy()) == 6
     assert _history_steps(tmp_path) == [2, 4, 6]
+
+
+def test_checkpoints_hold_every_weight_and_optimizer_variable(tmp_path):
+    config = tiny_config(tmp_path, train_steps=2)
+    state = train.train(config, tf.distribute.get_strategy())
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-2"))
+    saved = reader.get_variable_to_shape_map()
+    model_keys = [k for k in saved if k.startswith("model_weights/")]
+    assert len(model_keys) == len(state.model.weights)
+    # Values, batch-norm moving statistics included, equal the trained model's.
+    for weight in state.model.weights:
+        key = "model_weights/" + weight.path.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
+        np.testing.assert_array_equal(reader.get_tensor(key), weight.numpy(), err_msg=weight.path)
+    assert any("moving_mean" in k for k in model_keys)
+    optimizer_keys = [k for k in saved if k.startswith("optimizer_variables/")]
+    assert len(optimizer_keys) == len(state.optimizer.variables)
 
 
 def test_rerun_of_a_finished_run_trains_nothing(tmp_path):
@@ -79,20 +95,22 @@ def test_rerun_of_a_finished_run_trains_nothing(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
-    config = tiny_config(tmp_path, train_steps=2)
+    config = tiny_config(tmp_path, train_steps=2, optimizer="momentum", learning_rate=0.1)
     train.train(config, tf.distribute.get_strategy())
     good = tf.train.load_checkpoint(str(tmp_path / "ckpt-2"))
-    key = [k for k in good.get_variable_to_shape_map() if "kernel" in k and "model/" in k][0]
+    key = [k for k in good.get_variable_to_shape_map() if "kernel" in k and "model_weights/" in k][
+        0
+    ]
     before = good.get_tensor(key)
-    exploding = config.replace(
-        train_steps=8, optimizer="momentum", learning_rate=1e30, checkpoint_steps=2
-    )
+    exploding = config.replace(train_steps=8, learning_rate=1e30, checkpoint_steps=2)
     with pytest.raises(train.NonFiniteLossError, match="non-finite between steps") as err:
         train.train(exploding, tf.distribute.get_strategy())
     assert "lower --learning_rate" in str(err.value)
     names = sorted(n for n in os.listdir(tmp_path) if n.endswith(".index"))
     assert names == ["ckpt-2.index"]  # nothing newer was written
-    np.testing.assert_array_equal(tf.train.load_checkpoint(str(tmp_path / "ckpt-2")).get_tensor(key), before)
+    np.testing.assert_array_equal(
+        tf.train.load_checkpoint(str(tmp_path / "ckpt-2")).get_tensor(key), before
+    )
 
 
 def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
@@ -114,9 +132,9 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
     encoder_keys = [
         k
         for k in pre.get_variable_to_shape_map()
-        if k.startswith("model/encoder") and k.endswith("VARIABLE_VALUE")
+        if k.startswith("model_weights/") and "head" not in k and k.endswith("VARIABLE_VALUE")
     ]
-    assert encoder_keys
+    assert len(encoder_keys) > 80, encoder_keys  # ResNet-18: 21 convs + 4 variables per BN
     for key in encoder_keys:
         np.testing.assert_array_equal(pre.get_tensor(key), fine.get_tensor(key), err_msg=key)
 

@@ -6,6 +6,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 
 import tensorflow as tf
 
@@ -18,6 +19,33 @@ class CheckpointError(RuntimeError):
     """Checkpoints exist in model_dir but none of them can be restored."""
 
 
+def variables_by_path(variables) -> dict:
+    """{variable.path: variable}; paths come from layer names, so they are stable across
+    rebuilds of the same architecture (and shared between pretraining and fine-tuning)."""
+    found = {}
+    for variable in variables:
+        path = getattr(variable, "path", None) or variable.name
+        if path in found and found[path] is not variable:
+            raise ValueError(f"Two variables share the path {path!r}; name the layers uniquely.")
+        found[path] = variable
+    return found
+
+
+def training_checkpoint(model, optimizer=None, **extra) -> tf.train.Checkpoint:
+    """A tf.train.Checkpoint of every model weight (trainable and batch-norm statistics) and
+    every optimizer variable, each keyed by its path, plus `extra` trackables.
+
+    Keras 3 layers holding sub-layers in Python lists are not walked by tf.train.Checkpoint, so
+    checkpointing the model object would silently miss most of its weights; flat path-keyed
+    dicts save all of them, and let fine-tuning restore the encoder of a pretraining run.
+    """
+    objects = {"model_weights": variables_by_path(model.weights)}
+    if optimizer is not None:
+        objects["optimizer_variables"] = variables_by_path(optimizer.variables)
+    objects.update(extra)
+    return tf.train.Checkpoint(**objects)
+
+
 def list_checkpoints(directory: str) -> list[str]:
     """Checkpoint prefixes in `directory`, oldest first, found from their index files (so a
     missing or stale `checkpoint` state file does not hide any)."""
@@ -27,6 +55,60 @@ def list_checkpoints(directory: str) -> list[str]:
         if match:
             found.append((int(match.group(1)), index[: -len(".index")]))
     return [prefix for _, prefix in sorted(found)]
+
+
+def _number(prefix: str) -> int:
+    return int(prefix.rsplit("-", 1)[-1])
+
+
+def _state_file_prefixes(directory: str) -> list[str]:
+    """Checkpoints named in the `checkpoint` state file, which CheckpointManager rewrites only
+    after a save is complete: a listed checkpoint without its files was damaged afterwards."""
+    state = tf.train.get_checkpoint_state(directory)
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    out = []
+    for path in paths:
+        if not path:
+            continue
+        path = path if os.path.isabs(path) else os.path.join(directory, path)
+        if re.search(r"ckpt-\d+$", path):
+            out.append(path)
+    return out
+
+
+def missing_index_checkpoints(directory: str) -> tuple[list[str], list[str]]:
+    """(listed, orphans): checkpoints without an .index file. `listed` are named in the state
+    file (so they were complete once, then lost files); `orphans` only have data files left
+    (a save killed before its index was written, or a deletion killed half-way)."""
+    listed = [p for p in _state_file_prefixes(directory) if not os.path.exists(p + ".index")]
+    orphans = set()
+    for data in glob.glob(os.path.join(glob.escape(directory), "ckpt-*.data-*")):
+        match = re.search(r"(ckpt-\d+)\.data-", os.path.basename(data))
+        if match:
+            prefix = os.path.join(directory, match.group(1))
+            if not os.path.exists(prefix + ".index") and prefix not in listed:
+                orphans.add(prefix)
+    return sorted(set(listed), key=_number), sorted(orphans, key=_number)
+
+
+def remove_checkpoint_files(prefix: str) -> list[str]:
+    """Delete a checkpoint's files and the `<prefix>_temp` directory a failed or killed save
+    leaves behind; returns what was removed."""
+    removed = []
+    for path in glob.glob(glob.escape(prefix) + ".*") + glob.glob(glob.escape(prefix) + "_temp"):
+        if not re.search(r"\.(index|data-\d+-of-\d+)$|_temp$", path):
+            continue
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(path)
+        except OSError as err:
+            log.warning("Could not remove %s: %s", path, err)
+    return removed
 
 
 def validate_checkpoint(prefix: str) -> None:
@@ -44,36 +126,109 @@ def validate_checkpoint(prefix: str) -> None:
         raise CheckpointError(f"checkpoint {prefix} cannot be read: {err}") from err
 
 
-def restore_latest_valid(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
-    """Restore the newest checkpoint in `directory` that is intact.
-
-    Damaged checkpoints are reported by name and skipped. Returns the restored prefix, None if
-    the directory holds no checkpoint, and raises CheckpointError if checkpoints exist but all
-    are damaged (never silently starting from scratch over a trained model).
-    """
+def latest_valid_checkpoint(directory: str) -> str:
+    """The newest intact checkpoint prefix in `directory` (for eval and export), reporting and
+    skipping damaged ones. Raises FileNotFoundError if there is none, CheckpointError if all
+    are damaged."""
     candidates = list_checkpoints(directory)
     if not candidates:
-        return None
+        raise FileNotFoundError(
+            f"No checkpoint in --model_dir={directory}: train first (--mode=train or "
+            "train_then_eval), or point --model_dir at a trained run."
+        )
     damaged = []
     for prefix in reversed(candidates):
         try:
             validate_checkpoint(prefix)
-            checkpoint.restore(prefix).assert_existing_objects_matched()
-        except (tf.errors.OpError, CheckpointError, AssertionError, ValueError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            log.error("Checkpoint %s is damaged and was skipped: %s", prefix, first_line)
+        except CheckpointError as err:
+            log.error("Checkpoint %s is damaged and was skipped: %s", prefix, _first_line(err))
             damaged.append(prefix)
             continue
         if damaged:
-            log.warning(
-                "Fell back to %s; %d newer checkpoint(s) were damaged: %s",
-                prefix,
-                len(damaged),
-                ", ".join(damaged),
-            )
+            log.warning("Using %s; newer damaged checkpoint(s): %s", prefix, ", ".join(damaged))
         return prefix
     raise CheckpointError(
-        f"All {len(damaged)} checkpoint(s) in {directory} are damaged ({', '.join(damaged)}). "
-        "Nothing was overwritten. Move the damaged ckpt-* files away to start from scratch, or "
-        "point --model_dir at another directory."
+        f"All {len(damaged)} checkpoint(s) in {directory} are damaged ({', '.join(damaged)})."
     )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else repr(err)
+
+
+def restore_latest_valid(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
+    """Restore the newest checkpoint in `directory` that is intact.
+
+    Damaged checkpoints (truncated or missing files) are reported by name and skipped. Returns
+    the restored prefix, or None if the directory holds no checkpoint (or only the data of a
+    first save that was interrupted). Raises CheckpointError if checkpoints exist but none can
+    be restored, or if an intact checkpoint does not fit the model (other flags): never
+    silently starting from scratch over a trained model.
+    """
+    candidates = list_checkpoints(directory)
+    listed_missing, orphans = missing_index_checkpoints(directory)
+    damaged = []
+    for prefix in reversed(candidates):
+        try:
+            validate_checkpoint(prefix)
+        except CheckpointError as err:
+            log.error("Checkpoint %s is damaged and was skipped: %s", prefix, _first_line(err))
+            damaged.append(prefix)
+            continue
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+        except tf.errors.OpError as err:
+            log.error("Checkpoint %s is damaged and was skipped: %s", prefix, _first_line(err))
+            damaged.append(prefix)
+            continue
+        except (AssertionError, ValueError) as err:
+            # The files are intact (validated above): the model built from the flags differs.
+            raise CheckpointError(
+                f"Checkpoint {prefix} is intact but does not fit the model built from the "
+                f"current flags ({_first_line(err)}). {directory} holds a run trained with other "
+                "settings or another version of tf_simclr (see its config.json): rerun with "
+                "those flags, or use a new --model_dir."
+            ) from err
+        newer = [p for p in listed_missing + orphans if _number(p) > _number(prefix)]
+        for lost in sorted(newer, key=_number):
+            if lost in listed_missing:
+                log.error(
+                    "Checkpoint %s is damaged and was skipped: its .index file is missing.", lost
+                )
+            else:
+                log.warning(
+                    "Checkpoint %s is incomplete (data files without .index: an interrupted "
+                    "save) and was skipped.",
+                    lost,
+                )
+        damaged += newer
+        if damaged:
+            log.warning(
+                "Fell back to %s; %d newer checkpoint(s) were damaged or incomplete: %s",
+                prefix,
+                len(damaged),
+                ", ".join(sorted(damaged, key=_number)),
+            )
+        return prefix
+    if candidates:
+        raise CheckpointError(
+            f"All {len(damaged)} checkpoint(s) in {directory} are damaged ({', '.join(damaged)}). "
+            "Nothing was overwritten. Move the damaged ckpt-* files away to start from scratch, "
+            "or point --model_dir at another directory."
+        )
+    if listed_missing or len(orphans) > 1:
+        lost = sorted(listed_missing + orphans, key=_number)
+        raise CheckpointError(
+            f"{directory} held a trained model but none of its checkpoints can be restored: "
+            f"the .index files of {', '.join(lost)} are missing. Nothing was overwritten. "
+            "Restore the missing files, or move the ckpt-* files and the 'checkpoint' file away "
+            "to start from scratch, or point --model_dir at another directory."
+        )
+    for prefix in orphans:  # the first save of a run was interrupted: nothing to resume
+        log.warning(
+            "Removing %s: a checkpoint whose save was interrupted before completion (no .index).",
+            prefix,
+        )
+        remove_checkpoint_files(prefix)
+    return None

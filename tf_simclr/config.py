@@ -75,6 +75,7 @@ class Config:
     learning_rate: float = 1.0
     learning_rate_scaling: str = "linear"
     momentum: float = 0.9
+    sup_head_learning_rate: float = 0.1
     weight_decay: float = 1e-4
     batch_norm_decay: float = 0.9
     precision: str = "float32"
@@ -112,6 +113,9 @@ class Config:
     # Runtime.
     strategy: str = "default"
     num_cpu_devices: int = 0  # mirrored on CPU: split the CPU into this many logical devices
+    # multi_worker: seconds to wait for the other workers (at startup and for each training loop)
+    # before exiting with an error naming them; 0 waits forever.
+    collective_timeout: int = 600
     use_tpu: bool = False
     tpu_name: str | None = None
     tpu_zone: str | None = None
@@ -168,6 +172,7 @@ class Config:
             "eval_timeout",
             "num_cpu_devices",
             "num_proj_layers",
+            "collective_timeout",
         ):
             _non_negative(name, getattr(self, name))
         if (
@@ -180,7 +185,7 @@ class Config:
             )
         ):
             raise ConfigError("Set --train_epochs or --train_steps to a positive number.")
-        for name in ("learning_rate", "temperature", "knn_temperature"):
+        for name in ("learning_rate", "sup_head_learning_rate", "temperature", "knn_temperature"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"--{name} must be a positive number, got {value}.")
@@ -225,6 +230,28 @@ class Config:
             )
         if self.num_cpu_devices and self.strategy != "mirrored":
             raise ConfigError("--num_cpu_devices only applies to --strategy=mirrored.")
+        # Contradictory flags: one of them would be silently ignored.
+        if self.use_tpu and self.strategy != "tpu":
+            raise ConfigError(
+                f"--use_tpu contradicts --strategy={self.strategy}: give only one of them."
+            )
+        if self.checkpoint and self.train_mode == "pretrain":
+            raise ConfigError(
+                "--checkpoint only applies to --train_mode=finetune (the pretrained weights to "
+                "start from). Pretraining resumes from the checkpoints in --model_dir by itself, "
+                "and eval/export read --model_dir: drop --checkpoint or add "
+                "--train_mode=finetune."
+            )
+        if (
+            self.use_blur
+            and self.augmentations
+            and "blur" not in self.augmentations.lower()
+            and self.augmentations.strip().lower() != "imagenet"
+        ):
+            raise ConfigError(
+                f"--use_blur only changes the default augmentations, but --augmentations="
+                f"{self.augmentations} is given: add 'blur' to that list (or drop --use_blur)."
+            )
 
     # -- derived values ---------------------------------------------------------------------
     def augmentation_spec(self) -> str:
@@ -273,7 +300,15 @@ class Config:
 
     def hash(self) -> str:
         """A short hash of the settings that define the trained model (not mode/paths)."""
-        ignored = {"mode", "model_dir", "eval_timeout", "export", "summaries", "log_every_steps"}
+        ignored = {
+            "mode",
+            "model_dir",
+            "eval_timeout",
+            "export",
+            "summaries",
+            "log_every_steps",
+            "collective_timeout",  # how long to wait for peers does not change the model
+        }
         payload = {k: v for k, v in sorted(self.to_dict().items()) if k not in ignored}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -517,8 +517,8 @@ def _map(ds: tf.data.Dataset, fn, parallel: bool | int = True) -> tf.data.Datase
     return ds.map(fn, num_parallel_calls=parallel or None)
 
 
-def _enumerate(ds: tf.data.Dataset) -> tf.data.Dataset:
-    return tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
+def _enumerate(ds: tf.data.Dataset, start: int = 0) -> tf.data.Dataset:
+    return tf.data.Dataset.zip(tf.data.Dataset.counter(start), ds)
 
 
 def _select(ds: tf.data.Dataset, indices: np.ndarray, n: int | None) -> tf.data.Dataset:
@@ -675,8 +675,15 @@ def _augmented(
     brightness: str,
     blur_per_image: bool,
     drop_remainder: bool,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
-    """Batch (image uint8, label) pairs and augment whole batches (num_views views each)."""
+    """Batch (image uint8, label) pairs and augment whole batches (num_views views each).
+
+    ``start_batch`` resumes an infinite stream: the examples of the first start_batch batches
+    are skipped before augmentation (cheap) and the per-batch seeds continue from there, so the
+    batches equal those a fresh stream yields from that point on."""
+    if start_batch:
+        ds = ds.skip(int(start_batch) * per_replica)
     kw = dict(
         image_size=image_size,
         augmentations=ops,
@@ -709,7 +716,9 @@ def _augmented(
                 return {"view1": views[0], "view2": views[1], "label": label}
             return {"image": views[0], "label": label}
 
-        return _map(_enumerate(ds), per_image).batch(per_replica, drop_remainder=drop_remainder)
+        return _map(_enumerate(ds, int(start_batch) * per_replica), per_image).batch(
+            per_replica, drop_remainder=drop_remainder
+        )
 
     def pack(i, batch):
         outs, labels = views(i, batch)
@@ -719,7 +728,7 @@ def _augmented(
         return {"image": outs[0], "label": labels}
 
     # XLA kernels run on the calling thread, so keep one batch per core in flight.
-    return _map(_enumerate(ds), pack, parallel=max(2, os.cpu_count() or 2))
+    return _map(_enumerate(ds, int(start_batch)), pack, parallel=max(2, os.cpu_count() or 2))
 
 
 def build_pretrain_dataset(
@@ -738,6 +747,7 @@ def build_pretrain_dataset(
     blur_per_image: bool = True,
     shuffle_buffer: int = 10_000,
     strict: bool = False,
+    start_batch: int = 0,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Infinite shuffled two-view batches {"view1", "view2": f32 [B,S,S,3], "label": i32 [B]}.
 
@@ -745,7 +755,8 @@ def build_pretrain_dataset(
     ``input_context.get_per_replica_batch_size(batch_size)`` from its own shard.
     ``augmentations`` is a preset ("imagenet", "cifar") or a list like "crop,flip,color,blur";
     ``color_jitter_strength`` None means the preset's (1.0 for explicit lists). Deterministic
-    given ``seed``; the two views of an image are independent draws.
+    given ``seed``; the two views of an image are independent draws. ``start_batch`` resumes
+    the stream after that many batches (training resumed from a checkpoint).
     """
     ops, strength = augment.resolve_augmentations(augmentations, color_jitter_strength)
     _check_size(image_size)
@@ -775,6 +786,7 @@ def build_pretrain_dataset(
         brightness=brightness,
         blur_per_image=blur_per_image,
         drop_remainder=True,
+        start_batch=start_batch,
     )
     return ds.prefetch(tf.data.AUTOTUNE), info
 
@@ -794,6 +806,7 @@ def build_finetune_dataset(
     cache: bool | str = "auto",
     shuffle_buffer: int = 10_000,
     strict: bool = False,
+    start_batch: int = 0,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Infinite shuffled batches {"image": f32 [B,S,S,3], "label": i32 [B]} with crop + flip.
 
@@ -835,6 +848,7 @@ def build_finetune_dataset(
         brightness="multiplicative",
         blur_per_image=True,
         drop_remainder=True,
+        start_batch=start_batch,
     )
     return ds.prefetch(tf.data.AUTOTUNE), info
 

@@ -82,6 +82,26 @@ def build_optimizer(config: Config, num_train_examples: int):
     return optimizer
 
 
+def build_head_optimizer(config: Config, model, num_train_examples: int):
+    """Pretraining with a linear-eval head: its own momentum SGD on the same warmup + cosine
+    shape, at --sup_head_learning_rate (linearly scaled). Under LARS the head gets no trust
+    scaling, so at contrastive learning rates (~1 and up) it would diverge. None otherwise."""
+    if config.train_mode != "pretrain" or not getattr(model, "supervised_head_variables", None):
+        return None
+    schedule = learning_rate_schedule(
+        config.replace(learning_rate=config.sup_head_learning_rate, learning_rate_scaling="linear"),
+        num_train_examples,
+    )
+    head_optimizer = optim.build_optimizer(
+        "momentum",
+        learning_rate=schedule,
+        momentum=0.9,
+        weight_decay=config.weight_decay,
+    )  # no loss scaling: the head's gradient comes from the unscaled float32 sup_loss
+    head_optimizer.build(model.supervised_head_variables)
+    return head_optimizer
+
+
 def dataset_info(config: Config, split: str | None = None):
     """DatasetInfo of the configured source (sizes and classes), read without decoding images."""
     _, info = data_lib.load_source(
@@ -114,7 +134,16 @@ def _cache_setting(config: Config):
     return True if config.cache_dataset else "auto"
 
 
-def pretrain_dataset_fn(config: Config, global_batch_size: int):
+def _start_batch(start_step: int, input_context) -> int:
+    """Batches this pipeline already produced after `start_step` global steps: one per step for a
+    single pipeline of global batches, one per local replica per step for per-worker pipelines."""
+    if input_context is None or start_step == 0:
+        return start_step
+    per_pipeline = input_context.num_replicas_in_sync // max(1, input_context.num_input_pipelines)
+    return start_step * max(1, per_pipeline)
+
+
+def pretrain_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
     """A function of a tf.distribute.InputContext giving this replica's two-view dataset
     (the data module divides the global batch by the replicas itself)."""
 
@@ -132,13 +161,14 @@ def pretrain_dataset_fn(config: Config, global_batch_size: int):
             input_context=input_context,
             cache=_cache_setting(config),
             strict=config.strict_data,
+            start_batch=_start_batch(start_step, input_context),
         )
         return dataset
 
     return dataset_fn
 
 
-def finetune_dataset_fn(config: Config, global_batch_size: int):
+def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
     """A function of an InputContext giving this replica's labelled fine-tuning dataset."""
 
     def dataset_fn(input_context: tf.distribute.InputContext | None = None):
@@ -154,6 +184,7 @@ def finetune_dataset_fn(config: Config, global_batch_size: int):
             input_context=input_context,
             cache=_cache_setting(config),
             strict=config.strict_data,
+            start_batch=_start_batch(start_step, input_context),
         )
         return dataset
 

@@ -171,6 +171,7 @@ class SimCLRModel(keras.Model):
         hidden_norm: bool = True,
         loss_scale: str = "paper",
         head_weight_decay: float = 0.0,
+        sup_head_input_norm: bool = True,
         name: str = "simclr",
         **kwargs,
     ):
@@ -226,6 +227,21 @@ class SimCLRModel(keras.Model):
                     else keras.initializers.RandomNormal(stddev=0.01)
                 ),
                 name=SUPERVISED_HEAD_NAME,
+            )
+
+        # Linear eval while pretraining: a batch norm without scale/offset standardises the frozen
+        # features the head sees. Without it the head (trained at the contrastive learning rate,
+        # which can be ~1) diverges on unnormalised ReLU features; with it, it is still a linear
+        # probe (the normalisation is an affine map fixed at inference).
+        self.supervised_head_norm = None
+        if self.supervised_head is not None and train_mode == "pretrain" and sup_head_input_norm:
+            self.supervised_head_norm = keras.layers.BatchNormalization(
+                center=False,
+                scale=False,
+                momentum=batch_norm_decay,
+                epsilon=batch_norm_epsilon,
+                synchronized=global_bn,
+                name=SUPERVISED_HEAD_NAME + "_input_norm",
             )
 
         # Not Keras-tracked: these layers are already tracked through encoder / heads.
@@ -284,6 +300,8 @@ class SimCLRModel(keras.Model):
                 dims.append(d.units)
             if self.supervised_head is not None and not self.supervised_head.built:
                 self.supervised_head.build((None, dims[self.ft_proj_selector]))
+            if self.supervised_head_norm is not None and not self.supervised_head_norm.built:
+                self.supervised_head_norm.build((None, dims[self.ft_proj_selector]))
         self._freeze_unused_head_layers()
         self.built = True
 
@@ -305,6 +323,8 @@ class SimCLRModel(keras.Model):
             sup_in = hiddens[self.ft_proj_selector]
             if self.train_mode == "pretrain":
                 sup_in = ops.stop_gradient(sup_in)
+            if self.supervised_head_norm is not None:
+                sup_in = self.supervised_head_norm(sup_in, training=training)
             outs["logits_sup"] = self.supervised_head(sup_in)
         return outs
 

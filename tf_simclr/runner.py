@@ -40,6 +40,8 @@ def run(config: Config) -> dict:
     if config.mode == "eval":
         return evaluate_checkpoints(config, strategy)
 
+    if config.mode == "train_then_eval":
+        _check_eval_split(config)  # before training, not after it
     start = time.perf_counter()
     state = train_lib.train(config, strategy)
     result = {"step": state.step, "total_steps": state.total_steps}
@@ -54,6 +56,15 @@ def run(config: Config) -> dict:
         result["export_path"] = _export(config, state.model, state.step)
     write_result(config, result)
     return result
+
+
+def _check_eval_split(config: Config) -> None:
+    splits = factory.dataset_info(config).num_examples
+    if config.eval_split not in splits:
+        raise ValueError(
+            f"--eval_split={config.eval_split!r} is not a split of {config.dataset}; "
+            f"available: {', '.join(sorted(splits))}."
+        )
 
 
 def _feature_metrics(config: Config, model, num_classes: int, prefix: str = "") -> dict:
@@ -122,7 +133,7 @@ def evaluate_checkpoints(config: Config, strategy) -> dict:
     info = factory.dataset_info(config)
     with strategy.scope():
         model = factory.build_model(config, info.num_classes)
-    checkpoint = tf.train.Checkpoint(model=model)
+    checkpoint = ckpt_lib.training_checkpoint(model)
     result = {}
     if config.eval_timeout > 0:
         for path in tf.train.checkpoints_iterator(config.model_dir, timeout=config.eval_timeout):
@@ -133,13 +144,8 @@ def evaluate_checkpoints(config: Config, strategy) -> dict:
                 f"{config.eval_timeout} s."
             )
         return result
-    found = ckpt_lib.list_checkpoints(config.model_dir)
-    if not found:
-        raise FileNotFoundError(
-            f"No checkpoint in --model_dir={config.model_dir}: train first "
-            "(--mode=train or train_then_eval), or point --model_dir at a trained run."
-        )
-    return _evaluate_one(config, checkpoint, model, info.num_classes, found[-1])
+    latest = ckpt_lib.latest_valid_checkpoint(config.model_dir)  # skips damaged ones
+    return _evaluate_one(config, checkpoint, model, info.num_classes, latest)
 
 
 def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
@@ -177,13 +183,10 @@ def export_latest(config: Config, strategy) -> str:
     info = factory.dataset_info(config)
     with strategy.scope():
         model = factory.build_model(config, info.num_classes)
-    checkpoint = tf.train.Checkpoint(model=model)
-    found = ckpt_lib.list_checkpoints(config.model_dir)
-    if not found:
-        raise FileNotFoundError(f"No checkpoint to export in --model_dir={config.model_dir}.")
-    ckpt_lib.validate_checkpoint(found[-1])
-    checkpoint.restore(found[-1]).expect_partial()
-    return _export(config, model, int(found[-1].rsplit("-", 1)[-1]))
+    checkpoint = ckpt_lib.training_checkpoint(model)
+    latest = ckpt_lib.latest_valid_checkpoint(config.model_dir)  # skips damaged ones
+    checkpoint.restore(latest).expect_partial()
+    return _export(config, model, int(latest.rsplit("-", 1)[-1]))
 
 
 def preview(config: Config) -> str:

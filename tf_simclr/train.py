@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import factory
+from tf_simclr import distribute, factory
 from tf_simclr import loss as loss_lib
 from tf_simclr.config import Config
 
@@ -36,6 +37,11 @@ class NonFiniteLossError(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM arrived; a checkpoint was saved at the step boundary."""
+
+
+class ModelDirWriteError(OSError):
+    """A checkpoint or log could not be written to model_dir (disk full, read-only, removed);
+    the last complete checkpoint was left intact."""
 
 
 @dataclass
@@ -156,6 +162,81 @@ def _check_model_dir_writable(model_dir: str) -> None:
         ) from err
 
 
+def _checkpoint_bytes(*objects) -> int:
+    """Bytes of the variables a checkpoint of these objects holds (its data file's size)."""
+    seen, total = set(), 0
+    for obj in objects:
+        for v in obj.variables:
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            try:  # Keras variables give the dtype as a string, tf.Variables as a tf.DType
+                itemsize = tf.as_dtype(v.dtype).size
+            except TypeError:
+                itemsize = 4
+            total += int(np.prod(v.shape)) * itemsize
+    return total
+
+
+def _check_free_space(model_dir: str, checkpoint_bytes: int, keep: int) -> None:
+    """Refuse to start when not even one checkpoint fits on the disk of model_dir."""
+    try:
+        free = shutil.disk_usage(model_dir).free
+    except OSError:
+        return  # remote or unusual filesystems: the save itself will report problems
+    needed = int(checkpoint_bytes * 1.05) + (1 << 16)
+    if free < needed:
+        raise ModelDirWriteError(
+            f"--model_dir={model_dir} has {free / 2**20:.1f} MiB free but one checkpoint needs "
+            f"about {needed / 2**20:.1f} MiB: the disk is (nearly) full. Free some space or "
+            "choose another --model_dir."
+        )
+    if free < needed * (keep + 1):
+        log.warning(
+            "--model_dir=%s has %.1f MiB free: fewer than --keep_checkpoint_max=%d checkpoints "
+            "of %.1f MiB (plus one being written) fit.",
+            model_dir,
+            free / 2**20,
+            keep,
+            needed / 2**20,
+        )
+
+
+def _write_error(model_dir: str, what: str, err: BaseException, last_good: str | None):
+    reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[-1]
+    intact = (
+        f"The last good checkpoint {last_good} is intact"
+        if last_good
+        else "No checkpoint had been written yet"
+    )
+    return ModelDirWriteError(
+        f"Could not write {what} in --model_dir={model_dir} ({reason}). Is the disk full or the "
+        f"directory no longer writable? {intact}; free space (or fix the directory) and rerun "
+        "the same command to resume."
+    )
+
+
+def _save_checkpoint(manager: tf.train.CheckpointManager, step: int, model_dir: str) -> str:
+    """manager.save, turning a failed write into ModelDirWriteError after removing the partial
+    files, so a full disk never leaves a half-written newest checkpoint behind."""
+    try:
+        return manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as err:
+        prefix = os.path.join(model_dir, f"ckpt-{step}")
+        try:
+            complete = os.path.exists(prefix + ".index")
+            if complete:
+                ckpt_lib.validate_checkpoint(prefix)  # the state file update failed, not the data
+        except ckpt_lib.CheckpointError:
+            complete = False
+        if not complete:
+            ckpt_lib.remove_checkpoint_files(prefix)
+        good = [p for p in ckpt_lib.list_checkpoints(model_dir) if complete or p != prefix]
+        raise _write_error(
+            model_dir, f"checkpoint ckpt-{step}", err, good[-1] if good else None
+        ) from err
+
+
 def _distribute(strategy: tf.distribute.Strategy, dataset_fn):
     """Multi-worker and TPU: one pipeline per worker/host reading its own shard. One machine:
     one pipeline of global batches split across the replicas, so each step sees exactly the
@@ -169,15 +250,22 @@ def _distribute(strategy: tf.distribute.Strategy, dataset_fn):
     return strategy.experimental_distribute_dataset(dataset_fn(None))
 
 
-def _make_step_fn(config: Config, model, optimizer, global_batch: int, num_replicas: int):
-    """The per-replica training step for the configured train_mode."""
+def _make_step_fn(
+    config: Config, model, optimizer, global_batch: int, num_replicas: int, head_optimizer=None
+):
+    """The per-replica training step for the configured train_mode. With `head_optimizer`, the
+    supervised head (on stop-gradient features) is updated by it, everything else by
+    `optimizer`."""
     pretrain = config.train_mode == "pretrain"
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    head_ids = (
+        {id(v) for v in model.supervised_head_variables} if head_optimizer is not None else set()
+    )
 
     def step_fn(batch):
         labels = tf.cast(batch["label"], tf.int32)
         metrics = {}
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(persistent=head_optimizer is not None) as tape:
             if pretrain:
                 images = tf.concat([batch["view1"], batch["view2"]], axis=0)
                 labels = tf.concat([labels, labels], axis=0)
@@ -217,9 +305,15 @@ def _make_step_fn(config: Config, model, optimizer, global_batch: int, num_repli
                 total += tf.add_n([tf.cast(x, tf.float32) for x in model.losses]) / num_replicas
             metrics["loss"] = total
             scaled = optimizer.scale_loss(total) if loss_scaled else total
-        variables = model.trainable_variables
+        variables = [v for v in model.trainable_variables if id(v) not in head_ids]
         grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
+        if head_optimizer is not None:
+            # The head only sees stop_gradient features: its gradient comes from sup_loss alone.
+            head_vars = [v for v in model.trainable_variables if id(v) in head_ids]
+            head_grads = tape.gradient(metrics["sup_loss"], head_vars)
+            head_optimizer.apply_gradients(zip(head_grads, head_vars, strict=True))
+            del tape
         return metrics
 
     return step_fn
@@ -332,7 +426,7 @@ def _restore_initial_weights(config: Config, model) -> None:
             "prefix such as model_dir/ckpt-500, or a model_dir."
         )
     ckpt_lib.validate_checkpoint(path)
-    status = tf.train.Checkpoint(model=model).restore(path)
+    status = ckpt_lib.training_checkpoint(model).restore(path)
     status.expect_partial()
     if config.zero_init_logits_layer and hasattr(model, "zero_supervised_head"):
         model.zero_supervised_head()
@@ -342,7 +436,10 @@ def _restore_initial_weights(config: Config, model) -> None:
 def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     """Pretrain or fine-tune as configured; resume from model_dir if it holds checkpoints."""
     model_dir = config.model_dir
-    _check_model_dir_writable(model_dir)
+    # Multi-worker: only the chief writes into model_dir; the other workers save checkpoints to a
+    # temporary model_dir/worker_tmp_<i> and keep no logs. Waits on peers get a watchdog.
+    role = distribute.WorkerRole(strategy, model_dir, collective_timeout=config.collective_timeout)
+    _check_model_dir_writable(role.write_dir)
     num_replicas = strategy.num_replicas_in_sync
     if config.train_batch_size % num_replicas:
         raise ValueError(
@@ -367,39 +464,57 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     with strategy.scope():
         model = factory.build_model(config, info.num_classes)
         optimizer = factory.build_optimizer(config, num_train)
-        optimizer.build(model.trainable_variables)
+        head_optimizer = factory.build_head_optimizer(config, model, num_train)
+        head_ids = {id(v) for v in model.supervised_head_variables} if head_optimizer else set()
+        optimizer.build([v for v in model.trainable_variables if id(v) not in head_ids])
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, global_step=global_step)
+    extra = {"global_step": global_step}
+    if head_optimizer is not None:
+        extra["head_optimizer_variables"] = ckpt_lib.variables_by_path(head_optimizer.variables)
+    checkpoint = ckpt_lib.training_checkpoint(model, optimizer, **extra)
     manager = tf.train.CheckpointManager(
-        checkpoint, model_dir, max_to_keep=config.keep_checkpoint_max, step_counter=global_step
+        checkpoint, role.write_dir, max_to_keep=config.keep_checkpoint_max, step_counter=global_step
     )
     restored = ckpt_lib.restore_latest_valid(checkpoint, model_dir)
     if restored:
         log.info("Resuming from %s at step %d.", restored, int(global_step.numpy()))
-        _truncate_history(model_dir, int(global_step.numpy()))
     elif config.train_mode == "finetune":
         _restore_initial_weights(config, model)
-    config.save(model_dir)
+    role.check_same_step(strategy, int(global_step.numpy()), restored)  # multi-worker only
+    _check_free_space(
+        model_dir,
+        _checkpoint_bytes(*(t for t in (model, optimizer, head_optimizer) if t is not None)),
+        config.keep_checkpoint_max,
+    )
+    if role.chief:  # (multi-worker: the other workers keep no logs)
+        # Records past the restored step (or any, when starting over) would repeat in the curves.
+        _truncate_history(model_dir, int(global_step.numpy()))
+        config.save(model_dir)
 
     step = int(global_step.numpy())
     state = TrainState(model, optimizer, step, total_steps, info.num_classes, restored)
     if step >= total_steps:
         log.info("Training already finished (step %d of %d).", step, total_steps)
         state.history = read_history(model_dir)
+        role.close()
         return state
 
+    # The data stream resumes where the checkpoint left it, so a resumed run sees the same
+    # batches (and augmentations) as an uninterrupted one.
     dataset_fn = (
-        factory.pretrain_dataset_fn(config, config.train_batch_size)
+        factory.pretrain_dataset_fn(config, config.train_batch_size, start_step=step)
         if config.train_mode == "pretrain"
-        else factory.finetune_dataset_fn(config, config.train_batch_size)
+        else factory.finetune_dataset_fn(config, config.train_batch_size, start_step=step)
     )
     dist_dataset = _distribute(strategy, dataset_fn)
     iterator = iter(dist_dataset)
-    step_fn = _make_step_fn(config, model, optimizer, config.train_batch_size, num_replicas)
+    step_fn = _make_step_fn(
+        config, model, optimizer, config.train_batch_size, num_replicas, head_optimizer
+    )
     metric_names = _metric_names(config, model)
     train_loop = _make_train_loop(strategy, step_fn, global_step, metric_names)
 
-    writer = tf.summary.create_file_writer(model_dir) if config.summaries else None
+    writer = tf.summary.create_file_writer(model_dir) if config.summaries and role.chief else None
     log.info(
         "Training %s for %d steps (batch %d on %d replica(s), %d examples, %.1f epochs).",
         config.train_mode,
@@ -410,7 +525,7 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
         total_steps * config.train_batch_size / num_train,
     )
     progress = Progress(total_steps, step, config.log_every_steps, config.train_batch_size)
-    last_finite = None
+    last_finite = (read_history(model_dir) or [None])[-1]
     last_saved = step
     try:
         with _StopRequest() as stop:
@@ -419,21 +534,34 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
             while step < total_steps:
                 n = min(config.steps_per_loop, total_steps - step)
                 loop_start = time.perf_counter()
-                means, last_loss = train_loop(iterator, tf.constant(n, tf.int32))
-                means = {k: float(v) for k, v in means.items()}
+                # Multi-worker: a lost peer becomes WorkerLostError, a stuck one a watchdog exit.
+                with role.collective_phase(
+                    f"Training step {step + 1}" + (f"-{step + n}" if n > 1 else ""),
+                    hint=f"Rerun every worker with the same command: they resume from the last "
+                    f"checkpoint in {model_dir}.",
+                ):
+                    means, last_loss = train_loop(iterator, tf.constant(n, tf.int32))
+                    means = {k: float(v) for k, v in means.items()}
                 loop_time = time.perf_counter() - loop_start
                 if not (math.isfinite(means["loss"]) and math.isfinite(float(last_loss))):
                     raise NonFiniteLossError(
                         f"The training loss became non-finite between steps {step} and "
-                        f"{step + n}. Last finite metrics: {last_finite}. The last good "
-                        f"checkpoint ({manager.latest_checkpoint}) was kept. Try a lower "
+                        f"{step + n}. Last finite metrics: {last_finite or 'none logged yet'}. "
+                        f"The last good checkpoint ({manager.latest_checkpoint or 'none yet'}) "
+                        "was kept; the diverged weights were not saved. Try a lower "
                         "--learning_rate, or check the data for corrupt images."
                     )
                 step = int(global_step.numpy())
                 means["learning_rate"] = _current_learning_rate(optimizer)
                 means["images_per_second"] = n * config.train_batch_size / max(loop_time, 1e-9)
                 last_finite = {"step": step, **means}
-                _append_metrics(model_dir, last_finite)
+                try:
+                    if role.chief:
+                        _append_metrics(model_dir, last_finite)
+                except OSError as err:
+                    raise _write_error(
+                        model_dir, METRICS_FILENAME, err, manager.latest_checkpoint
+                    ) from err
                 state.history.append(last_finite)
                 if writer is not None:
                     with writer.as_default(step=step):
@@ -442,23 +570,27 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
                         tf.summary.scalar("train/weight_decay", config.weight_decay)
                 progress.update(step, means)
                 if step - last_saved >= checkpoint_every or step >= total_steps:
-                    manager.save(checkpoint_number=step)
+                    _save_checkpoint(manager, step, role.write_dir)
+                    role.after_save()  # a non-chief worker drops its copy
                     last_saved = step
                 if stop.signal_name is not None:
                     if last_saved != step:
-                        manager.save(checkpoint_number=step)
+                        _save_checkpoint(manager, step, role.write_dir)
+                        role.after_save()
                     raise TrainingInterrupted(
                         f"Stopped by {stop.signal_name} at step {step}/{total_steps}; checkpoint "
                         f"saved in {model_dir}. Rerun the same command to resume."
                     )
     finally:
         progress.close()
+        role.close()
         if writer is not None:
             writer.flush()
     state.step = step
-    state.checkpoint_path = manager.latest_checkpoint
+    state.checkpoint_path = role.checkpoint_path(manager.latest_checkpoint)
     state.images_per_second = progress.images_per_second(step)
-    state.history = read_history(model_dir)
+    # A non-chief worker returns no history, so that nothing plots over the chief's curves.
+    state.history = read_history(model_dir) if role.chief else []
     return state
 
 

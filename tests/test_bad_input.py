@@ -1,0 +1,266 @@
+"""Bad input (issue 6): each case gets a clear error naming the problem and the fix, before any
+training step and never as a traceback from inside TensorFlow; odd but valid images train.
+
+Covered elsewhere, not repeated here: temperature <= 0, label_fraction outside (0, 1], image_size
+< 8, label_fraction with label_ids_file, fine_tune_after_block or label_fraction when pretraining,
+num_cpu_devices without mirrored (test_config.py, test_run_cli.py); batch larger than the
+dataset, unknown train split, fine-tuning without --checkpoint (test_train.py); truncated,
+empty and non-image files in a folder, grayscale/RGBA/palette images, a broken TFDS directory,
+unknown augmentation names (test_data.py).
+"""
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from test_train import tiny_config
+
+from tf_simclr import data as data_lib
+from tf_simclr import factory, runner, train
+from tf_simclr.config import Config, ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(tmp_path, **changes):
+    values = dict(mode="train", train_steps=1)
+    values.update(changes)
+    return tiny_config(tmp_path / "model", **values)
+
+
+def _png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _folder(root, files: dict[str, bytes]):
+    for rel, content in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content)
+    return str(root)
+
+
+def _no_checkpoint_written(tmp_path):
+    model_dir = tmp_path / "model"
+    return not model_dir.exists() or not [n for n in os.listdir(model_dir) if "ckpt" in n]
+
+
+# ------------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------------
+def test_unknown_dataset_name_says_what_else_to_pass(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown dataset 'no_such_dataset_xyz'.*image folder"):
+        runner.run(_config(tmp_path, dataset="no_such_dataset_xyz"))
+
+
+def test_known_but_unprepared_dataset_says_to_prepare_it_offline(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'cifar10' is not prepared.*does not download"):
+        runner.run(_config(tmp_path, dataset="cifar10", data_dir=str(tmp_path)))
+
+
+def test_data_dir_that_does_not_exist_is_named(tmp_path):
+    missing = str(tmp_path / "no_such_data_dir")
+    with pytest.raises(FileNotFoundError, match="no_such_data_dir"):
+        runner.run(_config(tmp_path, dataset="cifar10", data_dir=missing))
+
+
+def test_dataset_path_that_does_not_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"does not exist.*image folder"):
+        runner.run(_config(tmp_path, dataset=str(tmp_path / "nowhere" / "images")))
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"is empty: expected root/<split>/<class>"):
+        runner.run(_config(tmp_path, dataset=str(tmp_path / "empty")))
+
+
+def test_folder_of_only_corrupt_and_non_image_files(tmp_path):
+    root = _folder(
+        tmp_path / "junk",
+        {
+            "train/a/broken.jpg": b"not a jpeg at all",
+            "train/a/empty.png": b"",
+            "train/b/readme.txt": b"text",
+            "train/b/data.png": b"\x00" * 64,
+        },
+    )
+    with pytest.raises(ValueError, match="No readable images"):
+        runner.run(_config(tmp_path, dataset=root))
+    assert _no_checkpoint_written(tmp_path)
+
+
+def test_strict_data_names_the_corrupt_file(tmp_path):
+    root = _folder(
+        tmp_path / "imgs",
+        {
+            "train/a/0.png": _png(np.zeros((8, 8, 3), np.uint8)),
+            "train/a/bad.png": b"\x89PNG but not really",
+        },
+    )
+    with pytest.raises(ValueError, match=r"bad\.png.*strict"):
+        runner.run(_config(tmp_path, dataset=root, strict_data=True, train_batch_size=1))
+
+
+def test_missing_train_split_of_a_folder(tmp_path):
+    root = _folder(tmp_path / "imgs", {"test/a/0.png": _png(np.zeros((8, 8, 3), np.uint8))})
+    with pytest.raises(ValueError, match=r"'train' not found.*available splits: \['test'\]"):
+        runner.run(_config(tmp_path, dataset=root))
+
+
+def test_missing_eval_split_is_refused_before_training(tmp_path):
+    config = _config(tmp_path, mode="train_then_eval", eval_split="validation")
+    with pytest.raises(ValueError, match=r"--eval_split='validation'.*available: test, train"):
+        runner.run(config)
+    assert _no_checkpoint_written(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# Flags and their combinations
+# ------------------------------------------------------------------------------------------
+def test_batch_not_divisible_by_the_replicas(tmp_path):
+    three_replicas = types.SimpleNamespace(num_replicas_in_sync=3)
+    with pytest.raises(ValueError, match=r"--train_batch_size=32 must be divisible by the 3"):
+        train.train(_config(tmp_path), three_replicas)
+
+
+def test_run_py_reports_bad_replica_split_in_one_line(tmp_path):
+    """Through run.py with a real 3-replica MirroredStrategy: one error line, exit code 1."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "run.py"),
+            "--mode=train",
+            f"--model_dir={tmp_path}",
+            "--strategy=mirrored",
+            "--num_cpu_devices=3",
+            "--train_batch_size=32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    # Our log lines ("2026-01-01 12:00:00,000 ERROR ..."), not TF's C++ start-up noise.
+    errors = [ln for ln in proc.stderr.splitlines() if re.match(r"\d{4}-\S+ \S+ ERROR ", ln)]
+    assert len(errors) == 1 and "must be divisible by the 3 replicas" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_image_size_too_small_for_the_network():
+    with pytest.raises(ConfigError, match=r"--image_size=7 is too small for a ResNet: use 8"):
+        Config(image_size=7)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(use_tpu=True, strategy="mirrored"), "--use_tpu contradicts --strategy=mirrored"),
+        (dict(checkpoint="/some/ckpt-10"), "--checkpoint only applies to --train_mode=finetune"),
+        (dict(use_blur=True, augmentations="crop,flip"), "add 'blur' to that list"),
+        (dict(label_fraction=0.1, train_mode="finetune", label_ids_file="ids.txt"), "not both"),
+        (dict(num_cpu_devices=2), "--num_cpu_devices only applies to --strategy=mirrored"),
+    ],
+)
+def test_contradictory_flags(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**changes)
+
+
+def test_consistent_flag_combinations_are_accepted():
+    Config(use_blur=True, augmentations="crop,flip,color,blur")
+    Config(use_blur=True, augmentations="imagenet")
+    Config(train_mode="finetune", checkpoint="/some/ckpt-10")
+
+
+def test_finetune_checkpoint_that_does_not_exist(tmp_path):
+    config = _config(tmp_path, train_mode="finetune", checkpoint=str(tmp_path / "pre" / "ckpt-9"))
+    with pytest.raises(FileNotFoundError, match=r"is not a checkpoint \(no .*ckpt-9\.index\)"):
+        train.train(config, tf.distribute.get_strategy())
+
+
+def test_label_ids_file_that_does_not_exist(tmp_path):
+    config = _config(
+        tmp_path,
+        train_mode="finetune",
+        checkpoint=str(tmp_path),
+        label_ids_file=str(tmp_path / "ids.txt"),
+    )
+    with pytest.raises(FileNotFoundError, match="ids.txt"):
+        runner.run(config)
+
+
+# ------------------------------------------------------------------------------------------
+# Odd but valid images: they train
+# ------------------------------------------------------------------------------------------
+def _odd_images(root) -> str:
+    """1-pixel, 16-bit grey and RGB, RGBA, grey JPEG, a 2400x1800 JPEG, GIF and BMP images,
+    plus one corrupt and one non-image file, under a non-ASCII path."""
+    rng = np.random.default_rng(0)
+
+    def encoded(arr, fmt):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=fmt)
+        return buf.getvalue()
+
+    files = {}
+    for split in ("train", "test"):
+        for cls in ("chat", "café"):
+            d = f"{split}/{cls}/"
+            files[d + "un_pixel.png"] = _png(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8))
+            gray16 = np.linspace(0, 65535, 20 * 14).reshape(20, 14).astype(np.uint16)
+            files[d + "gris16.png"] = _png(gray16)
+            rgb16 = np.full((10, 10, 3), 128 * 257, np.uint16)
+            files[d + "rgb16.png"] = tf.io.encode_png(tf.constant(rgb16)).numpy()
+            files[d + "rgba.png"] = _png(rng.integers(0, 256, (9, 9, 4), dtype=np.uint8))
+            files[d + "gris.jpg"] = encoded(rng.integers(0, 256, (30, 20), dtype=np.uint8), "JPEG")
+            big = np.repeat(np.linspace(0, 255, 1800, dtype=np.uint8)[None, :, None], 3, axis=2)
+            files[d + "énorme.jpg"] = encoded(np.repeat(big, 2400, axis=0), "JPEG")
+            files[d + "palette.gif"] = encoded(rng.integers(0, 256, (12, 12, 3), np.uint8), "GIF")
+            files[d + "x.bmp"] = encoded(rng.integers(0, 256, (7, 5, 3), dtype=np.uint8), "BMP")
+    files["train/chat/cassé.jpg"] = b"\xff\xd8\xff\xe0 truncated"
+    files["train/chat/notes.png"] = b"plain text with an image name"
+    return _folder(root, files)
+
+
+def test_odd_images_under_a_non_ascii_path_are_usable(tmp_path, caplog):
+    root = _odd_images(tmp_path / "données-日本")
+    # Decoding: 16-bit images scale to 8 bits, everything becomes 3 channels.
+    ds, info = data_lib.load_source(root, split="train", with_ids=True)
+    images = {ex["id"].decode(): ex["image"] for ex in ds.as_numpy_iterator()}
+    assert len(images) == 16 and info.num_classes == 2  # the truncated JPEG is skipped
+    assert all(img.ndim == 3 and img.shape[2] == 3 for img in images.values())
+    assert images["chat/un_pixel.png"].shape == (1, 1, 3)
+    assert images["café/énorme.jpg"].shape == (2400, 1800, 3)
+    np.testing.assert_array_equal(images["chat/rgb16.png"], 128)
+    gray = images["chat/gris16.png"][..., 0].astype(int)
+    assert gray.min() == 0 and gray.max() == 255 and np.all(np.diff(gray.ravel()) >= 0)
+
+    # Training views and the network at the smallest image size it takes (8 px: 1x1 after
+    # block_group4); the training step itself is image-agnostic from here on.
+    with caplog.at_level(logging.WARNING):
+        views, info = data_lib.build_pretrain_dataset(root, batch_size=8, image_size=8, seed=1)
+        batch = next(iter(views))
+    assert "Skipping 1 corrupt or non-image file(s)" in caplog.text and "notes.png" in caplog.text
+    for key in ("view1", "view2"):
+        assert batch[key].shape == (8, 8, 8, 3)
+        assert 0.0 <= float(tf.reduce_min(batch[key])) <= float(tf.reduce_max(batch[key])) <= 1
+    model = factory.build_model(tiny_config(tmp_path, image_size=8), info.num_classes)
+    features = model(batch["view1"], training=True)["final_avg_pool"]
+    assert features.shape[0] == 8 and np.all(np.isfinite(features.numpy()))
+    evaluated, _ = data_lib.build_eval_dataset(root, split="test", batch_size=16, image_size=8)
+    batch = next(iter(evaluated))
+    assert batch["image"].shape == (16, 8, 8, 3)
+    assert 0.0 <= float(tf.reduce_min(batch["image"])) <= float(tf.reduce_max(batch["image"])) <= 1
