@@ -155,3 +155,38 @@ def test_unknown_split_is_refused(tmp_path):
     config = tiny_config(tmp_path, train_split="validation")
     with pytest.raises(ValueError, match="validation"):
         train.train(config, tf.distribute.get_strategy())
+
+
+def test_export_mode_and_finetune_from_the_exported_module(tmp_path):
+    pre_dir = tmp_path / "pretrain"
+    config = tiny_config(pre_dir, train_steps=2)
+    state = train.train(config, tf.distribute.get_strategy())
+    # --mode=export restores the newest checkpoint (batch-norm statistics included) and exports.
+    path = runner.export_latest(config.replace(mode="export"), tf.distribute.get_strategy())
+    assert path.endswith(os.path.join("saved_model", "2"))
+    module = tf.saved_model.load(path)
+    images = tf.random.stateless_uniform([4, 16, 16, 3], seed=[1, 2])
+    want = state.model(images, training=False)
+    got = module(images, training=False)
+    for key in ("final_avg_pool", "proj_head_output", "logits_sup"):
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-5)
+
+    # Fine-tuning can start from that module; with the encoder frozen it stays equal to it.
+    ft_config = tiny_config(
+        tmp_path / "finetune",
+        train_mode="finetune",
+        checkpoint=path,
+        train_steps=2,
+        fine_tune_after_block=4,
+    )
+    ft_state = train.train(ft_config, tf.distribute.get_strategy())
+    pretrained = {w.path: w.numpy() for w in state.model.weights}
+    encoder = [w for w in ft_state.model.weights if "head" not in w.path]
+    assert len(encoder) > 80
+    for weight in encoder:
+        np.testing.assert_array_equal(weight.numpy(), pretrained[weight.path], err_msg=weight.path)
+    with pytest.raises(ValueError, match="different architecture"):
+        train.train(
+            ft_config.replace(model_dir=str(tmp_path / "ft2"), width_multiplier=0.25),
+            tf.distribute.get_strategy(),
+        )

@@ -49,7 +49,9 @@ class Config:
     cache_dataset: bool = False
     image_size: int = 32
     augmentations: str | None = None  # None: crop,flip,color (+blur when use_blur)
-    color_jitter_strength: float = 0.5
+    # The embedded recipe: colour is shapes10's main nuisance, so the full-strength (ImageNet)
+    # colour distortion; measured +15.9 linear-probe points over random weights (0.5: +7.0).
+    color_jitter_strength: float = 1.0
     use_blur: bool = False
     brightness: str = "multiplicative"
     label_fraction: float | None = None
@@ -58,7 +60,7 @@ class Config:
 
     # Schedule.
     train_batch_size: int = 256
-    train_epochs: int = 40
+    train_epochs: int = 8
     train_steps: int = 0  # > 0 overrides train_epochs
     eval_batch_size: int = 256
     eval_steps: int = 0  # 0: the whole eval split
@@ -72,7 +74,9 @@ class Config:
 
     # Optimisation.
     optimizer: str = "lars"
-    learning_rate: float = 1.0
+    # LARS moves each weight by about lr * 0.001 of its norm per step: a short schedule needs
+    # a larger base rate than the 1.0 of 1000-epoch CIFAR runs.
+    learning_rate: float = 4.0
     learning_rate_scaling: str = "linear"
     momentum: float = 0.9
     sup_head_learning_rate: float = 0.1

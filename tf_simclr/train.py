@@ -407,14 +407,65 @@ def _truncate_history(model_dir: str, step: int) -> None:
         os.replace(tmp, path)
 
 
+def _restore_from_exported_module(config: Config, model, path: str) -> None:
+    """Fine-tuning from a tf_simclr SavedModel export (model_dir/saved_model/<step>).
+
+    A SavedModel keeps its variables in the exporting model's order but not their Keras paths,
+    so the pretraining model of this config is rebuilt to recover the paths, checked shape by
+    shape, and the weights are copied into `model` by path.
+    """
+    from tf_simclr import export as export_lib
+
+    loaded = tf.saved_model.load(path)
+    num_classes = model.num_classes
+    reference = factory.build_model(
+        config.replace(fine_tune_after_block=-1), num_classes, train_mode="pretrain"
+    )
+    # The export's order: reference.variables, deduplicated by the backing tf.Variable.
+    ref_vars, seen = [], set()
+    for variable in reference.variables:
+        key = id(export_lib._as_tf_variable(variable))
+        if key not in seen:
+            seen.add(key)
+            ref_vars.append(variable)
+    saved = list(loaded.variables)
+    mismatch = len(saved) != len(ref_vars) or any(
+        tuple(a.shape) != tuple(b.shape) for a, b in zip(saved, ref_vars, strict=False)
+    )
+    if mismatch:
+        raise ValueError(
+            f"--checkpoint={path} was exported from a different architecture than the flags "
+            "describe (variable count or shapes differ): use the pretraining run's model flags "
+            "(--resnet_depth, --width_multiplier, --sk_ratio, --proj_head_mode, ...)."
+        )
+    values = {v.path: s.numpy() for v, s in zip(ref_vars, saved, strict=True)}
+    copied = 0
+    for weight in model.weights:
+        if weight.path in values and tuple(weight.shape) == values[weight.path].shape:
+            weight.assign(values[weight.path])
+            copied += 1
+    if config.zero_init_logits_layer and hasattr(model, "zero_supervised_head"):
+        model.zero_supervised_head()
+    log.info(
+        "Initialised %d of %d weights from the exported module %s.",
+        copied,
+        len(model.weights),
+        path,
+    )
+
+
 def _restore_initial_weights(config: Config, model) -> None:
     """Fine-tuning: load pretrained weights from --checkpoint (a checkpoint prefix or a model_dir)."""
     path = config.checkpoint
     if not path:
         raise ValueError(
             "--train_mode=finetune needs --checkpoint: a pretraining checkpoint (prefix or "
-            "model_dir). Without it the encoder would start from random weights."
+            "model_dir) or an exported module (model_dir/saved_model/<step>). Without it the "
+            "encoder would start from random weights."
         )
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        _restore_from_exported_module(config, model, path)
+        return
     if os.path.isdir(path):
         found = ckpt_lib.list_checkpoints(path)
         if not found:
