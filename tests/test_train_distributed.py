@@ -55,7 +55,9 @@ TINY = [
 # of 0.028). Broken synchronisation is far outside: --global_bn=false moves the loss by 3e-3
 # (step 2) and 8e-3 (step 4) relative.
 LOSS_RTOL = 1e-5
-WEIGHT_RTOL = 5e-3  # of each variable's largest magnitude: BN momentum slots differ ~1e-3 (reduction order)
+WEIGHT_RTOL = (
+    5e-3  # of each variable's largest magnitude: BN momentum slots differ ~1e-3 (reduction order)
+)
 JOB_TIMEOUT = 900  # hard limit per subprocess; the machine is shared and may be very busy
 STARTUP_TIMEOUT = 10  # --collective_timeout of the missing-worker test
 
