@@ -25,6 +25,7 @@ TINY_FLAGS = (
     "--steps_per_loop=1",
     "--checkpoint_steps=2",
     "--warmup_epochs=0.0128",
+    "--learning_rate=1.0",
     "--log_every_steps=1",
     "--export=false",
     "--summaries=false",
