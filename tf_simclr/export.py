@@ -29,19 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from tf_simclr.resnet import ENDPOINTS
+
 # Names of the endpoints a SimCLRModel returns (logits_sup only with a supervised head).
-OUTPUT_NAMES = (
-    "initial_conv",
-    "initial_max_pool",
-    "block_group1",
-    "block_group2",
-    "block_group3",
-    "block_group4",
-    "final_avg_pool",
-    "proj_head_input",
-    "proj_head_output",
-    "logits_sup",
-)
+OUTPUT_NAMES = ENDPOINTS + ("proj_head_input", "proj_head_output", "logits_sup")
 SERVE_ENDPOINT = "serve"
 SERVE_TRAIN_ENDPOINT = "serve_train"
 _TMP_PREFIX = ".tmp-export-"

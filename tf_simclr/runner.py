@@ -130,14 +130,12 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
 def evaluate_checkpoints(config: Config, strategy) -> dict:
     """mode=eval: evaluate the latest checkpoint, or (eval_timeout > 0) each new one as it
     appears until none arrives within eval_timeout seconds."""
-    info = factory.dataset_info(config)
-    with strategy.scope():
-        model = factory.build_model(config, info.num_classes)
-    checkpoint = ckpt_lib.training_checkpoint(model)
+    model, checkpoint, num_classes = _model_and_checkpoint(config, strategy)
     result = {}
     if config.eval_timeout > 0:
         for path in tf.train.checkpoints_iterator(config.model_dir, timeout=config.eval_timeout):
-            result = _evaluate_one(config, checkpoint, model, info.num_classes, path)
+            ckpt_lib.validate_checkpoint(path)  # a new checkpoint, not yet checked
+            result = _evaluate_one(config, checkpoint, model, num_classes, path)
         if not result:
             raise FileNotFoundError(
                 f"No checkpoint appeared in {config.model_dir} within --eval_timeout="
@@ -145,11 +143,19 @@ def evaluate_checkpoints(config: Config, strategy) -> dict:
             )
         return result
     latest = ckpt_lib.latest_valid_checkpoint(config.model_dir)  # skips damaged ones
-    return _evaluate_one(config, checkpoint, model, info.num_classes, latest)
+    return _evaluate_one(config, checkpoint, model, num_classes, latest)
+
+
+def _model_and_checkpoint(config: Config, strategy):
+    """The configured model (built under `strategy`) and a checkpoint object over its weights."""
+    num_classes = factory.dataset_info(config).num_classes
+    with strategy.scope():
+        model = factory.build_model(config, num_classes)
+    return model, ckpt_lib.training_checkpoint(model), num_classes
 
 
 def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
-    ckpt_lib.validate_checkpoint(path)
+    """Restore an already validated checkpoint `path` and evaluate it."""
     checkpoint.restore(path).expect_partial()
     step = int(path.rsplit("-", 1)[-1])
     log.info("Evaluating %s.", path)
@@ -162,12 +168,9 @@ def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
     return result
 
 
-def _export(config: Config, model, step: int) -> str | None:
-    try:
-        from tf_simclr import export as export_lib
-    except ImportError as err:  # pragma: no cover - export is part of the package
-        log.error("Export unavailable: %s", err)
-        return None
+def _export(config: Config, model, step: int) -> str:
+    from tf_simclr import export as export_lib
+
     path = export_lib.export_saved_model(
         model,
         os.path.join(config.model_dir, "saved_model"),
@@ -180,10 +183,7 @@ def _export(config: Config, model, step: int) -> str | None:
 
 def export_latest(config: Config, strategy) -> str:
     """mode=export: restore the latest intact checkpoint and export it."""
-    info = factory.dataset_info(config)
-    with strategy.scope():
-        model = factory.build_model(config, info.num_classes)
-    checkpoint = ckpt_lib.training_checkpoint(model)
+    model, checkpoint, _ = _model_and_checkpoint(config, strategy)
     latest = ckpt_lib.latest_valid_checkpoint(config.model_dir)  # skips damaged ones
     checkpoint.restore(latest).expect_partial()
     return _export(config, model, int(latest.rsplit("-", 1)[-1]))
