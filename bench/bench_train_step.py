@@ -26,6 +26,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tf_simclr's default (see tf_simclr/__init__.py); TF_ENABLE_ONEDNN_OPTS=0 measures stock TF.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
@@ -189,6 +191,8 @@ def main(argv=None):
         "first_step_s": round(first_step_s, 2),
         "loss": float(logs["loss"]),
         "tf_version": tf.__version__,
+        # "1" (tf_simclr's default) or "0" (stock TensorFlow on CPUs without AVX-512).
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
         "keras_version": keras.__version__,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),

@@ -76,3 +76,47 @@ def test_all_damaged_raises_instead_of_starting_over(tmp_path):
 def test_empty_directory_restores_nothing(tmp_path):
     _, _, ckpt = _fresh()
     assert checkpoints.restore_latest_valid(ckpt, str(tmp_path)) is None
+
+
+def _small_classifier(num_classes, width=4, seed=0):
+    """A Keras model with dotted and nested layer paths and a head named like tf_simclr's."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(width, name="block.1")(inputs)
+    hidden = keras.layers.BatchNormalization(name="bn")(hidden)
+    outputs = keras.layers.Dense(num_classes, name="head_supervised")(hidden)
+    return keras.Model(inputs, outputs)
+
+
+def test_model_weights_restore_by_path_with_a_new_class_count(tmp_path):
+    source = _small_classifier(10, seed=1)
+    prefix = checkpoints.training_checkpoint(source).save(str(tmp_path / "ckpt"))
+    target = _small_classifier(3, seed=2)
+    before = {w.path: w.numpy() for w in target.weights}
+    values = checkpoints.read_model_weights(prefix, [w.path for w in target.weights])
+    # Every weight is found under its escaped key ("block.1" holds a dot, paths hold "/").
+    assert set(values) == {w.path for w in target.weights}
+    counts = checkpoints.assign_weights_by_path(
+        target.weights, values, replaceable=("head_supervised",)
+    )
+    assert counts == {"copied": 6, "kept_replaceable": 2, "missing": 0}
+    saved = {w.path: w.numpy() for w in source.weights}
+    for weight in target.weights:
+        if "head_supervised" in weight.path:  # 3 classes now: keeps its fresh initial value
+            np.testing.assert_array_equal(weight.numpy(), before[weight.path])
+        else:
+            np.testing.assert_array_equal(weight.numpy(), saved[weight.path])
+
+
+def test_model_weights_of_another_architecture_are_refused_untouched(tmp_path):
+    source = _small_classifier(10, width=4, seed=1)
+    prefix = checkpoints.training_checkpoint(source).save(str(tmp_path / "ckpt"))
+    target = _small_classifier(10, width=6, seed=2)
+    before = [w.numpy() for w in target.weights]
+    values = checkpoints.read_model_weights(prefix, [w.path for w in target.weights])
+    with pytest.raises(ValueError, match=r"block\.1/kernel.*another architecture"):
+        checkpoints.assign_weights_by_path(target.weights, values, replaceable=("head",))
+    for weight, value in zip(target.weights, before, strict=True):
+        np.testing.assert_array_equal(weight.numpy(), value)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import runner, train
 from tf_simclr.config import Config
 
@@ -139,6 +140,40 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
         np.testing.assert_array_equal(pre.get_tensor(key), fine.get_tensor(key), err_msg=key)
 
 
+def test_finetune_on_another_dataset_gets_a_new_head_for_its_classes(tmp_path):
+    from PIL import Image
+
+    pre_dir = tmp_path / "pretrain"
+    train.train(tiny_config(pre_dir, train_steps=2), tf.distribute.get_strategy())
+    # A 3-class image folder: the pretraining head (10 shapes10 classes) cannot be reused.
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 3)):
+        for label in ("a", "b", "c"):
+            os.makedirs(tmp_path / "folder" / split / label)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "folder" / split / label / f"{i}.png")
+    config = tiny_config(
+        tmp_path / "finetune",
+        dataset=str(tmp_path / "folder"),
+        train_mode="finetune",
+        checkpoint=str(pre_dir),
+        train_batch_size=12,
+        eval_batch_size=9,
+        train_steps=1,
+        fine_tune_after_block=4,
+    )
+    state = train.train(config, tf.distribute.get_strategy())
+    pre = tf.train.load_checkpoint(str(pre_dir / "ckpt-2"))
+    head = [w for w in state.model.weights if "head_supervised" in w.path]
+    assert [tuple(w.shape)[-1] for w in head] == [3, 3]
+    encoder = [w for w in state.model.weights if "head" not in w.path]
+    assert len(encoder) > 80
+    for weight in encoder:
+        key = ckpt_lib.checkpoint_key(weight.path)
+        np.testing.assert_array_equal(weight.numpy(), pre.get_tensor(key), err_msg=weight.path)
+
+
 def test_finetune_without_checkpoint_is_refused(tmp_path):
     config = tiny_config(tmp_path, train_mode="finetune", train_steps=2)
     with pytest.raises(ValueError, match="needs --checkpoint"):
@@ -190,3 +225,33 @@ def test_export_mode_and_finetune_from_the_exported_module(tmp_path):
             ft_config.replace(model_dir=str(tmp_path / "ft2"), width_multiplier=0.25),
             tf.distribute.get_strategy(),
         )
+
+
+@pytest.mark.parametrize(
+    "precision, compute_dtype", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")]
+)
+def test_mixed_precision_training_keeps_float32_weights_and_loss(
+    tmp_path, precision, compute_dtype
+):
+    import keras
+
+    config = tiny_config(tmp_path, precision=precision, train_steps=6, checkpoint_steps=2)
+    try:
+        train.setup_runtime(config)
+        state = train.train(config, tf.distribute.get_strategy())
+        outputs = state.model(tf.zeros([2, 16, 16, 3]), training=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert outputs["final_avg_pool"].dtype == compute_dtype
+    sup_loss, _ = state.model._supervised_loss(outputs["logits_sup"], tf.constant([1, 2]))
+    assert sup_loss.dtype == "float32"  # losses are computed in float32
+    assert all(w.dtype == "float32" for w in state.model.weights)
+    records = train.read_history(str(tmp_path))
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    # float16's loss scale may skip the first steps, but the weights do move by the end.
+    first = tf.train.load_checkpoint(str(tmp_path / "ckpt-2"))
+    last = tf.train.load_checkpoint(str(tmp_path / "ckpt-6"))
+    key = ckpt_lib.checkpoint_key(state.model.weights[0].path)
+    assert first.get_tensor(key).dtype == np.float32
+    assert not np.allclose(first.get_tensor(key), last.get_tensor(key))

@@ -1,3 +1,14 @@
 """tf_simclr: SimCLR (v1 and v2) in TensorFlow 2 / Keras 3."""
 
+import os as _os
+import sys as _sys
+
+# TensorFlow enables its oneDNN CPU kernels by default only on CPUs with AVX-512-class features;
+# elsewhere (AVX2 machines such as AMD EPYC) convolutions fall back to Eigen and a ResNet training
+# step is about 1.6x slower (bench/bench_train_step.py). The switch is read when TensorFlow is
+# first imported, so it only takes effect if tf_simclr is imported first; an explicit
+# TF_ENABLE_ONEDNN_OPTS=0 is respected.
+if "tensorflow" not in _sys.modules:
+    _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 __version__ = "0.1.0"

@@ -46,6 +46,58 @@ def training_checkpoint(model, optimizer=None, **extra) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**objects)
 
 
+def checkpoint_key(path: str, collection: str = "model_weights") -> str:
+    """The key under which `training_checkpoint` stores the variable of Keras path `path`.
+
+    tf.train.Checkpoint escapes dictionary keys ("." becomes "..", "/" becomes ".S").
+    """
+    local = path.replace(".", "..").replace("/", ".S")
+    return f"{collection}/{local}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def read_model_weights(prefix: str, paths) -> dict:
+    """{path: value} for each of `paths` that the checkpoint `prefix` holds a model weight for."""
+    reader = tf.train.load_checkpoint(prefix)
+    stored = reader.get_variable_to_shape_map()
+    return {p: reader.get_tensor(checkpoint_key(p)) for p in paths if checkpoint_key(p) in stored}
+
+
+def assign_weights_by_path(weights, values: dict, *, replaceable=(), source: str = "") -> dict:
+    """Copy values[w.path] into every weight w whose path `values` holds.
+
+    A weight whose path contains one of the `replaceable` substrings (a classification head
+    whose number of classes changed) keeps its value when the shapes differ; any other shape
+    difference means another architecture and raises ValueError before anything is assigned.
+    Returns counts: {"copied", "kept_replaceable", "missing"}.
+    """
+    plan, kept, missing = [], [], 0
+    for weight in weights:
+        value = values.get(weight.path)
+        if value is None:
+            missing += 1
+        elif tuple(weight.shape) == tuple(value.shape):
+            plan.append((weight, value))
+        elif any(part in weight.path for part in replaceable):
+            kept.append(weight.path)
+        else:
+            raise ValueError(
+                f"{source or 'The checkpoint'} holds {weight.path} with shape "
+                f"{tuple(value.shape)} but the model built from the flags has "
+                f"{tuple(weight.shape)}: it was trained with another architecture. Use the "
+                "pretraining run's model flags (--resnet_depth, --width_multiplier, --sk_ratio, "
+                "--proj_head_mode, ...)."
+            )
+    for weight, value in plan:
+        weight.assign(value)
+    if kept:
+        log.info(
+            "Kept the new initial values of %d weight(s) whose shape changed: %s",
+            len(kept),
+            ", ".join(kept),
+        )
+    return {"copied": len(plan), "kept_replaceable": len(kept), "missing": missing}
+
+
 def list_checkpoints(directory: str) -> list[str]:
     """Checkpoint prefixes in `directory`, oldest first, found from their index files (so a
     missing or stale `checkpoint` state file does not hide any)."""

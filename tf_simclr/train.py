@@ -25,6 +25,7 @@ from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import distribute, factory
 from tf_simclr import loss as loss_lib
 from tf_simclr.config import Config
+from tf_simclr.model import SUPERVISED_HEAD_NAME
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +408,7 @@ def _truncate_history(model_dir: str, step: int) -> None:
         os.replace(tmp, path)
 
 
-def _restore_from_exported_module(config: Config, model, path: str) -> None:
+def _restore_from_exported_module(config: Config, model, path: str) -> dict:
     """Fine-tuning from a tf_simclr SavedModel export (model_dir/saved_model/<step>).
 
     A SavedModel keeps its variables in the exporting model's order but not their Keras paths,
@@ -417,9 +418,8 @@ def _restore_from_exported_module(config: Config, model, path: str) -> None:
     from tf_simclr import export as export_lib
 
     loaded = tf.saved_model.load(path)
-    num_classes = model.num_classes
     reference = factory.build_model(
-        config.replace(fine_tune_after_block=-1), num_classes, train_mode="pretrain"
+        config.replace(fine_tune_after_block=-1), model.num_classes, train_mode="pretrain"
     )
     # The export's order: reference.variables, deduplicated by the backing tf.Variable.
     ref_vars, seen = [], set()
@@ -429,8 +429,10 @@ def _restore_from_exported_module(config: Config, model, path: str) -> None:
             seen.add(key)
             ref_vars.append(variable)
     saved = list(loaded.variables)
+    # The supervised head may differ in its number of classes (another labelled dataset).
     mismatch = len(saved) != len(ref_vars) or any(
-        tuple(a.shape) != tuple(b.shape) for a, b in zip(saved, ref_vars, strict=False)
+        tuple(a.shape) != tuple(b.shape) and SUPERVISED_HEAD_NAME not in b.path
+        for a, b in zip(saved, ref_vars, strict=False)
     )
     if mismatch:
         raise ValueError(
@@ -439,23 +441,14 @@ def _restore_from_exported_module(config: Config, model, path: str) -> None:
             "(--resnet_depth, --width_multiplier, --sk_ratio, --proj_head_mode, ...)."
         )
     values = {v.path: s.numpy() for v, s in zip(ref_vars, saved, strict=True)}
-    copied = 0
-    for weight in model.weights:
-        if weight.path in values and tuple(weight.shape) == values[weight.path].shape:
-            weight.assign(values[weight.path])
-            copied += 1
-    if config.zero_init_logits_layer and hasattr(model, "zero_supervised_head"):
-        model.zero_supervised_head()
-    log.info(
-        "Initialised %d of %d weights from the exported module %s.",
-        copied,
-        len(model.weights),
-        path,
+    return ckpt_lib.assign_weights_by_path(
+        model.weights, values, replaceable=(SUPERVISED_HEAD_NAME,), source=f"--checkpoint={path}"
     )
 
 
 def _restore_initial_weights(config: Config, model) -> None:
-    """Fine-tuning: load pretrained weights from --checkpoint (a checkpoint prefix or a model_dir)."""
+    """Fine-tuning: load pretrained weights from --checkpoint (a checkpoint prefix, a model_dir
+    or an exported module). A supervised head for another number of classes starts afresh."""
     path = config.checkpoint
     if not path:
         raise ValueError(
@@ -464,24 +457,41 @@ def _restore_initial_weights(config: Config, model) -> None:
             "encoder would start from random weights."
         )
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        _restore_from_exported_module(config, model, path)
-        return
-    if os.path.isdir(path):
-        found = ckpt_lib.list_checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"--checkpoint={path} is a directory without ckpt-* files.")
-        path = found[-1]
-    elif not os.path.exists(path + ".index"):
-        raise FileNotFoundError(
-            f"--checkpoint={path} is not a checkpoint (no {path}.index). Give a checkpoint "
-            "prefix such as model_dir/ckpt-500, or a model_dir."
+        counts = _restore_from_exported_module(config, model, path)
+    else:
+        if os.path.isdir(path):
+            found = ckpt_lib.list_checkpoints(path)
+            if not found:
+                raise FileNotFoundError(f"--checkpoint={path} is a directory without ckpt-* files.")
+            path = found[-1]
+        elif not os.path.exists(path + ".index"):
+            raise FileNotFoundError(
+                f"--checkpoint={path} is not a checkpoint (no {path}.index). Give a checkpoint "
+                "prefix such as model_dir/ckpt-500, or a model_dir."
+            )
+        ckpt_lib.validate_checkpoint(path)
+        values = ckpt_lib.read_model_weights(path, [w.path for w in model.weights])
+        counts = ckpt_lib.assign_weights_by_path(
+            model.weights,
+            values,
+            replaceable=(SUPERVISED_HEAD_NAME,),
+            source=f"--checkpoint={path}",
         )
-    ckpt_lib.validate_checkpoint(path)
-    status = ckpt_lib.training_checkpoint(model).restore(path)
-    status.expect_partial()
-    if config.zero_init_logits_layer and hasattr(model, "zero_supervised_head"):
+        if counts["copied"] == 0:
+            raise ValueError(
+                f"--checkpoint={path} holds none of this model's weights: it is not a tf_simclr "
+                "training checkpoint, or its layer names differ."
+            )
+    if config.zero_init_logits_layer and model.has_supervised_head:
         model.zero_supervised_head()
-    log.info("Initialised the model from %s.", path)
+    log.info(
+        "Initialised %d of %d weights from %s (%d new: a head for another number of classes "
+        "or layers the checkpoint lacks).",
+        counts["copied"],
+        len(model.weights),
+        path,
+        counts["kept_replaceable"] + counts["missing"],
+    )
 
 
 def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
