@@ -412,3 +412,106 @@ def test_single_image_path_statistics_and_determinism():
     assert _binomial_ok(changed.sum(), 250, 0.8)
     assert factor.min() >= 0.6 - 1e-5 and factor.max() <= 1.4 + 1e-5
     assert factor.min() < 0.64 and factor.max() > 1.36
+
+
+# ------------------------------------------------------------------------------------------
+# Fused single-image path (large images) and its numeric building blocks
+# ------------------------------------------------------------------------------------------
+def test_closed_form_saturation_matches_tf_image():
+    x = _rand_images(1, 32)[0]
+    x = tf.concat([x[:2], tf.fill([1, 32, 3], 0.4), tf.zeros([1, 32, 3]), x[4:]], 0)  # grays
+    for f in (0.0, 0.35, 1.0, 1.7, 6.0):  # 6.0 saturates most pixels (s clipped at 1)
+        ref = tf.clip_by_value(tf.image.adjust_saturation(x, f), 0.0, 1.0).numpy()
+        np.testing.assert_allclose(A._saturate(x, f).numpy(), ref, atol=1e-6)
+
+
+def test_planar_hue_shift_matches_tf_image():
+    x = _rand_images(1, 24)[0]
+    x = tf.concat([x[:2], tf.fill([1, 24, 3], 0.4), x[3:]], 0)
+    for dh in (-0.2, -0.03, 0.0, 0.11, 0.2):
+        out = tf.stack(A._hue_shift_planes(x[..., 0], x[..., 1], x[..., 2], dh), -1)
+        ref = tf.clip_by_value(tf.image.adjust_hue(x, dh), 0.0, 1.0)
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=2e-6)
+
+
+def _numpy_reflect_blur(img, kern):
+    r = len(kern) // 2
+    p = np.pad(img, [(r, r), (r, r), (0, 0)], mode="reflect")
+    h, w = img.shape[:2]
+    rows = sum(kern[j] * p[j : j + h] for j in range(len(kern)))
+    return np.clip(sum(kern[j] * rows[:, j : j + w] for j in range(len(kern))), 0, 1)
+
+
+@pytest.mark.parametrize("side", [40, 224])  # one partial chunk; 23 taps in 7 chunks
+def test_gemm_blur_matches_numpy_reflect_convolution(side):
+    x = _rand_images(1, side, side + 8)[0]
+    kern = A.blur_kernel(tf.constant([1.7]), side)[0]
+    out = A._BLUR_IMAGE(x, kern).numpy()
+    np.testing.assert_allclose(out, _numpy_reflect_blur(x.numpy(), kern.numpy()), atol=1e-6)
+
+
+def test_view_color_kernel_matches_tf_image_ops_in_order():
+    x = tf.constant(np.random.default_rng(5).random((12, 10, 3)) * 255, tf.float32)
+    fb, fc, fs, dh = 1.3, 0.6, 1.5, 0.12
+    for order, flip, gray in [([2, 0, 3, 1], True, False), ([3, 1, 0, 2], False, True)]:
+        args = (1 / 255, flip, tf.constant(order), fb, fc, fs, dh, gray)
+        out = A._VIEW_COLOR[False](x, *args).numpy()
+        ref = tf.clip_by_value(x / 255, 0, 1)
+        ref = ref[:, ::-1] if flip else ref
+        ops = [
+            lambda y: y * fb,
+            lambda y: tf.image.adjust_contrast(y, fc),
+            lambda y: tf.image.adjust_saturation(y, fs),
+            lambda y: tf.image.adjust_hue(y, dh),
+        ]
+        for op in order:
+            ref = tf.clip_by_value(ops[op](ref), 0.0, 1.0)
+        if gray:
+            ref = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(ref))
+        np.testing.assert_allclose(out, ref.numpy(), atol=2e-5)
+    none = A._VIEW_COLOR[True](x, 1 / 255, False, tf.fill([4], 4), 0.5, fc, fs, dh, False)
+    np.testing.assert_allclose(none.numpy(), x.numpy() / 255, atol=1e-6)  # nothing drawn
+
+
+def test_fused_single_crop_is_tf_resize_of_the_sampled_box():
+    img = tf.constant(np.random.default_rng(1).integers(0, 256, (60, 90, 3)), tf.uint8)
+    for i in range(3):
+        seed = tf.constant([i, 9], tf.int64)
+        out = A.augment_single(img, seed, image_size=32, augmentations="crop")
+        y0, x0, h, w = A.sample_crop_boxes(A._seeds(seed, 1)[0], 60, 90, 1)[0].numpy()
+        ref = tf.image.resize(img[y0 : y0 + h, x0 : x0 + w], (32, 32), method="bicubic")
+        np.testing.assert_allclose(out.numpy(), np.clip(ref.numpy() / 255, 0, 1), atol=1e-6)
+
+
+def test_fused_single_flip_rate_and_jitter_distribution():
+    img = tf.constant(np.random.default_rng(2).integers(0, 256, (40, 40, 3)), tf.uint8)
+    seeds = tf.data.Dataset.range(300).map(lambda i: tf.stack([i, tf.constant(4, tf.int64)]))
+    full = lambda s: A.augment_single(img, s, image_size=40, augmentations="crop")  # noqa: E731
+    flip = lambda s: A.augment_single(img, s, image_size=40, augmentations="crop,flip")  # noqa: E731
+    a = np.stack(list(seeds.map(lambda s: (full(s), flip(s))).as_numpy_iterator()), 1)
+    same = np.all(np.abs(a[0] - a[1]) < 1e-6, axis=(1, 2, 3))
+    mirrored = np.all(np.abs(a[0][:, :, ::-1] - a[1]) < 1e-6, axis=(1, 2, 3))
+    assert np.all(same | mirrored) and _binomial_ok(mirrored.sum(), 300, 0.5)
+    # On a gray image only brightness acts: p = 0.8, factor U[1 - 0.8s, 1 + 0.8s] (s = 0.5).
+    gray = tf.fill([6, 6, 3], tf.constant(128, tf.uint8))
+    kw = dict(image_size=4, augmentations="crop,color_jitter", color_jitter_strength=0.5)
+    f = np.array(list(seeds.map(lambda s: A.augment_single(gray, s, **kw)[0, 0, 0])))
+    f = f / (128 / 255)
+    changed = np.abs(f - 1) > 1e-5
+    assert _binomial_ok(changed.sum(), 300, 0.8)
+    assert f.min() >= 0.6 - 1e-5 and f.max() <= 1.4 + 1e-5
+    assert f.min() < 0.65 and f.max() > 1.35
+
+
+@pytest.mark.parametrize("ops", ["imagenet", "crop,color_jitter", "crop,flip,blur"])
+def test_fused_single_path_equals_the_operator_by_operator_path(monkeypatch, ops):
+    # Same seed -> same view whichever route augment_single takes (fresh random images).
+    rng = np.random.default_rng(11)
+    images = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(3)]
+    seeds = [tf.constant([int(rng.integers(1 << 30)), i], tf.int64) for i in range(6)]
+    kw = dict(image_size=64, augmentations=ops, color_jitter_strength=1.0)
+    fused = [A.augment_single(images[i % 3], s, **kw) for i, s in enumerate(seeds)]
+    monkeypatch.setattr(A, "_fast_plan", lambda ops: None)
+    generic = [A.augment_single(images[i % 3], s, **kw) for i, s in enumerate(seeds)]
+    for a, b in zip(fused, generic, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5)

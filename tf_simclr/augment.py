@@ -331,15 +331,26 @@ def sample_crop_boxes(
     kept, and after ``max_attempts`` misses the whole image is used. The offset is uniform.
     ``height``/``width`` may be scalars or [B] tensors.
     """
+    draws = _crop_draws(seed, batch_size, area_range, aspect_range, target_aspect, max_attempts)
+    return _boxes_from_draws(*draws, height, width)
+
+
+def _crop_draws(seed, b, area_range, aspect_range, target_aspect, max_attempts):
+    """The random numbers of sample_crop_boxes: area fractions, aspect ratios, offsets."""
     s_area, s_ratio, s_y, s_x = _seeds(seed, 4)
-    b = batch_size
-    hf = tf.broadcast_to(tf.cast(height, tf.float32), [b])
-    wf = tf.broadcast_to(tf.cast(width, tf.float32), [b])
-    area = (hf * wf)[:, None]
     frac = _uniform([b, max_attempts], s_area, area_range[0], area_range[1])
     log_lo = math.log(aspect_range[0] * target_aspect)
     log_hi = math.log(aspect_range[1] * target_aspect)
     ratio = tf.exp(_uniform([b, max_attempts], s_ratio, log_lo, log_hi))
+    return frac, ratio, _uniform([b], s_y), _uniform([b], s_x)
+
+
+def _boxes_from_draws(frac, ratio, u_y, u_x, height, width):
+    # Plain arithmetic on the draws, so it gives the same boxes inside XLA kernels.
+    b = tf.shape(frac)[0]
+    hf = tf.broadcast_to(tf.cast(height, tf.float32), [b])
+    wf = tf.broadcast_to(tf.cast(width, tf.float32), [b])
+    area = (hf * wf)[:, None]
     cw = tf.round(tf.sqrt(frac * area * ratio))
     ch = tf.round(tf.sqrt(frac * area / ratio))
     ok = (cw <= wf[:, None]) & (ch <= hf[:, None]) & (cw >= 1.0) & (ch >= 1.0)
@@ -347,8 +358,8 @@ def sample_crop_boxes(
     found = tf.reduce_any(ok, axis=1)
     cw = tf.where(found, tf.gather(cw, first, batch_dims=1), wf)
     ch = tf.where(found, tf.gather(ch, first, batch_dims=1), hf)
-    y0 = tf.floor(_uniform([b], s_y) * (hf - ch + 1.0))
-    x0 = tf.floor(_uniform([b], s_x) * (wf - cw + 1.0))
+    y0 = tf.floor(u_y * (hf - ch + 1.0))
+    x0 = tf.floor(u_x * (wf - cw + 1.0))
     y0 = tf.minimum(y0, hf - ch)
     x0 = tf.minimum(x0, wf - cw)
     return tf.cast(tf.stack([y0, x0, ch, cw], axis=1), tf.int32)
@@ -561,14 +572,22 @@ def _adjust_contrast(x, factor):
     return tf.clip_by_value((x - mean) * factor[:, None, None, None] + mean, 0.0, 1.0)
 
 
-def _adjust_saturation(x, factor):
-    # tf.image.adjust_saturation in closed form: in HSV every channel is v*(1 - s*k(hue)), so
-    # scaling s (clipped at 1) while keeping hue and value moves each channel towards the max.
+def _saturate(x, factor):
+    """tf.image.adjust_saturation in closed form (no HSV round trip), clipped to [0, 1].
+
+    In HSV every channel is v * (1 - s * k(hue)), so scaling s by ``factor`` (clipped at 1)
+    while keeping hue and value moves each channel c to v - (v - c) * min(factor, 1 / s).
+    ``factor`` broadcasts against x [..., 3].
+    """
     v = tf.reduce_max(x, axis=-1, keepdims=True)
     lo = tf.reduce_min(x, axis=-1, keepdims=True)
     s = tf.math.divide_no_nan(v - lo, v)
-    scale = tf.minimum(factor[:, None, None, None], tf.math.divide_no_nan(1.0, s))
+    scale = tf.minimum(factor, tf.math.divide_no_nan(1.0, s))
     return tf.clip_by_value(v - (v - x) * scale, 0.0, 1.0)
+
+
+def _adjust_saturation(x, factor):
+    return _saturate(x, factor[:, None, None, None])
 
 
 def _adjust_hue(x, delta):
@@ -936,6 +955,203 @@ def _color_jitter_one(x, seed, *, strength, p, brightness):
     return x
 
 
+# The fused single-image path. Per view it runs: the random draws (plain TF stateless ops,
+# exactly the draws of the per-operator path, so a seed gives the same view as before), one
+# small XLA kernel turning them into the crop box and the operation choices, tf.image.resize
+# of the cut crop, ONE XLA kernel for everything pixel-wise (scale, flip, colour jitter in the
+# drawn order, grayscale) and, when drawn, one XLA kernel for the blur. Inside tf.data every
+# TF op costs ~10 us and every XLA call ~100 us whatever its size, so the fewer the better.
+# Measured dead ends (TF 2.21, CPU): unrolled XLA conditionals for the four jitter stages
+# compile for ~1 min and run slower than separate kernels; an XLA gather-based bicubic crop
+# and gather-based blur chunks were slower than tf.image.resize and the slice-concat below.
+_FAST_OPS = ("crop", "flip", "color", "blur")
+
+
+def _fast_plan(ops: tuple[str, ...]) -> dict | None:
+    """{"flip": bool, "color": None|"color"|"color_jitter", "blur": bool} if ops is
+    crop[,flip][,color|color_jitter][,blur] (the fused path), else None."""
+    if not ops or ops[0] != "crop":
+        return None
+    plan, pos = {"flip": False, "color": None, "blur": False}, 1
+    for name in ops[1:]:
+        key = "color" if name in ("color", "color_jitter") else name
+        if key not in _FAST_OPS[pos:]:
+            return None
+        pos = _FAST_OPS.index(key) + 1
+        plan[key] = name if key == "color" else True
+    return plan
+
+
+def _view_params_kernel(hw, frac, ratio, u_y, u_x, u_flip, u_apply, u_perm, u_gray, u_blur):
+    """Draws -> crop box, flip, colour order (4 = none), grayscale, blur, for one image."""
+    box = _boxes_from_draws(frac, ratio, u_y, u_x, hw[0], hw[1])[0]
+    order = tf.cast(tf.argsort(u_perm[0]), tf.int32)  # as color_op_order
+    order = tf.where(u_apply[0] < 0.8, order, 4)
+    return box, u_flip[0] < 0.5, order, u_gray[0] < 0.2, u_blur < 0.5
+
+
+def _hue_shift_planes(r, g, b, dh):
+    """adjust_hue on channel planes: the RGB -> HSV -> RGB arithmetic of TF's XLA kernels."""
+    v = tf.maximum(tf.maximum(r, g), b)
+    rng = v - tf.minimum(tf.minimum(r, g), b)
+    sat = tf.where(v > 0.0, rng / v, 0.0)
+    norm = 1.0 / (6.0 * rng)
+    h = tf.where(g == v, norm * (b - r) + 2.0 / 6.0, norm * (r - g) + 4.0 / 6.0)
+    h = tf.where(r == v, norm * (g - b), h)
+    h = tf.where(rng > 0.0, h, 0.0)
+    h = tf.where(h < 0.0, h + 1.0, h)
+    h6 = tf.math.floormod(h + dh, 1.0) * 6.0
+    dr = tf.clip_by_value(tf.abs(h6 - 3.0) - 1.0, 0.0, 1.0)
+    dg = tf.clip_by_value(2.0 - tf.abs(h6 - 2.0), 0.0, 1.0)
+    db = tf.clip_by_value(2.0 - tf.abs(h6 - 4.0), 0.0, 1.0)
+    one_minus_s = 1.0 - sat
+    return tuple(tf.clip_by_value(v * (one_minus_s + sat * d), 0.0, 1.0) for d in (dr, dg, db))
+
+
+def _jitter_op_planes(rgb, op, fb, fc, fs, dh, additive):
+    """One colour-jitter operation on channel planes, clipped: op 0 brightness, 1 contrast,
+    2 saturation (closed form), 3 hue, 4 nothing. Only the chosen one runs (an XLA
+    conditional), so each stage's result is materialised once."""
+    r, g, b = rgb
+
+    def bright():
+        return tuple(tf.clip_by_value(c + fb if additive else c * fb, 0.0, 1.0) for c in rgb)
+
+    def contrast():
+        return tuple(
+            tf.clip_by_value((c - tf.reduce_mean(c)) * fc + tf.reduce_mean(c), 0.0, 1.0)
+            for c in rgb
+        )
+
+    def saturation():
+        v = tf.maximum(tf.maximum(r, g), b)
+        lo = tf.minimum(tf.minimum(r, g), b)
+        scale = tf.minimum(fs, tf.math.divide_no_nan(1.0, tf.math.divide_no_nan(v - lo, v)))
+        return tuple(tf.clip_by_value(v - (v - c) * scale, 0.0, 1.0) for c in rgb)
+
+    return tf.switch_case(
+        op,
+        [bright, contrast, saturation, lambda: _hue_shift_planes(r, g, b, dh), lambda: rgb],
+    )
+
+
+def _view_color_kernel(x, scale, flip, order, fb, fc, fs, dh, gray, *, additive):
+    """Resized crop (any scale) -> [0, 1], flip, colour jitter, grayscale, for one image.
+
+    ``order`` [4]: the operation of each jitter stage (4 = none). The stages run in an XLA
+    loop around one conditional, so only the drawn operations run and each is compiled once.
+    Works on the channel planes: XLA handles per-pixel arithmetic across three planes far
+    better than reductions over a size-3 axis."""
+    x = tf.clip_by_value(x * scale, 0.0, 1.0)
+    x = tf.where(flip, tf.reverse(x, [1]), x)
+    rgb = (x[..., 0], x[..., 1], x[..., 2])
+
+    def body(k, r, g, b):
+        out = _jitter_op_planes((r, g, b), order[k], fb, fc, fs, dh, additive)
+        return (k + 1, *out)
+
+    def more(k, *_):  # order is a permutation (jitter drawn) or all 4 (not drawn)
+        return (k < 4) & (tf.gather(order, tf.minimum(k, 3)) < 4)
+
+    rgb = tf.while_loop(more, body, (tf.constant(0), *rgb))[1:]
+    g = rgb[0] * 0.2989 + rgb[1] * 0.5870 + rgb[2] * 0.1140
+    return tf.stack([tf.where(gray, g, c) for c in rgb], axis=-1)
+
+
+def _blur_band(kern: tf.Tensor, rows: int) -> tf.Tensor:
+    """[rows, rows + K - 1] banded matrix: output row o = sum_j kern[j] * input row o + j."""
+    k = kern.shape[0]
+    j = tf.range(rows + k - 1)[None, :] - tf.range(rows)[:, None]
+    return tf.where((j >= 0) & (j < k), tf.gather(kern, tf.clip_by_value(j, 0, k - 1)), 0.0)
+
+
+def _blur_rows_gemm(x2: tf.Tensor, kern: tf.Tensor, chunk: int = 32) -> tf.Tensor:
+    """Blur [N, M] along axis 0 with reflect padding as ONE matrix product.
+
+    The padded rows are cut into overlapping chunks (chunk + K - 1 rows for chunk outputs),
+    laid side by side, and all multiplied by the same banded matrix: about (chunk + K - 1) / K
+    times the multiply-adds of a direct convolution, but at matrix-product speed."""
+    k = kern.shape[0]
+    r = k // 2
+    n, m = x2.shape
+    c = min(chunk, n)
+    nc = -(-n // c)
+    xp = tf.pad(x2, [[r, r], [0, 0]], mode="REFLECT")
+    if nc * c > n:
+        xp = tf.pad(xp, [[0, nc * c - n], [0, 0]])
+    rhs = tf.concat([xp[i * c : i * c + c + k - 1] for i in range(nc)], axis=1)
+    y = tf.matmul(_blur_band(kern, c), rhs)  # [c, nc * m]
+    y = tf.reshape(tf.transpose(tf.reshape(y, [c, nc, m]), [1, 0, 2]), [nc * c, m])
+    return y[:n]
+
+
+def _blur_image_kernel(x, kern):
+    """Separable Gaussian blur of one image [H, W, C] (reflect padding), clipped to [0, 1]."""
+    h, w, c = x.shape
+    y = tf.reshape(_blur_rows_gemm(tf.reshape(x, [h, w * c]), kern), [h, w, c])
+    y = tf.reshape(tf.transpose(y, [1, 0, 2]), [w, h * c])
+    y = tf.transpose(tf.reshape(_blur_rows_gemm(y, kern), [w, h, c]), [1, 0, 2])
+    return tf.clip_by_value(y, 0.0, 1.0)
+
+
+_VIEW_PARAMS = _jit(_view_params_kernel)
+_BLUR_IMAGE = _jit(_blur_image_kernel)
+_VIEW_COLOR = {
+    additive: _jit(lambda *args, additive=additive: _view_color_kernel(*args, additive=additive))
+    for additive in (False, True)
+}
+
+
+def _augment_view_fused(image, seed, plan, *, image_size, strength, brightness, n_ops):
+    """augment_single for crop[,flip][,color|color_jitter][,blur] (see the comment above)."""
+    if brightness not in ("multiplicative", "additive"):
+        raise ValueError(
+            f"brightness must be 'multiplicative' (SimCLRv2) or 'additive' (SimCLRv1), "
+            f"got {brightness!r}."
+        )
+    image = tf.convert_to_tensor(image)
+    seeds = _seeds(seed, n_ops)  # the same per-operator seeds as the generic path
+    names = ["crop"] + [k for k in ("flip", "color", "blur") if plan[k]]
+    s = dict(zip(names, seeds, strict=False))
+    frac, ratio, u_y, u_x = _crop_draws(s["crop"], 1, (0.08, 1.0), (0.75, 4.0 / 3.0), 1.0, 100)
+    never = tf.ones([1])  # a draw of 1 selects nothing
+    u_flip = _uniform([1], s["flip"]) if plan["flip"] else never
+    additive = brightness == "additive"
+    u_apply, u_perm, u_gray, u_blur = never, tf.zeros([1, 4]), never, never[0]
+    fb = fc = fs = dh = tf.zeros([1])
+    if plan["color"]:
+        s_jit, s_gray = _seeds(s["color"], 2)
+        s_apply, s_b, s_c, s_s, s_h, s_perm = _seeds(s_jit, 6)
+        mag = 0.8 * strength
+        b_lo, b_hi = (-mag, mag) if additive else (max(0.0, 1.0 - mag), 1.0 + mag)
+        fb = _uniform([1], s_b, b_lo, b_hi)
+        fc = _uniform([1], s_c, max(0.0, 1.0 - mag), 1.0 + mag)
+        fs = _uniform([1], s_s, max(0.0, 1.0 - mag), 1.0 + mag)
+        dh = _uniform([1], s_h, -0.2 * strength, 0.2 * strength)
+        u_apply, u_perm = _uniform([1], s_apply), _uniform([1, 4], s_perm)
+        if plan["color"] == "color":
+            u_gray = _uniform([1], s_gray)
+    kern = None
+    if plan["blur"]:
+        s_sel, s_sig = _seeds(s["blur"], 2)
+        kern = blur_kernel(_uniform([1], s_sig, 0.1, 2.0), image_size)[0]
+        u_blur = _uniform([], s_sel)
+    hw = tf.shape(image)[:2]
+    box, flip, order, gray, blur = _VIEW_PARAMS(
+        hw, frac, ratio, u_y, u_x, u_flip, u_apply, u_perm, u_gray, u_blur
+    )
+    # Cut the crop first and convert only it: the source may be much larger than the crop.
+    crop = image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
+    x = tf.image.resize(crop, (image_size, image_size), method="bicubic")
+    x = tf.ensure_shape(x, [image_size, image_size, 3])
+    scale = tf.constant(1.0 / 255.0 if image.dtype == tf.uint8 else 1.0)
+    args = (scale, flip, order, fb[0], fc[0], fs[0], dh[0], gray)
+    x = _VIEW_COLOR[additive](x, *args)
+    if kern is not None and kern.shape[0] > 1:
+        x = tf.cond(blur, lambda x=x: _BLUR_IMAGE(x, kern), lambda x=x: x)
+    return tf.ensure_shape(x, [image_size, image_size, 3])
+
+
 def augment_single(
     image: tf.Tensor,
     seed,
@@ -950,14 +1166,27 @@ def augment_single(
 
     Same operators and distributions as augment_batch, organised for large images inside a
     parallel tf.data map: the crop is cut and resized by tf.image.resize from the full-size
-    image, colour jitter runs only the operations drawn (adjacent saturation and hue share one
-    HSV round trip), and blur runs only when drawn. ``blur_per_image`` has no effect here
-    (one image, one sigma). Deterministic given ``seed``.
+    image, colour jitter runs only the operations drawn, and blur runs only when drawn.
+    crop[,flip][,color|color_jitter][,blur] takes a fused path (few XLA kernels, see the
+    comment above ``_FAST_OPS``); other compositions run operator by operator with the same
+    draws. ``blur_per_image`` has no effect here (one image, one sigma). Deterministic given
+    ``seed``.
     """
     del blur_per_image
     ops = parse_augmentations(augmentations)
     if color_jitter_strength is None:
         _, color_jitter_strength = resolve_augmentations(augmentations)
+    plan = _fast_plan(ops)
+    if plan is not None:
+        return _augment_view_fused(
+            image,
+            seed,
+            plan,
+            image_size=image_size,
+            strength=color_jitter_strength,
+            brightness=brightness,
+            n_ops=len(ops),
+        )
     x = tf.convert_to_tensor(image)
     seeds = _seeds(seed, max(len(ops), 1))
     if not any(op in _CROP_OPS for op in ops):
