@@ -120,3 +120,17 @@ def test_model_weights_of_another_architecture_are_refused_untouched(tmp_path):
         checkpoints.assign_weights_by_path(target.weights, values, replaceable=("head",))
     for weight, value in zip(target.weights, before, strict=True):
         np.testing.assert_array_equal(weight.numpy(), value)
+
+
+def test_remove_interrupted_saves_deletes_only_save_scratch_dirs(tmp_path):
+    _save_three(str(tmp_path))
+    os.makedirs(tmp_path / "ckpt-40_temp" / "part-00000-of-00001")
+    os.makedirs(tmp_path / "ckpt-notes_temp")  # not a save's scratch directory
+    removed = checkpoints.remove_interrupted_saves(str(tmp_path))
+    assert removed == [str(tmp_path / "ckpt-40_temp")]
+    assert (tmp_path / "ckpt-notes_temp").is_dir()
+    assert [os.path.basename(p) for p in checkpoints.list_checkpoints(str(tmp_path))] == [
+        "ckpt-10",
+        "ckpt-20",
+        "ckpt-30",
+    ]

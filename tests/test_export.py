@@ -414,6 +414,27 @@ def test_interrupted_export_leaves_no_partial_module(tmp_path, monkeypatch):
     _assert_outputs_close(tf.saved_model.load(os.path.join(base, "1"))(x), model(x))
 
 
+def test_next_export_recovers_from_a_killed_one(tmp_path, caplog):
+    import shutil
+
+    model = _tiny_model()
+    model(_images(1, 8))
+    base = str(tmp_path / "saved_model")
+    export.export_saved_model(model, base, step=1)
+    # What a SIGKILL can leave: an unfinished module, a replaced export that was not yet
+    # deleted, and a complete export of step 3 moved aside just before its replacement.
+    os.makedirs(os.path.join(base, ".tmp-export-2-0badc0de", "variables"))
+    shutil.copytree(os.path.join(base, "1"), os.path.join(base, ".old-export-1-12345678"))
+    shutil.copytree(os.path.join(base, "1"), os.path.join(base, ".old-export-3-87654321"))
+    assert export.list_exports(base) == [os.path.join(base, "1")]
+    with caplog.at_level("WARNING"):
+        export.export_saved_model(model, base, step=4)
+    assert _entries(base) == ["1", "3", "4"]
+    assert "killed before it finished" in caplog.text and "Restoring" in caplog.text
+    x = _images(2, 8)
+    _assert_outputs_close(tf.saved_model.load(os.path.join(base, "3"))(x), model(x))
+
+
 def test_export_rejects_bad_arguments(tmp_path):
     model = _tiny_model()
     base = str(tmp_path / "saved_model")

@@ -65,7 +65,10 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path):
     reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-4"))
     iterations_key = [k for k in reader.get_variable_to_shape_map() if "iteration" in k][0]
     assert int(reader.get_tensor(iterations_key)) == 4
+    # The scratch directory of a save killed mid-way is swept on the rerun.
+    os.makedirs(tmp_path / "ckpt-5_temp" / "part-00000-of-00001")
     state = train.train(config.replace(train_steps=6), tf.distribute.get_strategy())
+    assert not (tmp_path / "ckpt-5_temp").exists()
     assert state.checkpoint_path.endswith("ckpt-6")
     assert int(state.optimizer.iterations.numpy()) == 6
     assert _history_steps(tmp_path) == [2, 4, 6]
@@ -81,6 +84,7 @@ def test_checkpoints_hold_every_weight_and_optimizer_variable(tmp_path):
     # Values, batch-norm moving statistics included, equal the trained model's.
     for weight in state.model.weights:
         key = "model_weights/" + weight.path.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
+        assert key == ckpt_lib.checkpoint_key(weight.path)  # (paths here hold no dots)
         np.testing.assert_array_equal(reader.get_tensor(key), weight.numpy(), err_msg=weight.path)
     assert any("moving_mean" in k for k in model_keys)
     optimizer_keys = [k for k in saved if k.startswith("optimizer_variables/")]

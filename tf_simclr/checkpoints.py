@@ -163,6 +163,20 @@ def remove_checkpoint_files(prefix: str) -> list[str]:
     return removed
 
 
+def remove_interrupted_saves(directory: str) -> list[str]:
+    """Delete `ckpt-<N>_temp` directories: the scratch space of a save that was killed. Call
+    only when no save into `directory` is running (at the start of training)."""
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(directory), "ckpt-*_temp"))):
+        if os.path.isdir(path) and re.search(r"ckpt-\d+_temp$", path):
+            log.warning(
+                "Removing %s: the scratch files of a checkpoint save that was killed.", path
+            )
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def validate_checkpoint(prefix: str) -> None:
     """Read every tensor of a checkpoint so truncated or missing shards fail here, with the
     checkpoint named, rather than half-way through a restore."""

@@ -21,6 +21,7 @@ tf-keras is needed to export; they are consumer-side dependencies only.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -35,6 +36,7 @@ from tf_simclr.resnet import ENDPOINTS
 OUTPUT_NAMES = ENDPOINTS + ("proj_head_input", "proj_head_output", "logits_sup")
 SERVE_ENDPOINT = "serve"
 SERVE_TRAIN_ENDPOINT = "serve_train"
+log = logging.getLogger(__name__)
 _TMP_PREFIX = ".tmp-export-"
 _OLD_PREFIX = ".old-export-"
 
@@ -260,6 +262,38 @@ def _rename(src: str, dst: str) -> None:
         os.replace(src, dst)
 
 
+def recover_interrupted_exports(export_dir_base: str) -> dict:
+    """Clean up after an export that was killed (SIGKILL, power loss) rather than interrupted.
+
+    A hidden `.tmp-export-*` directory is an unfinished module: it is deleted. A hidden
+    `.old-export-<step>-*` directory is a complete earlier export of <step> that was being
+    replaced: it is deleted if `<step>/` exists, otherwise renamed back to `<step>/`.
+    Returns {"removed": [...], "restored": [...]}; each action is logged.
+    """
+    done = {"removed": [], "restored": []}
+    if not tf.io.gfile.isdir(export_dir_base):
+        return done
+    for name in sorted(tf.io.gfile.listdir(export_dir_base)):
+        name = name.rstrip("/")
+        path = os.path.join(export_dir_base, name)
+        if name.startswith(_TMP_PREFIX):
+            log.warning("Removing %s: an export that was killed before it finished.", path)
+            _rmtree_quiet(path)
+            done["removed"].append(path)
+        elif name.startswith(_OLD_PREFIX):
+            step = name[len(_OLD_PREFIX) :].split("-", 1)[0]
+            final_path = os.path.join(export_dir_base, step)
+            if step.isdigit() and not tf.io.gfile.exists(final_path):
+                log.warning("Restoring %s from %s (its replacement was killed).", final_path, path)
+                _rename(path, final_path)
+                done["restored"].append(final_path)
+            else:
+                log.warning("Removing %s: an export that had already been replaced.", path)
+                _rmtree_quiet(path)
+                done["removed"].append(path)
+    return done
+
+
 def export_saved_model(
     model,
     export_dir_base: str,
@@ -278,7 +312,8 @@ def export_saved_model(
     fixes the spatial dims of the `serving_default`/`serve`/`serve_train` signatures only.
     Works inside or outside a distribution strategy scope (distributed variables are saved as
     plain ones). With several workers, call it on the chief only: workers share the directory.
-    An interrupted export can leave a hidden `.tmp-export-*` directory, never a partial `<step>/`.
+    A killed export can leave a hidden `.tmp-export-*` directory, never a partial `<step>/`;
+    the next export cleans it up (`recover_interrupted_exports`).
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative int (the global step), got {step!r}.")
@@ -288,6 +323,7 @@ def export_saved_model(
         raise ValueError(f"keep_max must be a positive int or None (keep all), got {keep_max!r}.")
     export_dir_base = os.fspath(export_dir_base)
     tf.io.gfile.makedirs(export_dir_base)
+    recover_interrupted_exports(export_dir_base)
     final_path = os.path.join(export_dir_base, str(step))
     token = uuid.uuid4().hex[:8]
     tmp_path = os.path.join(export_dir_base, f"{_TMP_PREFIX}{step}-{token}")

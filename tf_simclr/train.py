@@ -537,6 +537,7 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
         checkpoint, role.write_dir, max_to_keep=config.keep_checkpoint_max, step_counter=global_step
     )
     restored = ckpt_lib.restore_latest_valid(checkpoint, model_dir)
+    ckpt_lib.remove_interrupted_saves(role.write_dir)
     if restored:
         log.info("Resuming from %s at step %d.", restored, int(global_step.numpy()))
     elif config.train_mode == "finetune":
