@@ -320,3 +320,33 @@ def test_start_batch_resumes_the_stream_exactly():
     for a, b in zip(want, got, strict=True):
         for key in ("view1", "view2", "label"):
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+def test_direct_decode_and_converter_agree_on_transparent_and_gray_images(tmp_path):
+    # Direct loading (tf.io) and the converter (PIL) must give the same RGB pixels: alpha
+    # blended over white, gray replicated, palettes expanded.
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (9, 7, 4), dtype=np.uint8)
+    images = {
+        "rgba": Image.fromarray(rgba, "RGBA"),
+        "la": Image.fromarray(rgba[..., 2:], "LA"),
+        "gray": Image.fromarray(rgba[..., 0], "L"),
+        "palette": Image.fromarray(rgba[..., :3], "RGB").convert("P"),
+        "rgb": Image.fromarray(rgba[..., :3], "RGB"),
+    }
+    for name, im in images.items():
+        path = str(tmp_path / f"{name}.png")
+        im.save(path)
+        with open(path, "rb") as f:
+            direct = D._decode(tf.constant(f.read())).numpy()
+        converted, size = D._read_as_rgb_bytes(path)
+        via_converter = np.asarray(Image.open(io.BytesIO(converted)).convert("RGB"))
+        assert direct.shape == via_converter.shape == (9, 7, 3) and size == (9, 7), name
+        diff = np.abs(direct.astype(int) - via_converter.astype(int)).max()
+        assert diff <= 1, (name, diff)  # rounding of the blend only
+    # Alpha 0 shows white, not the hidden colour values.
+    clear = rgba.copy()
+    clear[..., 3] = 0
+    Image.fromarray(clear, "RGBA").save(tmp_path / "clear.png")
+    with open(tmp_path / "clear.png", "rb") as f:
+        assert (D._decode(tf.constant(f.read())).numpy() == 255).all()

@@ -433,8 +433,27 @@ def _tfds_by_name(name: str, data_dir: str | None, split: str, input_context, sh
 # --------------------------------------------------------------------------------------------
 # Decoding and load_source
 # --------------------------------------------------------------------------------------------
+def _composite_on_white(color: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
+    """uint8 colour with uint8 alpha, blended over white as the converter (PIL) does."""
+    a = tf.cast(alpha, tf.float32)
+    out = (tf.cast(color, tf.float32) * a + 255.0 * (255.0 - a)) / 255.0
+    return tf.cast(tf.round(out), tf.uint8)
+
+
 def _decode(encoded: tf.Tensor) -> tf.Tensor:
-    img = tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8)
+    """Any image -> uint8 RGB. Transparent images are blended over white (not their hidden
+    colour values), so direct loading and the converter see the same pixels."""
+    img = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+    channels = tf.shape(img)[-1]
+    img = tf.switch_case(
+        tf.clip_by_value(channels - 1, 0, 3),
+        [
+            lambda: tf.tile(img[..., :1], [1, 1, 3]),
+            lambda: tf.tile(_composite_on_white(img[..., :1], img[..., 1:2]), [1, 1, 3]),
+            lambda: img[..., :3],
+            lambda: _composite_on_white(img[..., :3], img[..., 3:4]),
+        ],
+    )
     img.set_shape([None, None, 3])
     return img
 
