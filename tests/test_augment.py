@@ -442,12 +442,28 @@ def _numpy_reflect_blur(img, kern):
     return np.clip(sum(kern[j] * rows[:, j : j + w] for j in range(len(kern))), 0, 1)
 
 
-@pytest.mark.parametrize("side", [40, 224])  # one partial chunk; 23 taps in 7 chunks
-def test_gemm_blur_matches_numpy_reflect_convolution(side):
+@pytest.mark.parametrize("side", [40, 224])  # 5 and 23 taps; non-square image
+def test_planar_blur_matches_numpy_reflect_convolution(side):
     x = _rand_images(1, side, side + 8)[0]
     kern = A.blur_kernel(tf.constant([1.7]), side)[0]
     out = A._BLUR_IMAGE(x, kern).numpy()
     np.testing.assert_allclose(out, _numpy_reflect_blur(x.numpy(), kern.numpy()), atol=1e-6)
+
+
+def test_view_color_kernel_blurs_only_when_drawn_after_grayscale():
+    # Blur inside the colour kernel: jitter + grayscale, then (if drawn) the NumPy reflect
+    # convolution of that, clipped; not drawn -> exactly the kernel without blur.
+    x = tf.constant(np.random.default_rng(6).random((40, 40, 3)) * 255, tf.float32)
+    kern = A.blur_kernel(tf.constant([1.2]), 40)[0]
+    for gray in (False, True):
+        args = (1 / 255, True, tf.constant([1, 3, 0, 2]), 1.2, 0.7, 1.4, -0.1, gray)
+        plain = A._VIEW_COLOR[False](x, *args).numpy()
+        kept = A._VIEW_COLOR[False](x, *args, kern, tf.constant(False)).numpy()
+        blurred = A._VIEW_COLOR[False](x, *args, kern, tf.constant(True)).numpy()
+        np.testing.assert_array_equal(kept, plain)
+        ref = _numpy_reflect_blur(plain, kern.numpy())
+        np.testing.assert_allclose(blurred, ref, atol=1e-6)
+        assert np.abs(blurred - plain).mean() > 0.01
 
 
 def test_view_color_kernel_matches_tf_image_ops_in_order():

@@ -958,12 +958,16 @@ def _color_jitter_one(x, seed, *, strength, p, brightness):
 # The fused single-image path. Per view it runs: the random draws (plain TF stateless ops,
 # exactly the draws of the per-operator path, so a seed gives the same view as before), one
 # small XLA kernel turning them into the crop box and the operation choices, tf.image.resize
-# of the cut crop, ONE XLA kernel for everything pixel-wise (scale, flip, colour jitter in the
-# drawn order, grayscale) and, when drawn, one XLA kernel for the blur. Inside tf.data every
-# TF op costs ~10 us and every XLA call ~100 us whatever its size, so the fewer the better.
-# Measured dead ends (TF 2.21, CPU): unrolled XLA conditionals for the four jitter stages
-# compile for ~1 min and run slower than separate kernels; an XLA gather-based bicubic crop
-# and gather-based blur chunks were slower than tf.image.resize and the slice-concat below.
+# of the cut crop, and ONE XLA kernel for everything pixel-wise (scale, flip, colour jitter
+# in the drawn order, grayscale and, when drawn, the blur as an XLA conditional on channel
+# planes). Inside tf.data every TF op costs ~10 us and every XLA call ~100 us whatever its
+# size, so the fewer the better. Measured dead ends (TF 2.21, CPU): unrolled XLA conditionals
+# for the four jitter stages compile for ~1 min and run slower than separate kernels; an XLA
+# gather-based bicubic crop and gather-based blur chunks were slower than tf.image.resize and
+# the slice-concat blur; the blur as banded matrix products (HWC layout copies dominate), as
+# a separate XLA call or as a tf.cond between two colour kernels (the cond around an XLA call
+# costs ~0.5 ms in a tf.data map), or as a sixth stage of the jitter loop (the loop state
+# then gets copied every stage) were all slower than the in-kernel conditional.
 _FAST_OPS = ("crop", "flip", "color", "blur")
 
 
@@ -1035,13 +1039,18 @@ def _jitter_op_planes(rgb, op, fb, fc, fs, dh, additive):
     )
 
 
-def _view_color_kernel(x, scale, flip, order, fb, fc, fs, dh, gray, kern=None, blur=None, *, additive):
-    """Resized crop (any scale) -> [0, 1], flip, colour jitter, grayscale, for one image.
+def _view_color_kernel(
+    x, scale, flip, order, fb, fc, fs, dh, gray, kern=None, blur=None, *, additive
+):
+    """Resized crop (any scale) -> [0, 1], flip, colour jitter, grayscale and, when ``kern``
+    [K] is given, a Gaussian blur if ``blur``, for one image.
 
     ``order`` [4]: the operation of each jitter stage (4 = none). The stages run in an XLA
     loop around one conditional, so only the drawn operations run and each is compiled once.
     Works on the channel planes: XLA handles per-pixel arithmetic across three planes far
-    better than reductions over a size-3 axis."""
+    better than reductions over a size-3 axis, and the blur's shifted reads are contiguous
+    there. The blur is an XLA conditional inside this kernel: measured in a tf.data map, a
+    tf.cond around a second XLA call costs more than the blur itself."""
     x = tf.clip_by_value(x * scale, 0.0, 1.0)
     x = tf.where(flip, tf.reverse(x, [1]), x)
     rgb = (x[..., 0], x[..., 1], x[..., 2])
@@ -1059,7 +1068,7 @@ def _view_color_kernel(x, scale, flip, order, fb, fc, fs, dh, gray, kern=None, b
         return tf.stack([tf.where(gray, g, c) for c in rgb], axis=-1)
     p = tf.stack([tf.where(gray, g, c) for c in rgb], axis=0)
     p = tf.cond(blur, lambda: tf.clip_by_value(_blur_planes(p, kern), 0.0, 1.0), lambda: p)
-    return tf.transpose(p, [1, 2, 0])
+    return tf.transpose(p, [1, 2, 0])  # one interleave to HWC, blurred or not
 
 
 def _blur_planes(p: tf.Tensor, kern: tf.Tensor) -> tf.Tensor:
@@ -1068,7 +1077,7 @@ def _blur_planes(p: tf.Tensor, kern: tf.Tensor) -> tf.Tensor:
     Each pass is a sum of shifted copies of the padded planes, pairing the taps of the
     symmetric kernel (k[j] = k[K-1-j]) so each pair costs one multiply. On planes every
     shifted read is contiguous along W, which XLA fuses into one vectorised loop per pass;
-    the same sums on HWC, or as banded matrix products with their layout copies, cost 3-5x
+    the banded matrix products this replaced (with their HWC layout copies) cost 2-4x
     more at 224 px."""
     k = kern.shape[0]
     r = k // 2
@@ -1088,7 +1097,9 @@ def _blur_planes(p: tf.Tensor, kern: tf.Tensor) -> tf.Tensor:
 
 
 def _blur_image_kernel(x, kern):
-    """Separable Gaussian blur of one image [H, W, C] (reflect padding), clipped to [0, 1]."""
+    """Separable Gaussian blur of one image [H, W, C] (reflect padding), clipped to [0, 1].
+
+    The fused path blurs inside ``_view_color_kernel``; this HWC form is for direct use."""
     y = _blur_planes(tf.transpose(x, [2, 0, 1]), kern)
     return tf.clip_by_value(tf.transpose(y, [1, 2, 0]), 0.0, 1.0)
 
