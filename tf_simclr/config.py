@@ -60,7 +60,7 @@ class Config:
 
     # Schedule.
     train_batch_size: int = 256
-    train_epochs: int = 8
+    train_epochs: int = 12
     train_steps: int = 0  # > 0 overrides train_epochs
     eval_batch_size: int = 256
     eval_steps: int = 0  # 0: the whole eval split
