@@ -596,6 +596,31 @@ def _adjust_hue(x, delta):
     return tf.clip_by_value(tf.image.hsv_to_rgb(tf.concat([h, hsv[..., 1:]], -1)), 0.0, 1.0)
 
 
+def _check_brightness(brightness: str) -> None:
+    if brightness not in ("multiplicative", "additive"):
+        raise ValueError(
+            f"brightness must be 'multiplicative' (SimCLRv2) or 'additive' (SimCLRv1), "
+            f"got {brightness!r}."
+        )
+
+
+def _jitter_draws(seed, batch, strength: float, brightness: str):
+    """The random factors of colour jitter for `batch` images, shared by every jitter path so
+    that a seed gives the same jitter whichever path runs: (brightness, contrast, saturation
+    factors, hue shift, seed of the apply draw, seed of the order draw)."""
+    _check_brightness(brightness)
+    s_apply, s_b, s_c, s_s, s_h, s_perm = _seeds(seed, 6)
+    mag = 0.8 * strength
+    if brightness == "additive":
+        f_b = _uniform([batch], s_b, -mag, mag)
+    else:
+        f_b = _uniform([batch], s_b, max(0.0, 1.0 - mag), 1.0 + mag)
+    f_c = _uniform([batch], s_c, max(0.0, 1.0 - mag), 1.0 + mag)
+    f_s = _uniform([batch], s_s, max(0.0, 1.0 - mag), 1.0 + mag)
+    d_h = _uniform([batch], s_h, -0.2 * strength, 0.2 * strength)
+    return f_b, f_c, f_s, d_h, s_apply, s_perm
+
+
 def color_jitter(
     images: tf.Tensor,
     seed,
@@ -612,22 +637,9 @@ def color_jitter(
     clipping to [0, 1] after each. ``brightness="multiplicative"`` (SimCLRv2, default) scales by
     U[1-0.8s, 1+0.8s]; ``"additive"`` (SimCLRv1) adds U[-0.8s, 0.8s].
     """
-    if brightness not in ("multiplicative", "additive"):
-        raise ValueError(
-            f"brightness must be 'multiplicative' (SimCLRv2) or 'additive' (SimCLRv1), "
-            f"got {brightness!r}."
-        )
     images = to_float_image(images)
     b = _batch(images)
-    s_apply, s_b, s_c, s_s, s_h, s_perm = _seeds(seed, 6)
-    mag = 0.8 * strength
-    if brightness == "additive":
-        f_b = _uniform([b], s_b, -mag, mag)
-    else:
-        f_b = _uniform([b], s_b, max(0.0, 1.0 - mag), 1.0 + mag)
-    f_c = _uniform([b], s_c, max(0.0, 1.0 - mag), 1.0 + mag)
-    f_s = _uniform([b], s_s, max(0.0, 1.0 - mag), 1.0 + mag)
-    d_h = _uniform([b], s_h, -0.2 * strength, 0.2 * strength)
+    f_b, f_c, f_s, d_h, s_apply, s_perm = _jitter_draws(seed, b, strength, brightness)
     order = color_op_order(b, s_apply, s_perm, p=p, random_order=random_order)
     additive = brightness == "additive"
     if not xla:
@@ -929,14 +941,8 @@ def merge_sat_hue(order: tf.Tensor) -> tf.Tensor:
 
 def _color_jitter_one(x, seed, *, strength, p, brightness):
     """color_jitter for a batch of one: only the drawn operations run (tf.switch_case)."""
-    s_apply, s_b, s_c, s_s, s_h, s_perm = _seeds(seed, 6)
-    mag = 0.8 * strength
+    f_b, f_c, f_s, d_h, s_apply, s_perm = _jitter_draws(seed, 1, strength, brightness)
     additive = brightness == "additive"
-    lo = -mag if additive else max(0.0, 1.0 - mag)
-    f_b = _uniform([1], s_b, lo, mag if additive else 1.0 + mag)
-    f_c = _uniform([1], s_c, max(0.0, 1.0 - mag), 1.0 + mag)
-    f_s = _uniform([1], s_s, max(0.0, 1.0 - mag), 1.0 + mag)
-    d_h = _uniform([1], s_h, -0.2 * strength, 0.2 * strength)
     order = merge_sat_hue(color_op_order(1, s_apply, s_perm, p=p))[0]
     bright, contrast, sat_hue = (_kernel(n, True) for n in ("brightness", "contrast", "sat_hue"))
     one, zero = tf.ones([1]), tf.zeros([1])
@@ -1114,11 +1120,6 @@ _VIEW_COLOR = {
 
 def _augment_view_fused(image, seed, plan, *, image_size, strength, brightness, n_ops):
     """augment_single for crop[,flip][,color|color_jitter][,blur] (see the comment above)."""
-    if brightness not in ("multiplicative", "additive"):
-        raise ValueError(
-            f"brightness must be 'multiplicative' (SimCLRv2) or 'additive' (SimCLRv1), "
-            f"got {brightness!r}."
-        )
     image = tf.convert_to_tensor(image)
     seeds = _seeds(seed, n_ops)  # the same per-operator seeds as the generic path
     names = ["crop"] + [k for k in ("flip", "color", "blur") if plan[k]]
@@ -1131,13 +1132,7 @@ def _augment_view_fused(image, seed, plan, *, image_size, strength, brightness, 
     fb = fc = fs = dh = tf.zeros([1])
     if plan["color"]:
         s_jit, s_gray = _seeds(s["color"], 2)
-        s_apply, s_b, s_c, s_s, s_h, s_perm = _seeds(s_jit, 6)
-        mag = 0.8 * strength
-        b_lo, b_hi = (-mag, mag) if additive else (max(0.0, 1.0 - mag), 1.0 + mag)
-        fb = _uniform([1], s_b, b_lo, b_hi)
-        fc = _uniform([1], s_c, max(0.0, 1.0 - mag), 1.0 + mag)
-        fs = _uniform([1], s_s, max(0.0, 1.0 - mag), 1.0 + mag)
-        dh = _uniform([1], s_h, -0.2 * strength, 0.2 * strength)
+        fb, fc, fs, dh, s_apply, s_perm = _jitter_draws(s_jit, 1, strength, brightness)
         u_apply, u_perm = _uniform([1], s_apply), _uniform([1, 4], s_perm)
         if plan["color"] == "color":
             u_gray = _uniform([1], s_gray)
@@ -1183,6 +1178,7 @@ def augment_single(
     ``seed``.
     """
     del blur_per_image
+    _check_brightness(brightness)
     ops = parse_augmentations(augmentations)
     if color_jitter_strength is None:
         _, color_jitter_strength = resolve_augmentations(augmentations)
