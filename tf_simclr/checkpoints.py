@@ -59,7 +59,8 @@ def read_model_weights(prefix: str, paths) -> dict:
     """{path: value} for each of `paths` that the checkpoint `prefix` holds a model weight for."""
     reader = tf.train.load_checkpoint(prefix)
     stored = reader.get_variable_to_shape_map()
-    return {p: reader.get_tensor(checkpoint_key(p)) for p in paths if checkpoint_key(p) in stored}
+    keys = {p: checkpoint_key(p) for p in paths}
+    return {p: reader.get_tensor(key) for p, key in keys.items() if key in stored}
 
 
 def assign_weights_by_path(weights, values: dict, *, replaceable=(), source: str = "") -> dict:

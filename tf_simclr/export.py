@@ -77,14 +77,21 @@ def _as_tf_variable(variable) -> tf.Variable:
     )
 
 
-def _dedupe(variables) -> list[tf.Variable]:
+def distinct_variables(variables) -> list:
+    """`variables` with repeats of the same backing tf.Variable dropped, first one kept: the
+    order in which an export saves them (`module.variables`), with the Keras objects (and so
+    their paths) kept."""
     seen, out = set(), []
     for v in variables:
-        tv = _as_tf_variable(v)
-        if id(tv) not in seen:
-            seen.add(id(tv))
-            out.append(tv)
+        key = id(_as_tf_variable(v))
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
     return out
+
+
+def _dedupe(variables) -> list[tf.Variable]:
+    return [_as_tf_variable(v) for v in distinct_variables(variables)]
 
 
 def _regularization_fns(model) -> list[Callable[[], tf.Tensor]]:

@@ -421,13 +421,7 @@ def _restore_from_exported_module(config: Config, model, path: str) -> dict:
     reference = factory.build_model(
         config.replace(fine_tune_after_block=-1), model.num_classes, train_mode="pretrain"
     )
-    # The export's order: reference.variables, deduplicated by the backing tf.Variable.
-    ref_vars, seen = [], set()
-    for variable in reference.variables:
-        key = id(export_lib._as_tf_variable(variable))
-        if key not in seen:
-            seen.add(key)
-            ref_vars.append(variable)
+    ref_vars = export_lib.distinct_variables(reference.variables)
     saved = list(loaded.variables)
     # The supervised head may differ in its number of classes (another labelled dataset).
     mismatch = len(saved) != len(ref_vars) or any(
