@@ -5,17 +5,21 @@ core) and the machine's load average, for tf_simclr's batched pipeline and for a
 re-implementation of the reference TF2 pipeline (bench/_reference_pipeline.py), both fed the
 same decoded uint8 images from memory (decoding is not timed).
 
-    python bench/bench_pipeline.py                 # both recipes
-    python bench/bench_pipeline.py --recipe cifar --seconds 20
+    python bench/bench_pipeline.py                 # every recipe, 3 interleaved rounds
+    python bench/bench_pipeline.py --recipe cifar --seconds 20 --rounds 5
 
 Recipes: "cifar" = 32 px, crop + flip + colour (s=0.5), no blur;
 "imagenet" = 224 px from 375x500 images, crop + flip + colour (s=1.0) + blur (ours; the
-reference's blur is reported separately because the reference figure excludes it).
+reference's blur is reported separately because the reference figure excludes it);
+"imagenet_mixed" = the same from six source sizes (256x256 to 427x640, landscape and portrait).
+Every round measures every pipeline once, each from a fresh iterator; the last line per recipe
+gives the median and smallest speed-up over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -37,11 +41,24 @@ from tf_simclr import data as data_lib  # noqa: E402
 RECIPES = {
     "cifar": dict(size=32, src=(32, 32), strength=0.5, ops="cifar", batch=256, blur=False),
     "imagenet": dict(size=224, src=(375, 500), strength=1.0, ops="imagenet", batch=64, blur=True),
+    # Variable-size sources like real ImageNet JPEGs (landscape, portrait, square, larger).
+    "imagenet_mixed": dict(
+        size=224,
+        src=[(375, 500), (500, 375), (333, 500), (427, 640), (256, 256), (480, 360)],
+        strength=1.0,
+        ops="imagenet",
+        batch=64,
+        blur=True,
+    ),
 }
 
 
 def _pool(src_hw, n=128, seed=0):
-    """Decoded uint8 images with real-looking structure (smooth fields + edges), in memory."""
+    """Decoded uint8 images with real-looking structure (smooth fields + edges), in memory.
+
+    ``src_hw`` is one (height, width) or a list of them (a list of pools, one per size)."""
+    if isinstance(src_hw, list):
+        return [_pool(hw, max(n // len(src_hw), 1), seed + i) for i, hw in enumerate(src_hw)]
     rng = np.random.default_rng(seed)
     h, w = src_hw
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
@@ -57,6 +74,14 @@ def _pool(src_hw, n=128, seed=0):
 
 
 def _source(pool):
+    if isinstance(pool, list):  # cycle through the sizes: element shapes are [None, None, 3]
+        k = len(pool)
+
+        def pick(i):
+            branches = [lambda p=p: p[(i // k) % int(p.shape[0])] for p in pool]
+            return tf.switch_case(tf.cast(i % k, tf.int32), branches)
+
+        return tf.data.Dataset.range(10**9).map(pick)
     n = int(pool.shape[0])
     return tf.data.Dataset.range(10**9).map(lambda i: pool[i % n])
 
@@ -87,11 +112,10 @@ def _measure(ds, batch, seconds, warmup=3):
 def ours(recipe, pool, *, fixed_size, ops=None):
     r = RECIPES[recipe]
     ops, strength = augment.resolve_augmentations(ops or r["ops"], r["strength"])
-    h, w = r["src"]
     info = data_lib.DatasetInfo(
         num_examples={"train": 1},
         num_classes=1,
-        image_shape=(h, w, 3) if fixed_size else (None, None, 3),
+        image_shape=(*r["src"], 3) if fixed_size else (None, None, 3),
     )
     src = _source(pool).map(lambda x: (x, tf.constant(0, tf.int64)))
     ds = data_lib._augmented(
@@ -117,57 +141,88 @@ def reference(recipe, pool, *, blur):
     )
 
 
+def _builders(recipe, pool, *, with_reference):
+    """(name, build) pairs: each build() makes a fresh dataset of that pipeline."""
+    r = RECIPES[recipe]
+    out = []
+    if with_reference:
+        out.append(("reference", functools.partial(reference, recipe, pool, blur=False)))
+        if r["blur"]:
+            out.append(("reference+blur", functools.partial(reference, recipe, pool, blur=True)))
+    out.append(("tf_simclr", functools.partial(ours, recipe, pool, fixed_size=r["size"] <= 64)))
+    if r["blur"]:
+        no_blur = functools.partial(ours, recipe, pool, fixed_size=False, ops="crop,flip,color")
+        out.append(("tf_simclr_no_blur", no_blur))
+    return out
+
+
+def _median(values):
+    return float(np.median(values))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=[*RECIPES, "all"], default="all")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure every pipeline this many times, interleaved, and report the median "
+        "speed-up (this VM's speed drifts by about 25%% over minutes)",
+    )
     parser.add_argument("--skip_reference", action="store_true")
     args = parser.parse_args(argv)
     recipes = list(RECIPES) if args.recipe == "all" else [args.recipe]
     for recipe in recipes:
         r = RECIPES[recipe]
         pool = _pool(r["src"])
-        runs = []
-        if not args.skip_reference:
-            runs.append(("reference", reference(recipe, pool, blur=False)))
-            if r["blur"]:
-                runs.append(("reference+blur", reference(recipe, pool, blur=True)))
-        runs.append(("tf_simclr", ours(recipe, pool, fixed_size=r["size"] <= 64)))
-        if r["blur"]:
-            runs.append(
-                ("tf_simclr_no_blur", ours(recipe, pool, fixed_size=False, ops="crop,flip,color"))
-            )
-        results = {}
-        for name, ds in runs:
-            res = _measure(ds, r["batch"], args.seconds)
-            results[name] = res
-            print(
-                json.dumps(
-                    {
-                        "recipe": recipe,
-                        "pipeline": name,
-                        "image_size": r["size"],
-                        "source_hw": r["src"],
-                        "batch": r["batch"],
-                        **res,
-                    }
-                ),
-                flush=True,
-            )
-        if "reference" in results:
-            ours_r, ref_r = results["tf_simclr"], results["reference"]
-            summary = {
-                "recipe": recipe,
-                "speedup_wall": round(ours_r["images_per_s"] / ref_r["images_per_s"], 2),
-                "speedup_per_cpu_s": round(
-                    ours_r["images_per_cpu_s"] / ref_r["images_per_cpu_s"], 2
-                ),
-            }
-            if "reference+blur" in results:
-                summary["speedup_wall_vs_reference_with_blur"] = round(
-                    ours_r["images_per_s"] / results["reference+blur"]["images_per_s"], 2
+        builders = _builders(recipe, pool, with_reference=not args.skip_reference)
+        rounds = []
+        for round_index in range(args.rounds):
+            results = {}
+            for name, build in builders:
+                # A fresh iterator per measurement: a paused one would start from full buffers.
+                res = _measure(build(), r["batch"], args.seconds)
+                results[name] = res
+                print(
+                    json.dumps(
+                        {
+                            "recipe": recipe,
+                            "round": round_index + 1,
+                            "pipeline": name,
+                            "image_size": r["size"],
+                            "source_hw": r["src"],
+                            "batch": r["batch"],
+                            **res,
+                        }
+                    ),
+                    flush=True,
                 )
-            print(json.dumps(summary), flush=True)
+            rounds.append(results)
+        if args.skip_reference:
+            continue
+
+        def ratios(key, baseline="reference", rounds=rounds):
+            return [x["tf_simclr"][key] / x[baseline][key] for x in rounds]
+
+        summary = {
+            "recipe": recipe,
+            "rounds": args.rounds,
+            "speedup_wall_median": round(_median(ratios("images_per_s")), 2),
+            "speedup_wall_min": round(min(ratios("images_per_s")), 2),
+            "speedup_per_cpu_s_median": round(_median(ratios("images_per_cpu_s")), 2),
+            "speedup_per_cpu_s_min": round(min(ratios("images_per_cpu_s")), 2),
+        }
+        for name in results:
+            summary[f"{name}_images_per_s_median"] = round(
+                _median([x[name]["images_per_s"] for x in rounds]), 1
+            )
+        if r["blur"]:
+            summary["speedup_wall_vs_reference_with_blur_median"] = round(
+                _median(ratios("images_per_s", "reference+blur")), 2
+            )
+        print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

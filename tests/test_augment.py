@@ -531,3 +531,38 @@ def test_fused_single_path_equals_the_operator_by_operator_path(monkeypatch, ops
     generic = [A.augment_single(images[i % 3], s, **kw) for i, s in enumerate(seeds)]
     for a, b in zip(fused, generic, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "ops,brightness,dtype",
+    [
+        ("imagenet", "multiplicative", np.uint8),
+        ("crop,color_jitter,blur", "additive", np.uint8),
+        ("crop,flip", "multiplicative", np.float32),
+    ],
+)
+def test_crop_stage_then_batch_stage_equals_augment_single(ops, brightness, dtype):
+    # Fresh random images of different sizes and seeds: the two stages, batched, give what
+    # augment_single gives image by image (to float rounding).
+    rng = np.random.default_rng()
+    images = [rng.integers(0, 256, (int(rng.integers(30, 90)), int(rng.integers(30, 90)), 3))]
+    images += [rng.integers(0, 256, (int(rng.integers(30, 90)), 70, 3)) for _ in range(4)]
+    images = [(im / 255.0 if dtype == np.float32 else im).astype(dtype) for im in images]
+    seeds = [tf.constant([int(rng.integers(1 << 30)), i], tf.int64) for i in range(5)]
+    kw = dict(image_size=40, augmentations=ops, color_jitter_strength=1.0, brightness=brightness)
+    stages = [A.augment_single_crop(im, s, **kw) for im, s in zip(images, seeds, strict=True)]
+    resized = tf.stack([x for x, _ in stages])
+    params = [tf.stack(p) for p in zip(*[p for _, p in stages], strict=True)]
+    out = A.augment_finish_batch(resized, params, brightness=brightness).numpy()
+    want = np.stack([A.augment_single(im, s, **kw) for im, s in zip(images, seeds, strict=True)])
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-6)  # two compiled programs
+    assert out.shape == (5, 40, 40, 3) and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_crop_stage_refuses_compositions_it_cannot_split():
+    assert A.has_crop_stage("imagenet") and A.has_crop_stage("crop,blur")
+    assert not A.has_crop_stage("crop,rotation") and not A.has_crop_stage("flip,crop")
+    with pytest.raises(ValueError, match="cannot be split.*use augment_single"):
+        A.augment_single_crop(
+            tf.zeros([8, 8, 3], tf.uint8), SEED, image_size=8, augmentations="crop,rotation"
+        )

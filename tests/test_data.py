@@ -350,3 +350,46 @@ def test_direct_decode_and_converter_agree_on_transparent_and_gray_images(tmp_pa
     Image.fromarray(clear, "RGBA").save(tmp_path / "clear.png")
     with open(tmp_path / "clear.png", "rb") as f:
         assert (D._decode(tf.constant(f.read())).numpy() == 255).all()
+
+
+@pytest.mark.parametrize("num_views,brightness", [(2, "multiplicative"), (1, "additive")])
+def test_large_image_route_equals_augment_single_per_image(num_views, brightness):
+    # The crop-stage route (crop per image, the rest per batch) must give each image the
+    # views augment_single gives it from its per-example seed, including a partial last
+    # batch and a stream resumed at batch 1.
+    from tf_simclr import augment as A
+
+    rng = np.random.default_rng()
+    sizes = [(int(rng.integers(30, 100)), int(rng.integers(30, 100))) for _ in range(7)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    src = tf.data.Dataset.from_generator(
+        lambda: ((im, i) for i, im in enumerate(images)),
+        output_signature=(tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int64)),
+    )
+    info = D.DatasetInfo(num_examples={"train": 7}, num_classes=7, image_shape=(None, None, 3))
+    seed = tf.constant([int(rng.integers(1 << 30)), 1], tf.int64)
+    ops = ("crop", "flip", "color", "blur")
+    kw = dict(per_replica=3, image_size=36, ops=ops, strength=1.0, seed=seed)
+    kw.update(num_views=num_views, brightness=brightness, blur_per_image=True)
+    batches = list(D._augmented(src, info, drop_remainder=False, **kw).as_numpy_iterator())
+    assert [len(b["label"]) for b in batches] == [3, 3, 1]
+    keys = ["view1", "view2"] if num_views == 2 else ["image"]
+    for i, image in enumerate(images):
+        batch, row = batches[i // 3], i % 3
+        assert batch["label"][row] == i
+        s = D._fold(D._fold(seed, i), 7)
+        for v, key in enumerate(keys):
+            want = A.augment_single(
+                image,
+                D._fold(s, v),
+                image_size=36,
+                augmentations=ops,
+                color_jitter_strength=1.0,
+                brightness=brightness,
+            )
+            # Same arithmetic in two compiled programs: equal up to float rounding.
+            np.testing.assert_allclose(batch[key][row], want.numpy(), rtol=0, atol=1e-6)
+    resumed = D._augmented(src, info, drop_remainder=False, start_batch=1, **kw)
+    for want, got in zip(batches[1:], resumed.as_numpy_iterator(), strict=True):
+        for key in [*keys, "label"]:
+            np.testing.assert_array_equal(got[key], want[key])

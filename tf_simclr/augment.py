@@ -36,7 +36,9 @@ __all__ = [
     "augment_batch",
     "apply_color_ops",
     "augment_image",
+    "augment_finish_batch",
     "augment_single",
+    "augment_single_crop",
     "bicubic_resize_matrix",
     "blur_kernel",
     "color_distortion",
@@ -48,6 +50,7 @@ __all__ = [
     "flip",
     "gaussian_blur",
     "gaussian_noise",
+    "has_crop_stage",
     "merge_sat_hue",
     "grayscale",
     "parse_augmentations",
@@ -974,6 +977,10 @@ def _color_jitter_one(x, seed, *, strength, p, brightness):
 # a separate XLA call or as a tf.cond between two colour kernels (the cond around an XLA call
 # costs ~0.5 ms in a tf.data map), or as a sixth stage of the jitter loop (the loop state
 # then gets copied every stage) were all slower than the in-kernel conditional.
+# The pipeline splits this path in two (augment_single_crop per image, augment_finish_batch per
+# batch): the pixel-wise kernel then runs over a whole batch in one XLA call (an XLA loop over
+# the images), which cuts the per-call overhead and makes the in-kernel blur about 3x cheaper
+# than one call per image; the 224 px two-view pipeline ran 1.2-1.3x faster.
 _FAST_OPS = ("crop", "flip", "color", "blur")
 
 
@@ -1118,8 +1125,28 @@ _VIEW_COLOR = {
 }
 
 
-def _augment_view_fused(image, seed, plan, *, image_size, strength, brightness, n_ops):
-    """augment_single for crop[,flip][,color|color_jitter][,blur] (see the comment above)."""
+def _view_color_batch_kernel(x, *params, additive):
+    """_view_color_kernel over a batch [B, S, S, 3] with per-image ``params`` (leading axis B),
+    one image at a time inside one XLA call: each image still runs only its drawn operations,
+    and a batch costs one kernel launch instead of one per image."""
+    return tf.map_fn(
+        lambda args: _view_color_kernel(*args, additive=additive),
+        (x, *params),
+        fn_output_signature=tf.float32,
+    )
+
+
+_VIEW_COLOR_BATCH = {
+    additive: _jit(lambda *a, additive=additive: _view_color_batch_kernel(*a, additive=additive))
+    for additive in (False, True)
+}
+
+
+def _fused_crop(image, seed, plan, *, image_size, strength, brightness, n_ops):
+    """First half of the fused path: the draws, and the drawn crop cut from the full-size image
+    and resized to [S, S, 3] float32 (source scale). Returns (resized, params): params are the
+    arguments of ``_view_color_kernel`` after the image (scale, flip, order, the four jitter
+    factors, grayscale, and the blur kernel and draw when the composition blurs)."""
     image = tf.convert_to_tensor(image)
     seeds = _seeds(seed, n_ops)  # the same per-operator seeds as the generic path
     names = ["crop"] + [k for k in ("flip", "color", "blur") if plan[k]]
@@ -1127,7 +1154,6 @@ def _augment_view_fused(image, seed, plan, *, image_size, strength, brightness, 
     frac, ratio, u_y, u_x = _crop_draws(s["crop"], 1, (0.08, 1.0), (0.75, 4.0 / 3.0), 1.0, 100)
     never = tf.ones([1])  # a draw of 1 selects nothing
     u_flip = _uniform([1], s["flip"]) if plan["flip"] else never
-    additive = brightness == "additive"
     u_apply, u_perm, u_gray, u_blur = never, tf.zeros([1, 4]), never, never[0]
     fb = fc = fs = dh = tf.zeros([1])
     if plan["color"]:
@@ -1146,14 +1172,30 @@ def _augment_view_fused(image, seed, plan, *, image_size, strength, brightness, 
         hw, frac, ratio, u_y, u_x, u_flip, u_apply, u_perm, u_gray, u_blur
     )
     # Cut the crop first and convert only it: the source may be much larger than the crop.
-    crop = image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
+    # Converting to float before the resize gives the same values (the resize kernel computes
+    # in float32) and runs its float specialisation, about 30% faster than the uint8 one.
+    crop = tf.cast(image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]], tf.float32)
     x = tf.image.resize(crop, (image_size, image_size), method="bicubic")
     x = tf.ensure_shape(x, [image_size, image_size, 3])
     scale = tf.constant(1.0 / 255.0 if image.dtype == tf.uint8 else 1.0)
-    args = (scale, flip, order, fb[0], fc[0], fs[0], dh[0], gray)
+    params = (scale, flip, order, fb[0], fc[0], fs[0], dh[0], gray)
     if kern is not None and kern.shape[0] > 1:
-        args = (*args, kern, blur)
-    x = _VIEW_COLOR[additive](x, *args)
+        params = (*params, kern, blur)
+    return x, params
+
+
+def _augment_view_fused(image, seed, plan, *, image_size, strength, brightness, n_ops):
+    """augment_single for crop[,flip][,color|color_jitter][,blur] (see the comment above)."""
+    x, params = _fused_crop(
+        image,
+        seed,
+        plan,
+        image_size=image_size,
+        strength=strength,
+        brightness=brightness,
+        n_ops=n_ops,
+    )
+    x = _VIEW_COLOR[brightness == "additive"](x, *params)
     return tf.ensure_shape(x, [image_size, image_size, 3])
 
 
@@ -1244,6 +1286,61 @@ def augment_single(
         x = tf.ensure_shape(x, [1, None, None, 3])
     x = _resize_to(x, image_size) if x.shape[1] is not None else _resize_to_dynamic(x, image_size)
     return tf.ensure_shape(x[0], [image_size, image_size, 3])
+
+
+def has_crop_stage(augmentations: str | Sequence[str]) -> bool:
+    """Whether ``augmentations`` can run as augment_single_crop + augment_finish_batch: a crop
+    first, then any of flip, color (or color_jitter) and blur, in that order."""
+    return _fast_plan(parse_augmentations(augmentations)) is not None
+
+
+def augment_single_crop(
+    image: tf.Tensor,
+    seed,
+    *,
+    image_size: int,
+    augmentations: str | Sequence[str] = "imagenet",
+    color_jitter_strength: float | None = 1.0,
+    brightness: str = "multiplicative",
+) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+    """First stage of augment_single for one image: ``(resized, params)``.
+
+    ``resized`` is the drawn crop resized to float32 [S, S, 3] (source scale, not yet clipped);
+    ``params`` are the draws of the remaining operations. Batch both (e.g. with
+    ``tf.data.Dataset.batch``) and call augment_finish_batch: each image ends up exactly as
+    augment_single makes it from the same seed, while the per-pixel work after the crop runs
+    as one XLA call per batch. Only for compositions where has_crop_stage is true.
+    """
+    _check_brightness(brightness)
+    ops = parse_augmentations(augmentations)
+    if color_jitter_strength is None:
+        _, color_jitter_strength = resolve_augmentations(augmentations)
+    plan = _fast_plan(ops)
+    if plan is None:
+        raise ValueError(
+            f"augmentations {','.join(ops)!r} cannot be split into a crop stage and a batch "
+            "stage (it must be crop followed by any of flip, color|color_jitter, blur in "
+            "that order); use augment_single instead"
+        )
+    return _fused_crop(
+        image,
+        seed,
+        plan,
+        image_size=image_size,
+        strength=color_jitter_strength,
+        brightness=brightness,
+        n_ops=len(ops),
+    )
+
+
+def augment_finish_batch(
+    resized: tf.Tensor, params: Sequence[tf.Tensor], *, brightness: str = "multiplicative"
+) -> tf.Tensor:
+    """Second stage: a batch of augment_single_crop outputs -> float32 [B, S, S, 3] in [0, 1].
+
+    ``brightness`` must be the one given to augment_single_crop."""
+    _check_brightness(brightness)
+    return _VIEW_COLOR_BATCH[brightness == "additive"](resized, *params)
 
 
 # --------------------------------------------------------------------------------------------

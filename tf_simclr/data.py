@@ -722,10 +722,33 @@ def _augmented(
             out = augment.augment_batch(stacked, _fold(seed, i), **kw)
             return tf.split(out, num_views, axis=0) if num_views > 1 else [out], labels
 
+    elif augment.has_crop_stage(ops):
+        # Large or variable-size images (ImageNet-like), crop first: a parallel map cuts and
+        # resizes each view's crop from the full-size image (the only per-image work that
+        # needs the source), then the per-pixel rest of each batch runs in one XLA call.
+        kw_crop = {k: v for k, v in kw.items() if k != "blur_per_image"}
+
+        def crops(i, example):
+            image, label = example
+            s = _fold(_fold(seed, i), 7)
+            views = [
+                augment.augment_single_crop(image, _fold(s, v), **kw_crop) for v in range(num_views)
+            ]
+            return tuple(views), tf.cast(label, tf.int32)
+
+        ds = _map(_enumerate(ds, int(start_batch) * per_replica), crops)
+        ds = ds.batch(per_replica, drop_remainder=drop_remainder)
+
+        def views(i, batch):
+            stages, labels = batch
+            return [
+                augment.augment_finish_batch(x, p, brightness=brightness) for x, p in stages
+            ], labels
+
     else:
-        # Large or variable-size images (ImageNet-like): one image per call in a parallel map,
-        # cropping from the full-size image and running only the operations drawn; the map
-        # emits the final dict so batching is the only copy.
+        # Other compositions on large or variable-size images: one image per call in a
+        # parallel map, cropping from the full-size image and running only the operations
+        # drawn; the map emits the final dict so batching is the only copy.
         def per_image(i, example):
             image, label = example
             s = _fold(_fold(seed, i), 7)
