@@ -1,6 +1,7 @@
 """Speed baseline: the same augmentation work as the reference SimCLR TF2 pipeline, done the way
 it does it (one image per tf.data map call with tf.image ops, the four colour operations in a
-random order, one blur sigma per batch and view), so bench_pipeline.py can compare tf_simclr's
+random order, jitter (p=0.8) and grayscale (p=0.2) behind tf.cond so they run only when drawn,
+one blur sigma per batch and view), so bench_pipeline.py can compare tf_simclr's
 batched pipeline against it on the same machine and input. Not used by the library.
 """
 
@@ -37,14 +38,25 @@ def _jitter_once(x, which, strength):
     )
 
 
-def _per_image_color(image, strength):
+def _random_apply(fn, p, x):
+    """The reference's random_apply: a tf.cond, so the work runs only when drawn."""
+    return tf.cond(tf.random.uniform([]) < p, lambda: fn(x), lambda: x)
+
+
+def _jitter(image, strength):
     order = tf.random.shuffle(tf.range(4))
-    jittered = image
     for position in range(4):
-        jittered = tf.clip_by_value(_jitter_once(jittered, order[position], strength), 0.0, 1.0)
-    image = tf.where(tf.random.uniform([]) < 0.8, jittered, image)
-    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
-    return tf.where(tf.random.uniform([]) < 0.2, gray, image)
+        image = tf.clip_by_value(_jitter_once(image, order[position], strength), 0.0, 1.0)
+    return image
+
+
+def _gray(image):
+    return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def _per_image_color(image, strength):
+    image = _random_apply(lambda x: _jitter(x, strength), 0.8, image)
+    return _random_apply(_gray, 0.2, image)
 
 
 def _one_view(image, size, strength):
