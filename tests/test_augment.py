@@ -566,3 +566,11 @@ def test_crop_stage_refuses_compositions_it_cannot_split():
         A.augment_single_crop(
             tf.zeros([8, 8, 3], tf.uint8), SEED, image_size=8, augmentations="crop,rotation"
         )
+
+
+def test_channel_means_equal_numpy_with_static_and_unknown_sizes():
+    x = np.random.default_rng().random((5, 7, 9, 3)).astype(np.float32)
+    want = x.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(A._channel_means(tf.constant(x)).numpy(), want, rtol=1e-6)
+    traced = tf.function(A._channel_means, input_signature=[tf.TensorSpec([None] * 4)])
+    np.testing.assert_allclose(traced(tf.constant(x)).numpy(), want, rtol=1e-6)

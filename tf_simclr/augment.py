@@ -203,6 +203,18 @@ def _gray_kernel(x, mask):
     return tf.where(_f4(mask), tf.broadcast_to(g, tf.shape(x)), x)
 
 
+def _channel_means(x):
+    """Per-image channel means [B, 1, 1, C] of x [B, H, W, C], inside XLA kernels.
+
+    Written as a product with a constant vector: on TF 2.21's XLA CPU this runs as a matrix
+    product, while reduce_mean over H and W took about 12% of the 32 px pipeline's CPU."""
+    h, w, c = x.shape[1:]
+    if h is None or w is None or c is None:  # traced without static sizes
+        return tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    flat = tf.reshape(x, [-1, h * w, c])
+    return tf.einsum("bnc,n->bc", flat, tf.fill([h * w], 1.0 / (h * w)))[:, None, None, :]
+
+
 def _jitter_stage_kernel(x, which, fb, fc, fs, dh, additive):
     """One stage of colour jitter: image i runs operation which[i] (4 = none).
 
@@ -212,7 +224,7 @@ def _jitter_stage_kernel(x, which, fb, fc, fs, dh, additive):
     """
     w = _f4(which)
     xb = x + _f4(fb) if additive else x * _f4(fb)
-    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    mean = _channel_means(x)
     xc = (x - mean) * _f4(fc) + mean
     hsv = tf.image.rgb_to_hsv(x)
     h, s, v = hsv[..., 0:1], hsv[..., 1:2], hsv[..., 2:3]
@@ -284,7 +296,7 @@ def _brightness_kernel(x, f, additive):
 
 
 def _contrast_kernel(x, f):
-    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    mean = _channel_means(x)
     return tf.clip_by_value((x - mean) * _f4(f) + mean, 0.0, 1.0)
 
 
