@@ -1211,6 +1211,15 @@ def _augment_view_fused(image, seed, plan, *, image_size, strength, brightness, 
     return tf.ensure_shape(x, [image_size, image_size, 3])
 
 
+def _single_setup(augmentations, color_jitter_strength, brightness):
+    """Checked (ops, strength, fused plan or None) for augment_single and its crop stage."""
+    _check_brightness(brightness)
+    ops = parse_augmentations(augmentations)
+    if color_jitter_strength is None:
+        _, color_jitter_strength = resolve_augmentations(augmentations)
+    return ops, color_jitter_strength, _fast_plan(ops)
+
+
 def augment_single(
     image: tf.Tensor,
     seed,
@@ -1232,11 +1241,9 @@ def augment_single(
     ``seed``.
     """
     del blur_per_image
-    _check_brightness(brightness)
-    ops = parse_augmentations(augmentations)
-    if color_jitter_strength is None:
-        _, color_jitter_strength = resolve_augmentations(augmentations)
-    plan = _fast_plan(ops)
+    ops, color_jitter_strength, plan = _single_setup(
+        augmentations, color_jitter_strength, brightness
+    )
     if plan is not None:
         return _augment_view_fused(
             image,
@@ -1323,11 +1330,9 @@ def augment_single_crop(
     augment_single makes it from the same seed, while the per-pixel work after the crop runs
     as one XLA call per batch. Only for compositions where has_crop_stage is true.
     """
-    _check_brightness(brightness)
-    ops = parse_augmentations(augmentations)
-    if color_jitter_strength is None:
-        _, color_jitter_strength = resolve_augmentations(augmentations)
-    plan = _fast_plan(ops)
+    ops, color_jitter_strength, plan = _single_setup(
+        augmentations, color_jitter_strength, brightness
+    )
     if plan is None:
         raise ValueError(
             f"augmentations {','.join(ops)!r} cannot be split into a crop stage and a batch "
