@@ -214,7 +214,7 @@ def main(argv=None):
             "speedup_per_cpu_s_median": round(_median(ratios("images_per_cpu_s")), 2),
             "speedup_per_cpu_s_min": round(min(ratios("images_per_cpu_s")), 2),
         }
-        for name in results:
+        for name, _ in builders:
             summary[f"{name}_images_per_s_median"] = round(
                 _median([x[name]["images_per_s"] for x in rounds]), 1
             )

@@ -710,6 +710,18 @@ def _augmented(
         brightness=brightness,
         blur_per_image=blur_per_image,
     )
+
+    def view_seeds(i):
+        # Per-example view seeds, the same on both per-image routes below.
+        s = _fold(_fold(seed, i), 7)
+        return [_fold(s, v) for v in range(num_views)]
+
+    def as_dict(outs, labels):
+        labels = tf.cast(labels, tf.int32)
+        if num_views == 2:
+            return {"view1": outs[0], "view2": outs[1], "label": labels}
+        return {"image": outs[0], "label": labels}
+
     src_side = max(info.image_shape[0] or 10**6, info.image_shape[1] or 10**6)
     if info.fixed_size and max(src_side, image_size) <= 64:
         # Small fixed-size images (CIFAR-like): augment whole batches with vectorised kernels.
@@ -730,11 +742,9 @@ def _augmented(
 
         def crops(i, example):
             image, label = example
-            s = _fold(_fold(seed, i), 7)
-            views = [
-                augment.augment_single_crop(image, _fold(s, v), **kw_crop) for v in range(num_views)
-            ]
-            return tuple(views), tf.cast(label, tf.int32)
+            return tuple(
+                augment.augment_single_crop(image, s, **kw_crop) for s in view_seeds(i)
+            ), label
 
         ds = _map(_enumerate(ds, int(start_batch) * per_replica), crops)
         ds = ds.batch(per_replica, drop_remainder=drop_remainder)
@@ -751,23 +761,14 @@ def _augmented(
         # drawn; the map emits the final dict so batching is the only copy.
         def per_image(i, example):
             image, label = example
-            s = _fold(_fold(seed, i), 7)
-            views = [augment.augment_single(image, _fold(s, v), **kw) for v in range(num_views)]
-            label = tf.cast(label, tf.int32)
-            if num_views == 2:
-                return {"view1": views[0], "view2": views[1], "label": label}
-            return {"image": views[0], "label": label}
+            return as_dict([augment.augment_single(image, s, **kw) for s in view_seeds(i)], label)
 
         return _map(_enumerate(ds, int(start_batch) * per_replica), per_image).batch(
             per_replica, drop_remainder=drop_remainder
         )
 
     def pack(i, batch):
-        outs, labels = views(i, batch)
-        labels = tf.cast(labels, tf.int32)
-        if num_views == 2:
-            return {"view1": outs[0], "view2": outs[1], "label": labels}
-        return {"image": outs[0], "label": labels}
+        return as_dict(*views(i, batch))
 
     # XLA kernels run on the calling thread, so keep one batch per core in flight.
     return _map(_enumerate(ds, int(start_batch)), pack, parallel=max(2, os.cpu_count() or 2))
