@@ -59,10 +59,11 @@ def _per_image_color(image, strength):
     return _random_apply(_gray, 0.2, image)
 
 
-def _one_view(image, size, strength):
+def _one_view(image, size, strength, color=True):
     x = tf.image.convert_image_dtype(image, tf.float32)
     x = tf.image.random_flip_left_right(_per_image_crop(x, size))
-    x = _per_image_color(x, strength)
+    if color:
+        x = _per_image_color(x, strength)
     return tf.clip_by_value(tf.reshape(x, [size, size, 3]), 0.0, 1.0)
 
 
@@ -81,10 +82,13 @@ def _batch_blur(images, size, p=0.5):
     return tf.clip_by_value(tf.where(chosen, blurred, images), 0.0, 1.0)
 
 
-def reference_two_view_dataset(source, *, size, strength, batch_size, blur):
-    """source: dataset of uint8 images. Returns batches of (view1, view2)."""
+def reference_two_view_dataset(source, *, size, strength, batch_size, blur, color=True):
+    """source: dataset of uint8 images. Returns batches of (view1, view2).
+
+    ``color=False`` leaves out colour distortion (crop, resize, flip only): the floor of any
+    pipeline that crops and resizes with these tf.image ops."""
     ds = source.map(
-        lambda x: (_one_view(x, size, strength), _one_view(x, size, strength)),
+        lambda x: (_one_view(x, size, strength, color), _one_view(x, size, strength, color)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     ds = ds.batch(batch_size, drop_remainder=True)

@@ -559,6 +559,32 @@ def test_crop_stage_then_batch_stage_equals_augment_single(ops, brightness, dtyp
     assert out.shape == (5, 40, 40, 3) and out.min() >= 0.0 and out.max() <= 1.0
 
 
+def test_batch_stage_leaves_undrawn_images_to_the_vectorised_pass():
+    # The batch stage scales, clips and flips every image in one vectorised pass and runs the
+    # per-image loop only where jitter, grayscale or blur was drawn. A batch holding both kinds
+    # must still equal augment_single image by image. Fixed seeds guarantee the mix (skipped
+    # images, and images visited for grayscale alone); the image contents are fresh.
+    rng = np.random.default_rng()
+    images = [rng.integers(0, 256, (48, 56, 3)).astype(np.uint8) for _ in range(16)]
+    seeds = [tf.constant([16, i], tf.int64) for i in range(16)]
+    kw = dict(image_size=32, augmentations="crop,flip,color", color_jitter_strength=1.0)
+    stages = [A.augment_single_crop(im, s, **kw) for im, s in zip(images, seeds, strict=True)]
+    resized = tf.stack([x for x, _ in stages])
+    params = [tf.stack(p) for p in zip(*[p for _, p in stages], strict=True)]
+    order, gray = params[2].numpy(), params[7].numpy()
+    visited = (order[:, 0] < 4) | gray
+    assert visited.any() and not visited.all(), visited
+    assert (gray & (order[:, 0] == 4)).any()
+    out = A.augment_finish_batch(resized, params).numpy()
+    want = np.stack([A.augment_single(im, s, **kw) for im, s in zip(images, seeds, strict=True)])
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-6)
+    # An image the loop skips is only scaled, clipped and maybe flipped: check one by NumPy.
+    k = int(np.flatnonzero(~visited)[0])
+    ref = np.clip(resized[k].numpy() / 255.0, 0.0, 1.0)
+    ref = ref[:, ::-1] if params[1].numpy()[k] else ref
+    np.testing.assert_allclose(out[k], ref, rtol=0, atol=1e-6)
+
+
 def test_crop_stage_refuses_compositions_it_cannot_split():
     assert A.has_crop_stage("imagenet") and A.has_crop_stage("crop,blur")
     assert not A.has_crop_stage("crop,rotation") and not A.has_crop_stage("flip,crop")

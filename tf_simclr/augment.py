@@ -1137,15 +1137,35 @@ _VIEW_COLOR = {
 }
 
 
-def _view_color_batch_kernel(x, *params, additive):
-    """_view_color_kernel over a batch [B, S, S, 3] with per-image ``params`` (leading axis B),
-    one image at a time inside one XLA call: each image still runs only its drawn operations,
-    and a batch costs one kernel launch instead of one per image."""
-    return tf.map_fn(
-        lambda args: _view_color_kernel(*args, additive=additive),
-        (x, *params),
-        fn_output_signature=tf.float32,
-    )
+def _view_color_batch_kernel(
+    x, scale, flip, order, fb, fc, fs, dh, gray, kern=None, blur=None, *, additive
+):
+    """_view_color_kernel over a batch [B, S, S, 3] with per-image parameters (leading axis B).
+
+    The work every image gets (scale, clip, flip) runs vectorised over the batch in one pass.
+    Then an XLA loop visits the images and, only for those with jitter, grayscale or blur
+    drawn, runs _view_color_kernel on that image and writes it back in place: each image still
+    runs only its drawn operations, and a batch is one kernel launch. Moving the shared work
+    out of the per-image loop made crop+flip batches ~1.35x and the ImageNet recipe ~1.1x
+    cheaper per CPU-second than looping over every image (bench/bench_pipeline.py)."""
+    y = tf.clip_by_value(x * scale[:, None, None, None], 0.0, 1.0)
+    y = tf.where(flip[:, None, None, None], tf.reverse(y, [2]), y)
+    drawn = (order[:, 0] < 4) | gray  # order[:, 0] == 4: jitter not drawn
+    if kern is not None:
+        drawn = drawn | blur
+    unit, no_flip = tf.ones_like(scale[0]), tf.zeros_like(flip[0])
+
+    def visit(i, y):
+        def finish_image():
+            args = (unit, no_flip, order[i], fb[i], fc[i], fs[i], dh[i], gray[i])
+            if kern is not None:
+                args = (*args, kern[i], blur[i])
+            out = _view_color_kernel(y[i], *args, additive=additive)
+            return tf.tensor_scatter_nd_update(y, [[i]], out[None])
+
+        return i + 1, tf.cond(drawn[i], finish_image, lambda: y)
+
+    return tf.while_loop(lambda i, _: i < tf.shape(y)[0], visit, (tf.constant(0), y))[1]
 
 
 _VIEW_COLOR_BATCH = {
