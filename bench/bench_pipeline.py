@@ -1,9 +1,10 @@
 """Throughput of the two-view augmentation pipeline, ours vs. a per-image reference pipeline.
 
 Prints one JSON object per configuration: two-view images/s, process CPU use (percent of one
-core) and the machine's load average, for tf_simclr's batched pipeline and for a per-image
-re-implementation of the reference TF2 pipeline (bench/_reference_pipeline.py), both fed the
-same decoded uint8 images from memory (decoding is not timed).
+core; kernel time separately) and the machine's load average, for tf_simclr's batched
+pipeline and for a per-image re-implementation of the reference TF2 pipeline
+(bench/_reference_pipeline.py), both fed the same decoded uint8 images from memory (decoding
+is not timed).
 
     python bench/bench_pipeline.py                 # every recipe, 3 interleaved rounds
     python bench/bench_pipeline.py --recipe cifar --seconds 20 --rounds 5
@@ -12,6 +13,8 @@ Recipes: "cifar" = 32 px, crop + flip + colour (s=0.5), no blur;
 "imagenet" = 224 px from 375x500 images, crop + flip + colour (s=1.0) + blur (ours; the
 reference's blur is reported separately because the reference figure excludes it);
 "imagenet_mixed" = the same from six source sizes (256x256 to 427x640, landscape and portrait).
+The 224 px recipes also run both pipelines with crop, resize and flip only ("*_crop_only"):
+the floor that colour and blur are added to.
 Every round measures every pipeline once, each from a fresh iterator; the last line per recipe
 gives the median and smallest speed-up over the rounds.
 """
