@@ -101,7 +101,7 @@ def _measure(ds, batch, seconds, warmup=3):
     return {
         "images_per_s": round(n * batch / wall, 1),
         "cpu_percent": round(100 * cpu / wall, 1),
-        # Kernel time: mostly page faults on freshly mapped buffers on this VM.
+        # Kernel time (page faults, scheduling): a large share would mean buffer churn.
         "system_cpu_percent": round(100 * (c1.system - c0.system) / wall, 1),
         # The fair figure on a shared machine: work done per CPU-second actually received.
         "images_per_cpu_s": round(n * batch / max(cpu, 1e-9), 1),
@@ -218,8 +218,8 @@ def main(argv=None):
         if args.skip_reference:
             continue
 
-        def ratios(key, baseline="reference", rounds=rounds):
-            return [x["tf_simclr"][key] / x[baseline][key] for x in rounds]
+        def ratios(key, baseline="reference", pipeline="tf_simclr", rounds=rounds):
+            return [x[pipeline][key] / x[baseline][key] for x in rounds]
 
         summary = {
             "recipe": recipe,
@@ -240,13 +240,7 @@ def main(argv=None):
             # The most any pipeline that crops and resizes with tf.image ops could gain over
             # the reference if colour distortion and blur cost nothing.
             summary["crop_only_over_reference_median"] = round(
-                _median(
-                    [
-                        x["reference_crop_only"]["images_per_s"] / x["reference"]["images_per_s"]
-                        for x in rounds
-                    ]
-                ),
-                2,
+                _median(ratios("images_per_s", pipeline="reference_crop_only")), 2
             )
         print(json.dumps(summary), flush=True)
 
