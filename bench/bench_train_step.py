@@ -34,8 +34,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_simclr import resnet  # noqa: E402
-
 
 def _profile_flops(concrete_fn) -> int:
     from tensorflow.python.profiler import model_analyzer, option_builder
@@ -68,7 +66,6 @@ def _optimizer(name: str, lr: float):
 
 
 def _build(args, fused: bool):
-    resnet.USE_FUSED_BN = fused
     from tf_simclr.model import build_model
 
     keras.utils.set_random_seed(0)
@@ -78,6 +75,7 @@ def _build(args, fused: bool):
         image_size=args.image_size,
         num_classes=args.num_classes,
         temperature=0.5,
+        fused_batch_norm=fused,
     )
     model.optimizer = _optimizer(args.optimizer, 0.1)
     model.optimizer.build(model.trainable_variables)

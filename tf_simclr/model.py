@@ -45,6 +45,7 @@ class ProjectionHead(keras.layers.Layer):
         batch_norm_decay=0.9,
         batch_norm_epsilon=1e-5,
         global_bn=False,
+        fused_batch_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,6 +63,7 @@ class ProjectionHead(keras.layers.Layer):
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
         self.global_bn = global_bn
+        self.fused_batch_norm = fused_batch_norm
         self.dense_layers = []
         self.bn_layers = []
 
@@ -88,6 +90,7 @@ class ProjectionHead(keras.layers.Layer):
                 epsilon=self.batch_norm_epsilon,
                 global_bn=self.global_bn,
                 center=not last,  # the output layer has neither bias nor beta
+                fused=self.fused_batch_norm,
             )
             dense.build((None, width))
             bn.build((None, dense.units))
@@ -121,6 +124,7 @@ class ProjectionHead(keras.layers.Layer):
             batch_norm_decay=self.batch_norm_decay,
             batch_norm_epsilon=self.batch_norm_epsilon,
             global_bn=self.global_bn,
+            fused_batch_norm=self.fused_batch_norm,
         )
         return cfg
 
@@ -129,6 +133,7 @@ def _num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+@keras.saving.register_keras_serializable(package="tf_simclr")
 class SimCLRModel(keras.Model):
     """SimCLR network: ``encoder`` -> projection head -> (optional) supervised head.
 
@@ -172,6 +177,8 @@ class SimCLRModel(keras.Model):
         loss_scale: str = "paper",
         head_weight_decay: float = 0.0,
         sup_head_input_norm: bool = True,
+        fused_batch_norm: bool = True,
+        ft_update_unused_head_bn: bool = False,
         name: str = "simclr",
         **kwargs,
     ):
@@ -195,6 +202,7 @@ class SimCLRModel(keras.Model):
             batch_norm_decay=batch_norm_decay,
             batch_norm_epsilon=batch_norm_epsilon,
             global_bn=global_bn,
+            fused_batch_norm=fused_batch_norm,
             name="projection_head",
         )
         n_hiddens = self.projection_head.num_layers + 1
@@ -215,6 +223,34 @@ class SimCLRModel(keras.Model):
         self.hidden_norm = hidden_norm
         self.loss_scale = loss_scale
         self.head_weight_decay = head_weight_decay
+        self.fused_batch_norm = fused_batch_norm
+        self.ft_update_unused_head_bn = ft_update_unused_head_bn
+        # Kept for get_config (the encoder is serialised separately).
+        object.__setattr__(
+            self,
+            "_init_config",
+            dict(
+                num_classes=num_classes,
+                proj_head_mode=proj_head_mode,
+                proj_out_dim=proj_out_dim,
+                num_proj_layers=num_proj_layers,
+                ft_proj_selector=ft_proj_selector,
+                train_mode=train_mode,
+                lineareval_while_pretraining=lineareval_while_pretraining,
+                global_bn=global_bn,
+                batch_norm_decay=batch_norm_decay,
+                batch_norm_epsilon=batch_norm_epsilon,
+                fine_tune_after_block=fine_tune_after_block,
+                zero_init_logits_layer=zero_init_logits_layer,
+                temperature=temperature,
+                hidden_norm=hidden_norm,
+                loss_scale=loss_scale,
+                head_weight_decay=head_weight_decay,
+                sup_head_input_norm=sup_head_input_norm,
+                fused_batch_norm=fused_batch_norm,
+                ft_update_unused_head_bn=ft_update_unused_head_bn,
+            ),
+        )
 
         self.supervised_head = None
         if num_classes and (train_mode == "finetune" or lineareval_while_pretraining):
@@ -305,14 +341,27 @@ class SimCLRModel(keras.Model):
         self._freeze_unused_head_layers()
         self.built = True
 
-    def _freeze_unused_head_layers(self):
+    def _unused_head_layers(self) -> list:
+        """Fine-tuning: the projection-head layers above ft_proj_selector (no gradient reaches
+        them: the supervised head sits below)."""
         if self.train_mode != "finetune":
-            return
-        for j in range(self.ft_proj_selector, self.projection_head.num_layers):
-            for layer in (self.projection_head.dense_layers[j], self.projection_head.bn_layers[j]):
-                if layer.trainable:
-                    layer.trainable = False
-                    self._frozen_layers.append(layer)
+            return []
+        head = self.projection_head
+        return [
+            layer
+            for j in range(self.ft_proj_selector, head.num_layers)
+            for layer in (head.dense_layers[j], head.bn_layers[j])
+        ]
+
+    def _freeze_unused_head_layers(self):
+        for layer in self._unused_head_layers():
+            if self.ft_update_unused_head_bn and layer in self.projection_head.bn_layers:
+                # The reference keeps these in training mode: their moving statistics follow
+                # the batches although no gradient reaches them.
+                continue
+            if layer.trainable:
+                layer.trainable = False
+                self._frozen_layers.append(layer)
 
     def call(self, images, training=False):
         outs = self._encode(images, training=training)
@@ -351,6 +400,14 @@ class SimCLRModel(keras.Model):
     def supervised_head_variables(self) -> list:
         """Trainable variables of the supervised (linear-eval / fine-tune) head."""
         return [] if self.supervised_head is None else list(self.supervised_head.trainable_weights)
+
+    @property
+    def optimized_variables(self) -> list:
+        """The trainable variables a training step updates: all of them but the parameters of
+        projection-head layers that no loss reaches (fine-tuning with
+        ``ft_update_unused_head_bn``, whose batch norms stay in training mode)."""
+        unused = {id(v) for layer in self._unused_head_layers() for v in layer.trainable_weights}
+        return [v for v in self.trainable_variables if id(v) not in unused]
 
     @property
     def backbone_trainable_variables(self) -> list:
@@ -450,7 +507,7 @@ class SimCLRModel(keras.Model):
             scaled = (
                 self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
             )
-        variables = self.trainable_variables
+        variables = self.optimized_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         return self._record(total, stats)
@@ -469,11 +526,18 @@ class SimCLRModel(keras.Model):
         return self._record(total, stats)
 
     def get_config(self):
-        # The encoder is an arbitrary object; rebuild SimCLRModel in code rather than from config.
-        raise NotImplementedError(
-            "SimCLRModel is not config-serialisable; rebuild it with build_model(...) and restore "
-            "weights (checkpoint or model.save_weights)."
-        )
+        # The encoder must itself be Keras-serialisable (build_resnet's models are).
+        return {
+            "name": self.name,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            **self._init_config,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        return cls(encoder, **config)
 
 
 def build_model(
@@ -488,6 +552,7 @@ def build_model(
     batch_norm_decay: float = 0.9,
     batch_norm_epsilon: float = 1e-5,
     num_classes: int | None = None,
+    fused_batch_norm: bool = True,
     **model_kwargs,
 ) -> SimCLRModel:
     """Build a ResNet encoder (``tf_simclr.resnet.build_resnet``) wrapped in a ``SimCLRModel``.
@@ -508,6 +573,7 @@ def build_model(
         batch_norm_decay=batch_norm_decay,
         batch_norm_epsilon=batch_norm_epsilon,
         global_bn=global_bn,
+        fused_batch_norm=fused_batch_norm,
     )
     model = SimCLRModel(
         encoder,
@@ -515,6 +581,7 @@ def build_model(
         global_bn=global_bn,
         batch_norm_decay=batch_norm_decay,
         batch_norm_epsilon=batch_norm_epsilon,
+        fused_batch_norm=fused_batch_norm,
         **model_kwargs,
     )
     if image_size:

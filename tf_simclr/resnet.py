@@ -109,10 +109,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-# Use the fused layer (bench/bench_train_step.py --bn keras flips this to compare).
-USE_FUSED_BN = True
-
-
 def batch_norm(
     *,
     name: str,
@@ -121,11 +117,18 @@ def batch_norm(
     global_bn: bool = False,
     gamma_zero: bool = False,
     center: bool = True,
+    fused: bool = True,
 ) -> keras.layers.BatchNormalization:
-    """BatchNormalization with SimCLR defaults; ``global_bn`` syncs statistics across replicas."""
+    """BatchNormalization with SimCLR defaults; ``global_bn`` syncs statistics across replicas.
+
+    ``fused=True``: `FusedBatchNormalization` (TF's fused kernel: faster, and its batch variance
+    is computed in a numerically stabler way). ``fused=False``: plain Keras batch norm, whose
+    statistics are computed as the reference code's (Sync)BatchNormalization computes them
+    (with ``global_bn``: E[x^2] - E[x]^2 over all replicas), for bit-level parity with it.
+    """
     if "batch_normalization" not in name:
         name = f"{name}_batch_normalization"
-    cls = FusedBatchNormalization if USE_FUSED_BN else keras.layers.BatchNormalization
+    cls = FusedBatchNormalization if fused else keras.layers.BatchNormalization
     return cls(
         axis=-1,
         momentum=momentum,
@@ -141,10 +144,11 @@ def batch_norm(
 class _BNConfigMixin:
     """Shared BN hyper-parameters for the composite layers below."""
 
-    def _init_bn(self, batch_norm_decay, batch_norm_epsilon, global_bn):
+    def _init_bn(self, batch_norm_decay, batch_norm_epsilon, global_bn, fused_batch_norm=True):
         self.batch_norm_decay = batch_norm_decay
         self.batch_norm_epsilon = batch_norm_epsilon
         self.global_bn = global_bn
+        self.fused_batch_norm = fused_batch_norm
 
     def _bn(self, name, gamma_zero=False):
         return batch_norm(
@@ -153,6 +157,7 @@ class _BNConfigMixin:
             epsilon=self.batch_norm_epsilon,
             global_bn=self.global_bn,
             gamma_zero=gamma_zero,
+            fused=self.fused_batch_norm,
         )
 
     def _bn_config(self):
@@ -160,6 +165,7 @@ class _BNConfigMixin:
             "batch_norm_decay": self.batch_norm_decay,
             "batch_norm_epsilon": self.batch_norm_epsilon,
             "global_bn": self.global_bn,
+            "fused_batch_norm": self.fused_batch_norm,
         }
 
 
@@ -224,10 +230,11 @@ class SelectiveKernel(_BNConfigMixin, keras.layers.Layer):
         batch_norm_decay=0.9,
         batch_norm_epsilon=1e-5,
         global_bn=False,
+        fused_batch_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn, fused_batch_norm)
         self.filters = filters
         self.strides = strides
         self.sk_ratio = sk_ratio
@@ -327,10 +334,11 @@ class ResidualBlock(_BNConfigMixin, keras.layers.Layer):
         batch_norm_decay=0.9,
         batch_norm_epsilon=1e-5,
         global_bn=False,
+        fused_batch_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn, fused_batch_norm)
         self.filters = filters
         self.strides = strides
         self.use_projection = use_projection
@@ -476,10 +484,11 @@ class BlockGroup(_BNConfigMixin, keras.layers.Layer):
         batch_norm_decay=0.9,
         batch_norm_epsilon=1e-5,
         global_bn=False,
+        fused_batch_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn, fused_batch_norm)
         self.filters = filters
         self.num_blocks = num_blocks
         self.strides = strides
@@ -549,10 +558,11 @@ class StemConv(_BNConfigMixin, keras.layers.Layer):
         batch_norm_decay=0.9,
         batch_norm_epsilon=1e-5,
         global_bn=False,
+        fused_batch_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn, fused_batch_norm)
         self.filters = filters
         self.cifar_stem = cifar_stem
         self.resnet_d = resnet_d
@@ -616,10 +626,11 @@ class StemPool(_BNConfigMixin, keras.layers.Layer):
         batch_norm_decay=0.9,
         batch_norm_epsilon=1e-5,
         global_bn=False,
+        fused_batch_norm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn)
+        self._init_bn(batch_norm_decay, batch_norm_epsilon, global_bn, fused_batch_norm)
         self.cifar_stem = cifar_stem
         self.bn = self._bn("stem_batch_normalization")
         self.pool = None
@@ -662,6 +673,7 @@ def build_resnet(
     batch_norm_decay: float = 0.9,
     batch_norm_epsilon: float = 1e-5,
     global_bn: bool = False,
+    fused_batch_norm: bool = True,
     name: str | None = None,
 ) -> keras.Model:
     """Build a SimCLR ResNet v1 trunk (no classifier).
@@ -669,6 +681,8 @@ def build_resnet(
     Returns a functional ``keras.Model`` mapping images [B, H, W, 3] to a dict of endpoints
     ``ENDPOINTS`` (``final_avg_pool`` is the [B, C] representation h). ``cifar_stem=None`` picks
     the CIFAR stem (3x3/1 conv, no max-pool) when the input side is known and <= 32 px.
+    ``fused_batch_norm=False`` computes batch statistics as the reference code does (see
+    `batch_norm`).
     The model also carries ``layer_groups``: an ordered dict ``{"stem": [...], "block_group1":
     [...], ...}`` of layers, used for ``fine_tune_after_block``.
     """
@@ -690,6 +704,7 @@ def build_resnet(
         batch_norm_decay=batch_norm_decay,
         batch_norm_epsilon=batch_norm_epsilon,
         global_bn=global_bn,
+        fused_batch_norm=fused_batch_norm,
     )
     if name is None:
         wm = f"{width_multiplier:g}".replace(".", "_")
