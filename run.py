@@ -21,6 +21,7 @@ from absl import app, flags  # noqa: E402
 
 from tf_simclr.config import (  # noqa: E402
     BRIGHTNESS_MODES,
+    CONFIG_FILENAME,
     LOSS_SCALES,
     LR_SCALINGS,
     MODES,
@@ -28,9 +29,12 @@ from tf_simclr.config import (  # noqa: E402
     PRECISIONS,
     PROJ_HEAD_MODES,
     STRATEGIES,
+    SUP_HEAD_OPTIMIZERS,
     TRAIN_MODES,
     Config,
     ConfigError,
+    resolve,
+    with_encoder_of_checkpoint,
 )
 
 HELP = {
@@ -89,6 +93,20 @@ HELP = {
     "lineareval_while_pretraining": "Train a linear head on stop_gradient features meanwhile.",
     "zero_init_logits_layer": "Zero-initialise the supervised head when fine-tuning.",
     "fine_tune_after_block": "Fine-tuning: freeze the stem and block groups <= this (-1: none).",
+    "num_classes": "Classes of the supervised head (0: the dataset's). Set by tf_simclr.convert "
+    "for published models (1000 ImageNet classes).",
+    "sup_head_input_norm": "Pretraining: standardise the linear-eval head's input with a "
+    "parameter-free batch norm (tf_simclr; the reference code has none).",
+    "sup_head_optimizer": f"Pretraining: {' or '.join(SUP_HEAD_OPTIMIZERS)}. momentum: the "
+    "linear-eval head has its own momentum SGD at --sup_head_learning_rate (tf_simclr); shared: "
+    "the main optimizer trains it at the main learning rate, with an L2 term on its kernel and "
+    "no LARS trust ratio (the reference code).",
+    "ft_update_unused_head_bn": "Fine-tuning: keep the batch-norm layers of projection-head "
+    "layers above --ft_proj_selector in training mode, so their moving statistics follow the "
+    "batches, as the reference code does (they get no gradient either way).",
+    "fused_batch_norm": "Batch norm through TF's fused kernel (faster; numerically stabler "
+    "statistics). false: statistics as the reference code computes them (E[x^2]-E[x]^2), for "
+    "bit-level parity with it.",
     "knn_eval": "Report weighted kNN accuracy of frozen features.",
     "knn_k": "Neighbours for the kNN evaluation.",
     "knn_temperature": "Temperature of the weighted kNN vote.",
@@ -134,21 +152,42 @@ _define_flags()
 FLAGS = flags.FLAGS
 
 
+_EMPTY_IS_NONE = (
+    "checkpoint",
+    "data_dir",
+    "augmentations",
+    "label_ids_file",
+    "tpu_name",
+    "tpu_zone",
+    "gcp_project",
+)
+
+
+def _given_flags() -> dict:
+    """The Config fields set on the command line (or in a --flagfile), with '' as None."""
+    given = {}
+    for field in dataclasses.fields(Config):
+        if FLAGS[field.name].present:
+            value = getattr(FLAGS, field.name)
+            given[field.name] = None if field.name in _EMPTY_IS_NONE and value == "" else value
+    return given
+
+
 def config_from_flags() -> Config:
-    """Turn parsed flags into a validated Config (raises ConfigError)."""
-    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)}
-    for key in (
-        "checkpoint",
-        "data_dir",
-        "augmentations",
-        "label_ids_file",
-        "tpu_name",
-        "tpu_zone",
-        "gcp_project",
-    ):
-        if values[key] == "":
-            values[key] = None
-    return Config(**values)
+    """Turn parsed flags into a validated Config (raises ConfigError).
+
+    Over a model_dir that holds a run (config.json), the run's settings are the base and the
+    flags given override them; a given architecture flag that differs is an error. Fine-tuning
+    takes the encoder settings its --checkpoint was trained with, unless given.
+    """
+    given = _given_flags()
+    model_dir = os.path.expanduser(given.get("model_dir") or Config.model_dir)
+    saved = None
+    if os.path.isfile(os.path.join(model_dir, CONFIG_FILENAME)):
+        saved = Config.load(model_dir)
+    elif given.get("train_mode") == "finetune" and given.get("checkpoint"):
+        given = with_encoder_of_checkpoint(given)
+    return resolve(given, saved, source=f"--model_dir={model_dir}")
 
 
 def _interrupt(signum, _frame) -> None:

@@ -55,12 +55,67 @@ def checkpoint_key(path: str, collection: str = "model_weights") -> str:
     return f"{collection}/{local}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
+def stored_model_weight_paths(prefix: str) -> list[str]:
+    """Keras paths of the model weights a `training_checkpoint` file holds."""
+    paths = []
+    for key in tf.train.load_checkpoint(prefix).get_variable_to_shape_map():
+        if key.startswith("model_weights/") and key.endswith("/.ATTRIBUTES/VARIABLE_VALUE"):
+            local = key[len("model_weights/") : -len("/.ATTRIBUTES/VARIABLE_VALUE")]
+            paths.append(_unescape(local))
+    return sorted(paths)
+
+
+def _unescape(local: str) -> str:
+    # Inverse of checkpoint_key's escaping: ".S" -> "/", ".." -> ".".
+    out, i = [], 0
+    while i < len(local):
+        if local.startswith(".S", i):
+            out.append("/")
+            i += 2
+        elif local.startswith("..", i):
+            out.append(".")
+            i += 2
+        else:
+            out.append(local[i])
+            i += 1
+    return "".join(out)
+
+
 def read_model_weights(prefix: str, paths) -> dict:
     """{path: value} for each of `paths` that the checkpoint `prefix` holds a model weight for."""
     reader = tf.train.load_checkpoint(prefix)
     stored = reader.get_variable_to_shape_map()
     keys = {p: checkpoint_key(p) for p in paths}
     return {p: reader.get_tensor(key) for p, key in keys.items() if key in stored}
+
+
+def check_checkpoint_fits(prefix: str, model) -> None:
+    """Raise CheckpointError unless checkpoint `prefix` holds exactly the model's weights: every
+    weight of `model`, and no model weight the model lacks (another architecture). Optimizer
+    state in the file is ignored."""
+    stored = {
+        key
+        for key in tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+        if key.startswith("model_weights/")
+    }
+    expected = {checkpoint_key(w.path): w.path for w in model.weights}
+    missing = sorted(p for key, p in expected.items() if key not in stored)
+    extra = sorted(stored - set(expected))
+    if not (missing or extra):
+        return
+    parts = []
+    if missing:
+        parts.append(
+            f"it lacks {len(missing)} of the model's {len(expected)} weights (e.g. {missing[0]})"
+        )
+    if extra:
+        name = _unescape(extra[0][len("model_weights/") :].split("/.ATTRIBUTES")[0])
+        parts.append(f"it holds {len(extra)} weights the model does not have (e.g. {name})")
+    raise CheckpointError(
+        f"Checkpoint {prefix} was written by another architecture than the one configured: "
+        f"{'; '.join(parts)}. Use the run's own settings (its config.json) or the matching "
+        "--resnet_depth/--width_multiplier/... flags."
+    )
 
 
 def assign_weights_by_path(weights, values: dict, *, replaceable=(), source: str = "") -> dict:

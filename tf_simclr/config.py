@@ -21,9 +21,40 @@ PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LOSS_SCALES = ("paper", "reference")
+SUP_HEAD_OPTIMIZERS = ("momentum", "shared")
 BRIGHTNESS_MODES = ("multiplicative", "additive")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 CONFIG_FILENAME = "config.json"
+CONFIG_HISTORY_FILENAME = "config_history.jsonl"
+
+# Settings that decide which variables the network has: a model_dir's checkpoints only fit a
+# model built with the same values (image_size matters through the stem it selects).
+ARCHITECTURE_FIELDS = (
+    "train_mode",
+    "resnet_depth",
+    "width_multiplier",
+    "sk_ratio",
+    "se_ratio",
+    "proj_head_mode",
+    "proj_out_dim",
+    "num_proj_layers",
+    "ft_proj_selector",
+    "lineareval_while_pretraining",
+    "num_classes",
+    "sup_head_input_norm",
+)
+# The encoder and projection head a fine-tuning run takes from its --checkpoint.
+ENCODER_FIELDS = (
+    "resnet_depth",
+    "width_multiplier",
+    "sk_ratio",
+    "se_ratio",
+    "proj_head_mode",
+    "proj_out_dim",
+    "num_proj_layers",
+)
+# What to do now, never inherited from a saved run.
+_INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
 
 
 class ConfigError(ValueError):
@@ -102,6 +133,15 @@ class Config:
     lineareval_while_pretraining: bool = True
     zero_init_logits_layer: bool = False
     fine_tune_after_block: int = -1
+    num_classes: int = 0  # classes of the supervised head; 0: the dataset's
+
+    # Where tf_simclr departs from the reference code on purpose; each setting has the
+    # reference's behaviour as its other value (tf_simclr.convert writes those for models
+    # converted from the reference; README "Parity with the reference code").
+    sup_head_input_norm: bool = True
+    sup_head_optimizer: str = "momentum"
+    ft_update_unused_head_bn: bool = False
+    fused_batch_norm: bool = True
 
     # Evaluation.
     knn_eval: bool = True
@@ -132,6 +172,11 @@ class Config:
     def __post_init__(self) -> None:
         if self.use_tpu and self.strategy == "default":
             self.strategy = "tpu"
+        # "~/runs" means the home directory, as in a shell (not a folder named "~").
+        if isinstance(self.model_dir, str):
+            self.model_dir = os.path.expanduser(self.model_dir)
+        if isinstance(self.checkpoint, str):
+            self.checkpoint = os.path.expanduser(self.checkpoint)
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -147,6 +192,7 @@ class Config:
         _choice("loss_scale", self.loss_scale, LOSS_SCALES)
         _choice("brightness", self.brightness, BRIGHTNESS_MODES)
         _choice("resnet_depth", self.resnet_depth, RESNET_DEPTHS)
+        _choice("sup_head_optimizer", self.sup_head_optimizer, SUP_HEAD_OPTIMIZERS)
         if not self.model_dir:
             raise ConfigError("--model_dir must be a directory path (it holds checkpoints).")
         if not self.dataset:
@@ -177,6 +223,7 @@ class Config:
             "num_cpu_devices",
             "num_proj_layers",
             "collective_timeout",
+            "num_classes",
         ):
             _non_negative(name, getattr(self, name))
         if (
@@ -329,9 +376,111 @@ class Config:
 
     @classmethod
     def load(cls, model_dir: str) -> Config:
+        """The Config saved in model_dir/config.json; ConfigError names the file if it cannot
+        be read or parsed."""
         path = os.path.join(model_dir, CONFIG_FILENAME)
-        with open(path, encoding="utf-8") as f:
-            return cls.from_json(f.read())
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(f.read())
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{path} is not valid JSON ({err.msg} at line {err.lineno}): the file is damaged. "
+                "Restore it, or delete it and give the run's flags on the command line."
+            ) from err
+        except (ConfigError, TypeError) as err:
+            raise ConfigError(f"{path} does not hold a valid tf_simclr config: {err}") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path} is not a text file: the file is damaged.") from err
+
+    def architecture_conflicts(self, other: Config) -> list[str]:
+        """Architecture settings in which `other` differs from this config, as
+        "name: this vs other" strings (empty when checkpoints of one fit the other)."""
+        conflicts = [
+            f"--{name}: {getattr(self, name)!r} vs {getattr(other, name)!r}"
+            for name in ARCHITECTURE_FIELDS
+            if getattr(self, name) != getattr(other, name)
+        ]
+        if (self.image_size <= 32) != (other.image_size <= 32):
+            conflicts.append(
+                f"--image_size: {self.image_size} vs {other.image_size} (a different stem)"
+            )
+        return conflicts
+
+
+def resolve(given: dict[str, Any], saved: Config | None, *, source: str = "") -> Config:
+    """The Config of a run: `saved` (the model_dir's config.json) with the explicitly `given`
+    values on top, or the defaults with `given` when nothing was saved.
+
+    A given architecture setting that differs from the saved one raises ConfigError naming both
+    values (the saved checkpoints would not fit). What to do (mode, model_dir, eval_timeout)
+    always comes from `given` or the defaults.
+    """
+    if saved is None:
+        return Config(**given)
+    conflicts = []
+    for name, value in given.items():
+        if name in ARCHITECTURE_FIELDS and getattr(saved, name) != value:
+            conflicts.append(f"--{name}={value!r} (the run has {getattr(saved, name)!r})")
+    if "image_size" in given and (given["image_size"] <= 32) != (saved.image_size <= 32):
+        conflicts.append(
+            f"--image_size={given['image_size']} (the run has {saved.image_size}: another stem)"
+        )
+    if conflicts:
+        raise ConfigError(
+            f"{source or 'The model_dir'} holds a run with another architecture: "
+            f"{'; '.join(conflicts)}. Drop these flags (the run's config.json supplies them) or "
+            "use a new --model_dir."
+        )
+    values = saved.to_dict()
+    defaults = Config.__dataclass_fields__
+    for name in _INVOCATION_FIELDS:
+        values[name] = defaults[name].default
+    values.update(given)
+    return Config(**values)
+
+
+def run_config_of_checkpoint(path: str) -> Config | None:
+    """The config.json of the tf_simclr run a --checkpoint comes from (a model_dir, a
+    model_dir/ckpt-N prefix or a model_dir/saved_model/<step> export), or None."""
+    path = os.path.expanduser(path)
+    candidates = [path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))]
+    for directory in candidates:
+        if directory and os.path.isfile(os.path.join(directory, CONFIG_FILENAME)):
+            return Config.load(directory)
+    return None
+
+
+def with_encoder_of_checkpoint(given: dict[str, Any]) -> dict[str, Any]:
+    """`given` plus the encoder settings (ENCODER_FIELDS) of the run its --checkpoint comes
+    from, for those not given; a given one that differs raises ConfigError naming both."""
+    source = run_config_of_checkpoint(given["checkpoint"])
+    if source is None:
+        return given
+    conflicts = [
+        f"--{name}={given[name]!r} (the checkpoint's run has {getattr(source, name)!r})"
+        for name in ENCODER_FIELDS
+        if name in given and given[name] != getattr(source, name)
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"--checkpoint={given['checkpoint']} was trained with another encoder: "
+            f"{'; '.join(conflicts)}. Drop these flags to fine-tune that encoder."
+        )
+    values = dict(given)
+    for name in ENCODER_FIELDS:
+        values.setdefault(name, getattr(source, name))
+    if "image_size" not in values and (source.image_size <= 32) != (Config.image_size <= 32):
+        values["image_size"] = source.image_size  # keep the stem it was trained with
+    return values
+
+
+def changed_settings(old: Config, new: Config) -> dict[str, list]:
+    """{name: [old, new]} for the settings (not the invocation) that differ."""
+    return {
+        name: [value, getattr(new, name)]
+        for name, value in old.to_dict().items()
+        if name not in _INVOCATION_FIELDS and value != getattr(new, name)
+    }
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:

@@ -18,8 +18,15 @@ from tf_simclr.config import Config
 log = logging.getLogger(__name__)
 
 
+def model_num_classes(config: Config, dataset_classes: int | None) -> int | None:
+    """Classes of the supervised head: --num_classes, else the dataset's."""
+    return config.num_classes or dataset_classes
+
+
 def build_model(config: Config, num_classes: int, *, train_mode: str | None = None):
-    """The SimCLR model (ResNet encoder + heads) described by `config`."""
+    """The SimCLR model (ResNet encoder + heads) described by `config`; `num_classes` (the
+    dataset's) is used unless the config fixes the head's classes (--num_classes)."""
+    num_classes = model_num_classes(config, num_classes)
     encoder = resnet.build_resnet(
         config.resnet_depth,
         config.width_multiplier,
@@ -30,6 +37,7 @@ def build_model(config: Config, num_classes: int, *, train_mode: str | None = No
         se_ratio=config.se_ratio,
         batch_norm_decay=config.batch_norm_decay,
         global_bn=config.global_bn,
+        fused_batch_norm=config.fused_batch_norm,
     )
     model = model_lib.SimCLRModel(
         encoder,
@@ -47,6 +55,9 @@ def build_model(config: Config, num_classes: int, *, train_mode: str | None = No
         temperature=config.temperature,
         hidden_norm=config.hidden_norm,
         loss_scale=config.loss_scale,
+        sup_head_input_norm=config.sup_head_input_norm,
+        fused_batch_norm=config.fused_batch_norm,
+        ft_update_unused_head_bn=config.ft_update_unused_head_bn,
     )
     # Build the variables now so checkpoints restore eagerly and counts are known.
     model(tf.zeros([1, config.image_size, config.image_size, 3]), training=False)
@@ -70,13 +81,32 @@ def learning_rate_schedule(config: Config, num_train_examples: int):
     return optim.WarmupCosineDecay(base_learning_rate=base, warmup_steps=warmup, total_steps=total)
 
 
-def build_optimizer(config: Config, num_train_examples: int):
-    """The optimizer named by --optimizer, on the warmup + cosine schedule."""
+def head_l2_coefficient(config: Config) -> float:
+    """Coefficient of the supervised head's L2 term added to the loss (0: none).
+
+    Under LARS the supervised head gets neither the optimizer's weight decay nor its trust
+    ratio; as in the reference code, the loss carries weight_decay * ||kernel||^2 / 2 for it
+    instead. That applies when the main optimizer trains the head: fine-tuning, and
+    pretraining with --sup_head_optimizer=shared.
+    """
+    shared = config.train_mode == "finetune" or config.sup_head_optimizer == "shared"
+    return config.weight_decay if config.optimizer == "lars" and shared else 0.0
+
+
+def build_optimizer(config: Config, num_train_examples: int, *, learning_rate=None):
+    """The optimizer named by --optimizer, on the warmup + cosine schedule (or the given
+    `learning_rate`, a float or schedule)."""
+    if learning_rate is None:
+        learning_rate = learning_rate_schedule(config, num_train_examples)
+    exclude = None
+    if head_l2_coefficient(config):
+        exclude = optim.NORM_AND_BIAS_PATTERNS + optim.HEAD_PATTERNS  # its L2 is in the loss
     optimizer = optim.build_optimizer(
         config.optimizer,
-        learning_rate=learning_rate_schedule(config, num_train_examples),
+        learning_rate=learning_rate,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
+        exclude_from_weight_decay=exclude,
         mixed_precision=config.precision,
     )
     return optimizer
@@ -85,8 +115,11 @@ def build_optimizer(config: Config, num_train_examples: int):
 def build_head_optimizer(config: Config, model, num_train_examples: int):
     """Pretraining with a linear-eval head: its own momentum SGD on the same warmup + cosine
     shape, at --sup_head_learning_rate (linearly scaled). Under LARS the head gets no trust
-    scaling, so at contrastive learning rates (~1 and up) it would diverge. None otherwise."""
+    scaling, so at contrastive learning rates (~1 and up) it would diverge. None otherwise
+    (also with --sup_head_optimizer=shared: the main optimizer trains it, as the reference)."""
     if config.train_mode != "pretrain" or not getattr(model, "supervised_head_variables", None):
+        return None
+    if config.sup_head_optimizer == "shared":
         return None
     schedule = learning_rate_schedule(
         config.replace(learning_rate=config.sup_head_learning_rate, learning_rate_scaling="linear"),

@@ -165,6 +165,10 @@ class LARS(keras.optimizers.Optimizer):
         """Whether `variable` (one the optimizer was built with) gets weight decay."""
         return self._use_decay_flags[self._get_variable_index(variable)]
 
+    def momentum_variable(self, variable):
+        """The momentum slot v of `variable` (one the optimizer was built with)."""
+        return self.momentums[self._get_variable_index(variable)]
+
     def uses_layer_adaptation(self, variable) -> bool:
         """Whether `variable` (one the optimizer was built with) gets trust scaling."""
         return self._use_adaptation_flags[self._get_variable_index(variable)]

@@ -14,7 +14,7 @@ from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import distribute, factory
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import train as train_lib
-from tf_simclr.config import Config
+from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,25 @@ RESULT_FILENAME = "result.json"
 CURVES_FILENAME = "training_curves.png"
 
 
+def check_saved_architecture(config: Config) -> None:
+    """Refuse a config whose architecture differs from the run saved in its model_dir (the
+    checkpoints there would not fit); ConfigError names the settings and both values."""
+    path = os.path.join(config.model_dir, CONFIG_FILENAME)
+    if not os.path.isfile(path):
+        return
+    conflicts = Config.load(config.model_dir).architecture_conflicts(config)
+    if conflicts:
+        raise ConfigError(
+            f"--model_dir={config.model_dir} holds a run with another architecture (saved vs "
+            f"given: {'; '.join(conflicts)}). Use the run's settings, or a new --model_dir."
+        )
+
+
 def run(config: Config) -> dict:
     """Run the configured mode; returns what it produced (metrics, paths)."""
     train_lib.setup_runtime(config)
+    if config.mode != "preview":
+        check_saved_architecture(config)
     if config.mode == "preview":
         return {"preview": preview(config)}
     strategy = distribute.make_strategy(
@@ -107,13 +123,23 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
     """All evaluations that apply to the configured train_mode, plus the random-init baseline."""
     log.info("Evaluating on split %r.", config.eval_split)
     metrics = {}
-    if config.train_mode == "finetune" or config.lineareval_while_pretraining:
+    head_classes = getattr(getattr(model, "supervised_head", None), "units", None)
+    head_fits = head_classes is None or head_classes == num_classes
+    if not head_fits:
+        log.warning(
+            "The supervised head predicts %d classes but %s has %d: its accuracy is not "
+            "reported; the frozen features are evaluated (kNN, linear probe) instead.",
+            head_classes,
+            config.dataset,
+            num_classes,
+        )
+    if head_fits and (config.train_mode == "finetune" or config.lineareval_while_pretraining):
         sup = eval_lib.classification_accuracy(
             model, factory.eval_dataset(config, config.eval_split)
         )
         key = "finetune" if config.train_mode == "finetune" else "sup_head"
         metrics.update({f"{key}_{k}": v for k, v in sup.items()})
-    if config.train_mode == "pretrain":
+    if config.train_mode == "pretrain" or not head_fits:
         metrics.update(_feature_metrics(config, model, num_classes))
         if config.random_init_baseline:
             keras.utils.set_random_seed(config.seed + 1)
@@ -156,7 +182,8 @@ def _model_and_checkpoint(config: Config, strategy):
 
 def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
     """Restore an already validated checkpoint `path` and evaluate it."""
-    checkpoint.restore(path).expect_partial()
+    ckpt_lib.check_checkpoint_fits(path, model)
+    checkpoint.restore(path).expect_partial()  # the optimizer state is not needed here
     step = int(path.rsplit("-", 1)[-1])
     log.info("Evaluating %s.", path)
     result = {
@@ -185,7 +212,8 @@ def export_latest(config: Config, strategy) -> str:
     """mode=export: restore the latest intact checkpoint and export it."""
     model, checkpoint, _ = _model_and_checkpoint(config, strategy)
     latest = ckpt_lib.latest_valid_checkpoint(config.model_dir)  # skips damaged ones
-    checkpoint.restore(latest).expect_partial()
+    ckpt_lib.check_checkpoint_fits(latest, model)
+    checkpoint.restore(latest).expect_partial()  # the optimizer state is not needed here
     return _export(config, model, int(latest.rsplit("-", 1)[-1]))
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
+from tf_simclr import config as config_lib
 from tf_simclr import distribute, factory
 from tf_simclr import loss as loss_lib
 from tf_simclr.config import Config
@@ -262,6 +263,7 @@ def _make_step_fn(
     head_ids = (
         {id(v) for v in model.supervised_head_variables} if head_optimizer is not None else set()
     )
+    head_l2 = factory.head_l2_coefficient(config) if model.has_supervised_head else 0.0
 
     def step_fn(batch):
         labels = tf.cast(batch["label"], tf.int32)
@@ -302,11 +304,17 @@ def _make_step_fn(
                         tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32
                     )
                 )
+            if head_l2:
+                # The reference's weight_decay * l2_loss(head kernel) (tf.nn.l2_loss: sum/2).
+                kernel = tf.cast(model.supervised_head.kernel, tf.float32)
+                weight_decay_loss = head_l2 * tf.nn.l2_loss(kernel)
+                total += weight_decay_loss / num_replicas
+                metrics["weight_decay_loss"] = weight_decay_loss / num_replicas
             if model.losses:
                 total += tf.add_n([tf.cast(x, tf.float32) for x in model.losses]) / num_replicas
             metrics["loss"] = total
             scaled = optimizer.scale_loss(total) if loss_scaled else total
-        variables = [v for v in model.trainable_variables if id(v) not in head_ids]
+        variables = [v for v in model.optimized_variables if id(v) not in head_ids]
         grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         if head_optimizer is not None:
@@ -321,7 +329,7 @@ def _make_step_fn(
 
 
 # How each metric combines across replicas: loss shares add up, per-replica rates average.
-_SUM_METRICS = {"loss", "contrast_loss", "sup_loss"}
+_SUM_METRICS = {"loss", "contrast_loss", "sup_loss", "weight_decay_loss"}
 
 
 def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: list[str]):
@@ -358,6 +366,8 @@ def _metric_names(config: Config, model) -> list[str]:
         config.train_mode == "finetune" or config.lineareval_while_pretraining
     ):
         names += ["sup_loss", "sup_acc"]
+        if factory.head_l2_coefficient(config):
+            names.append("weight_decay_loss")
     return names
 
 
@@ -408,6 +418,27 @@ def _truncate_history(model_dir: str, step: int) -> None:
         os.replace(tmp, path)
 
 
+def _save_config(config: Config, model_dir: str, resumed_step: int | None) -> None:
+    """Write config.json; when a resumed run's settings changed, say so and append the change
+    to config_history.jsonl, so the record shows which steps ran with which settings."""
+    path = os.path.join(model_dir, config_lib.CONFIG_FILENAME)
+    if resumed_step is not None and os.path.isfile(path):
+        changes = config_lib.changed_settings(Config.load(model_dir), config)
+        if changes:
+            shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            log.warning(
+                "Resuming at step %d with changed settings (%s); recorded in %s.",
+                resumed_step,
+                shown,
+                config_lib.CONFIG_HISTORY_FILENAME,
+            )
+            record = {"step": resumed_step, "changes": changes, "time": time.time()}
+            history = os.path.join(model_dir, config_lib.CONFIG_HISTORY_FILENAME)
+            with open(history, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+    config.save(model_dir)
+
+
 def _restore_from_exported_module(config: Config, model, path: str) -> dict:
     """Fine-tuning from a tf_simclr SavedModel export (model_dir/saved_model/<step>).
 
@@ -440,6 +471,31 @@ def _restore_from_exported_module(config: Config, model, path: str) -> dict:
     )
 
 
+def _check_same_encoder(path: str, model, values: dict) -> None:
+    """Fine-tuning: every weight but the supervised head's must come from the checkpoint, and
+    the checkpoint must not hold network weights the model lacks (a deeper or wider net)."""
+    missing = [
+        w.path for w in model.weights if w.path not in values and SUPERVISED_HEAD_NAME not in w.path
+    ]
+    paths = {w.path for w in model.weights}
+    stored = ckpt_lib.stored_model_weight_paths(path)
+    extra = [p for p in stored if p not in paths and SUPERVISED_HEAD_NAME not in p]
+    if missing or extra:
+        detail = []
+        if missing:
+            detail.append(
+                f"{len(missing)} of the model's weights are not in it (e.g. {missing[0]})"
+            )
+        if extra:
+            detail.append(f"it holds {len(extra)} weights the model lacks (e.g. {extra[0]})")
+        raise ValueError(
+            f"--checkpoint={path} was trained with another architecture than the flags describe: "
+            f"{'; '.join(detail)}. Give the pretraining run's model flags (--resnet_depth, "
+            "--width_multiplier, --sk_ratio, --proj_head_mode, --num_proj_layers, ...), or "
+            "point --checkpoint at its model_dir so they are read from its config.json."
+        )
+
+
 def _restore_initial_weights(config: Config, model) -> None:
     """Fine-tuning: load pretrained weights from --checkpoint (a checkpoint prefix, a model_dir
     or an exported module). A supervised head for another number of classes starts afresh."""
@@ -465,6 +521,7 @@ def _restore_initial_weights(config: Config, model) -> None:
             )
         ckpt_lib.validate_checkpoint(path)
         values = ckpt_lib.read_model_weights(path, [w.path for w in model.weights])
+        _check_same_encoder(path, model, values)
         counts = ckpt_lib.assign_weights_by_path(
             model.weights,
             values,
@@ -507,6 +564,13 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
             f"--train_split={config.train_split!r} is not a split of {config.dataset}; "
             f"available: {', '.join(sorted(info.num_examples))}."
         )
+    if config.num_classes and config.num_classes != info.num_classes:
+        raise ValueError(
+            f"The model's supervised head has --num_classes={config.num_classes} classes but "
+            f"{config.dataset} has {info.num_classes}: its labels are another label space. "
+            "To train on this dataset, fine-tune into a new model_dir "
+            "(--train_mode=finetune --checkpoint=<this model_dir>), which gives it a new head."
+        )
     num_train = factory.num_train_examples(config)
     if config.train_batch_size > num_train:
         raise ValueError(
@@ -521,7 +585,7 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
         optimizer = factory.build_optimizer(config, num_train)
         head_optimizer = factory.build_head_optimizer(config, model, num_train)
         head_ids = {id(v) for v in model.supervised_head_variables} if head_optimizer else set()
-        optimizer.build([v for v in model.trainable_variables if id(v) not in head_ids])
+        optimizer.build([v for v in model.optimized_variables if id(v) not in head_ids])
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     extra = {"global_step": global_step}
     if head_optimizer is not None:
@@ -545,7 +609,7 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     if role.chief:  # (multi-worker: the other workers keep no logs)
         # Records past the restored step (or any, when starting over) would repeat in the curves.
         _truncate_history(model_dir, int(global_step.numpy()))
-        config.save(model_dir)
+        _save_config(config, model_dir, int(global_step.numpy()) if restored else None)
 
     step = int(global_step.numpy())
     state = TrainState(model, optimizer, step, total_steps, info.num_classes, restored)
