@@ -264,3 +264,32 @@ def test_odd_images_under_a_non_ascii_path_are_usable(tmp_path, caplog):
     batch = next(iter(evaluated))
     assert batch["image"].shape == (16, 8, 8, 3)
     assert 0.0 <= float(tf.reduce_min(batch["image"])) <= float(tf.reduce_max(batch["image"])) <= 1
+
+
+# ------------------------------------------------------------------------------------------
+# No silent wrong results (issue 13)
+# ------------------------------------------------------------------------------------------
+def test_convert_module_command_writes_a_readable_tfds_directory(tmp_path):
+    """The README's `python -m tf_simclr.data convert` command, run as a real process."""
+    rng = np.random.default_rng(0)
+    files = {
+        f"{split}/{cls}/{i}.png": _png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        for split in ("train", "test")
+        for cls in ("a", "b")
+        for i in range(2)
+    }
+    src = _folder(tmp_path / "imgs", files)
+    dst = tmp_path / "tfds"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf_simclr.data", "convert", "--src", src, "--dst", str(dst)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.strip().splitlines()[-1]
+    assert out == str(dst / "imgs" / "1.0.0")
+    _, info = data_lib.load_source(out, split="train")
+    assert info.kind == "tfds_dir" and info.num_examples == {"train": 4, "test": 4}
+    assert info.class_names == ("a", "b")

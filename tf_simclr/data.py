@@ -1172,4 +1172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module imported under its package name, not this "__main__" copy: TFDS finds a
+    # builder's package from its class's __module__, and "__main__" is not a package.
+    from tf_simclr.data import main as _package_main
+
+    sys.exit(_package_main())
