@@ -24,7 +24,7 @@ from PIL import Image
 from test_train import tiny_config
 
 from tf_simclr import data as data_lib
-from tf_simclr import factory, runner, train
+from tf_simclr import factory, optim, runner, train
 from tf_simclr.config import Config, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -293,3 +293,39 @@ def test_convert_module_command_writes_a_readable_tfds_directory(tmp_path):
     _, info = data_lib.load_source(out, split="train")
     assert info.kind == "tfds_dir" and info.num_examples == {"train": 4, "test": 4}
     assert info.class_names == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: optim.build_optimizer("lars", learning_rate=-1.0), "learning_rate must be"),
+        (lambda: optim.build_optimizer("adam", learning_rate=0.0), "learning_rate must be"),
+        (lambda: optim.build_optimizer("momentum", float("nan")), "learning_rate must be"),
+        (lambda: optim.build_optimizer("lars", "0.1"), "learning_rate must be"),
+        (lambda: optim.LARS(learning_rate=float("inf")), "learning_rate must be"),
+        (lambda: optim.build_optimizer("lars", 0.1, momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (lambda: optim.build_optimizer("momentum", 0.1, momentum=-0.5), "momentum must be in"),
+        (lambda: optim.build_optimizer("lars", 0.1, eta=0.0), "eta must be"),
+        (lambda: optim.build_optimizer("adamw", 0.1, weight_decay=-1e-4), "weight_decay must be"),
+        (lambda: optim.WarmupCosineDecay(0.0, 1, 5), "base_learning_rate must be"),
+        (lambda: optim.scale_learning_rate(0.0, 256), "learning_rate must be"),
+    ],
+    ids=[
+        "lars-negative-lr",
+        "adam-zero-lr",
+        "momentum-nan-lr",
+        "lr-string",
+        "LARS-inf-lr",
+        "momentum-1",
+        "negative-momentum",
+        "eta-0",
+        "negative-weight-decay",
+        "schedule-zero-base",
+        "scaling-zero-base",
+    ],
+)
+def test_optimizer_arguments_are_checked_like_the_cli(build, message):
+    """The library refuses what the CLI refuses (--learning_rate > 0, --momentum in [0, 1), ...)."""
+    with pytest.raises(ValueError, match=message) as raised:
+        build()
+    assert "got" in str(raised.value)
