@@ -17,17 +17,19 @@ import subprocess
 import sys
 import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 from test_train import tiny_config
 
+from tf_simclr import augment, export, factory, optim, runner, train
 from tf_simclr import data as data_lib
-from tf_simclr import factory, optim, runner, train
 from tf_simclr.config import Config, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED = tf.constant([1, 2], tf.int64)
 
 
 def _config(tmp_path, **changes):
@@ -329,3 +331,64 @@ def test_optimizer_arguments_are_checked_like_the_cli(build, message):
     with pytest.raises(ValueError, match=message) as raised:
         build()
     assert "got" in str(raised.value)
+
+
+def _tiny_export(tmp_path):
+    """A two-layer model returning named outputs, exported and reloaded."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    model = keras.Model(inputs, {"final_avg_pool": keras.layers.GlobalAveragePooling2D()(x)})
+    path = export.export_saved_model(model, str(tmp_path / "hub"), step=1, image_size=8)
+    return model, tf.saved_model.load(path)
+
+
+def test_images_outside_0_1_wrong_dtype_or_shape_are_refused(tmp_path):
+    """Float pixels in [0, 255] used to be clipped to 1.0 (augment) or embedded as they were
+    (exported module); now they, other dtypes and wrong shapes stop with a readable error."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    as_255 = pixels.astype(np.float32)
+    in_range = as_255 / 255.0
+    kw = dict(image_size=8, augmentations="crop,flip,color")
+    out_of_range = (
+        r"images must be float in \[0, 1\] or uint8; got values up to 25\d: divide by 255"
+    )
+
+    # Augmentation, eagerly and inside a tf.function; uint8 stays accepted.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=out_of_range):
+        augment.augment_batch(as_255, SEED, **kw)
+    traced = tf.function(lambda x: augment.augment_batch(x, SEED, **kw))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=out_of_range):
+        traced(tf.constant(as_255))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"^image must be float.*up to 25"):
+        augment.augment_single(as_255[0], SEED, **kw)
+    with pytest.raises(TypeError, match=r"image must be float .*got dtype float64: cast"):
+        augment.preprocess_for_eval(in_range.astype(np.float64), 8)
+    with pytest.raises(TypeError, match="got dtype int32"):
+        augment.augment_single_crop(pixels[0].astype(np.int32), SEED, **kw)
+    with pytest.raises(ValueError, match=r"must be a batch \[batch, height, width, 3\], got shape"):
+        augment.augment_batch(in_range[0], SEED, **kw)
+    np.testing.assert_allclose(
+        augment.augment_batch(pixels, SEED, **kw),
+        augment.augment_batch(in_range, SEED, **kw),
+        atol=1e-6,  # x * (1 / 255) inside the kernel against x / 255 here
+    )
+
+    # The reloaded SavedModel: run-time checks with the same words, not a concrete-function error.
+    model, module = _tiny_export(tmp_path)
+    want = model(in_range)["final_avg_pool"].numpy()
+    np.testing.assert_allclose(module(in_range)["final_avg_pool"], want, atol=1e-6)
+    np.testing.assert_allclose(module(pixels)["final_avg_pool"], want, atol=1e-6)  # uint8
+    for call, message in [
+        (lambda: module(as_255), out_of_range),
+        (lambda: module(as_255, trainable=True), out_of_range),
+        (lambda: module.serve(as_255), out_of_range),
+        (lambda: module(in_range.astype(np.float64)), "got dtype float64: cast with tf.cast"),
+        (lambda: module(pixels.astype(np.int64)), "got dtype int64"),
+        (lambda: module(in_range[0]), r"must be a batch \[batch, height, width, 3\], got shape"),
+        (lambda: module(in_range[..., :1]), r"must have 3 \(RGB\) channels"),
+        (lambda: module(in_range[:0]), "empty batch"),
+    ]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call()
