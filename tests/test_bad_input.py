@@ -255,7 +255,9 @@ def test_odd_images_under_a_non_ascii_path_are_usable(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         views, info = data_lib.build_pretrain_dataset(root, batch_size=8, image_size=8, seed=1)
         batch = next(iter(views))
-    assert "Skipping 1 corrupt or non-image file(s)" in caplog.text and "notes.png" in caplog.text
+    # The truncated JPEG is counted with the non-image file (it used to vanish uncounted).
+    assert "Skipping 2 corrupt or non-image file(s)" in caplog.text
+    assert "cassé.jpg (truncated or corrupt JPEG" in caplog.text and "notes.png" in caplog.text
     for key in ("view1", "view2"):
         assert batch[key].shape == (8, 8, 8, 3)
         assert 0.0 <= float(tf.reduce_min(batch[key])) <= float(tf.reduce_max(batch[key])) <= 1
@@ -392,3 +394,49 @@ def test_images_outside_0_1_wrong_dtype_or_shape_are_refused(tmp_path):
     ]:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             call()
+
+
+def _encoded(arr, fmt) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _cut_short(arr, fmt) -> bytes:
+    """A real JPEG/PNG written by Pillow, cut in half as by an interrupted copy."""
+    data = _encoded(arr, fmt)
+    return data[: len(data) // 2]
+
+
+def test_truncated_jpeg_and_png_are_counted_or_refused_up_front(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+
+    def image():
+        return rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+    root = _folder(
+        tmp_path / "imgs",
+        {
+            "train/a/good.png": _png(image()),
+            "train/a/cut.jpg": _cut_short(image(), "JPEG"),
+            "train/b/good.jpg": _encoded(image(), "JPEG"),
+            "train/b/cut.png": _cut_short(image(), "PNG"),
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="tf_simclr.data"):
+        ds, info = data_lib.load_source(root, split="train", with_ids=True)
+    assert "Skipping 2 corrupt or non-image file(s)" in caplog.text
+    assert "a/cut.jpg (truncated or corrupt JPEG" in caplog.text
+    assert "b/cut.png (truncated or corrupt PNG" in caplog.text
+    assert info.skipped_files == 2 and info.num_examples["train"] == 2
+    ids = sorted(ex["id"].decode() for ex in ds.as_numpy_iterator())
+    assert ids == ["a/good.png", "b/good.jpg"]
+
+    strict = r"2 corrupt or non-image file\(s\) in .*cut\.jpg \(truncated or corrupt JPEG.*decoding"
+    with pytest.raises(ValueError, match=strict + r".*cut\.png \(truncated or corrupt PNG"):
+        data_lib.build_pretrain_dataset(root, batch_size=2, image_size=8, strict=True)
+    # Through the runner: a Python error naming the file before any step, not a graph error.
+    config = _config(tmp_path, dataset=root, strict_data=True, train_batch_size=2)
+    with pytest.raises(ValueError, match=strict):
+        runner.run(config)
+    assert _no_checkpoint_written(tmp_path)

@@ -98,27 +98,32 @@ def _is_image_name(name: str, exts=IMAGE_EXTENSIONS) -> bool:
     return name.lower().endswith(exts) and not name.startswith(".")
 
 
+def _subdirs(d: str) -> list[str]:
+    return sorted(
+        x for x in os.listdir(d) if not x.startswith(".") and os.path.isdir(os.path.join(d, x))
+    )
+
+
+def _image_names(d: str) -> list[str]:
+    return sorted(
+        f
+        for f in os.listdir(d)
+        if _is_image_name(f, _CONVERT_EXTENSIONS) and os.path.isfile(os.path.join(d, f))
+    )
+
+
 def _folder_splits(root: str) -> dict[str, str]:
     """split name -> directory. root/<split>/<class>/img, or root/<class>/img as 'train'."""
-    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    subdirs = _subdirs(root)
     if not subdirs:
         return {}
-
-    def has_images(d):
-        return any(_is_image_name(f, _CONVERT_EXTENSIONS) for f in os.listdir(d))
-
-    if any(has_images(os.path.join(root, d)) for d in subdirs):
+    if any(_image_names(os.path.join(root, d)) for d in subdirs):
         return {"train": root}  # no split level: the whole folder is one training split
     return {d: os.path.join(root, d) for d in subdirs}
 
 
-def _sniff_format(path: str) -> str | None:
-    """Image format from the file's first bytes (None if it is not an image we know)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return None
+def _sniff_format(head: bytes) -> str | None:
+    """Image format from a file's first bytes (None if it is not an image we know)."""
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -136,14 +141,107 @@ def _sniff_format(path: str) -> str | None:
     return None
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
+
+
+def _ends_complete(fmt: str, head: bytes, tail: bytes, size: int) -> bool:
+    """Whether the file's last bytes (or declared size) look like a complete file of ``fmt``:
+    the cheap test that catches files cut short by an interrupted download or copy."""
+    if fmt == "JPEG":
+        return tail.endswith(b"\xff\xd9")  # end-of-image marker
+    if fmt == "PNG":
+        return tail.endswith(_PNG_END)
+    if fmt == "GIF":
+        return tail.endswith(b"\x3b")  # trailer
+    if fmt == "BMP":
+        declared = int.from_bytes(head[2:6], "little")  # 0 when the writer left it out
+        return declared <= size
+    if fmt == "WEBP":
+        return int.from_bytes(head[4:8], "little") + 8 <= size
+    return True  # TIFF, PPM: only the converter reads them, and it decodes every file
+
+
+def _decode_error(path: str) -> str | None:
+    """TensorFlow's reason for not decoding ``path`` (None if it decodes), in plain words."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        # Eagerly even when called while a tf.function or dataset function is being traced.
+        with tf.init_scope():
+            tf.io.decode_image(data, channels=0, expand_animations=False)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    except tf.errors.OpError as e:
+        message = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", e.message.strip())
+        return message or type(e).__name__
+    return None
+
+
+def _file_problem(path: str, extensions) -> str | None:
+    """Why ``path`` cannot be read as an image (None if it can). Reads the first and last bytes;
+    a file whose end does not look complete is decoded once to decide."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - len(_PNG_END)))
+            tail = f.read()
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if size == 0:
+        return "empty file"
+    fmt = _sniff_format(head)
+    if fmt is None:
+        return "not an image (unknown file signature)"
+    if fmt not in _TF_FORMATS and extensions is IMAGE_EXTENSIONS:
+        return f"{fmt} image: convert the folder first (python -m tf_simclr.data convert)"
+    if _ends_complete(fmt, head, tail, size):
+        return None
+    error = _decode_error(path) if fmt in _TF_FORMATS else None
+    if error is None:
+        return None
+    return f"truncated or corrupt {fmt} (cut short or damaged; decoding fails: {error})"
+
+
+def _list_split(
+    root: str, split: str, extensions
+) -> tuple[list[str], np.ndarray, tuple[str, ...], dict[str, str]]:
+    """(paths, labels, class_names, {bad path: problem}) of root/<split>/<class>/*."""
+    splits = _folder_splits(root)
+    classes = sorted({c for d in splits.values() for c in _subdirs(d)})
+    split_dir = splits[split]
+    paths, labels, bad = [], [], {}
+    for ci, c in enumerate(classes):
+        cdir = os.path.join(split_dir, c)
+        if not os.path.isdir(cdir):
+            continue
+        for f in sorted(os.listdir(cdir)):
+            p = os.path.join(cdir, f)
+            if not os.path.isfile(p):
+                continue
+            if not _is_image_name(f, extensions):
+                if _is_image_name(f, _CONVERT_EXTENSIONS):  # e.g. TIFF, loaded only via convert
+                    bad[p] = "format read only by the converter (python -m tf_simclr.data convert)"
+                continue
+            problem = _file_problem(p, extensions)
+            if problem is not None:
+                bad[p] = problem
+                continue
+            paths.append(p)
+            labels.append(ci)
+    return paths, np.asarray(labels, np.int64), tuple(classes), bad
+
+
 def list_image_folder(
     root: str, split: str = "train", *, strict: bool = False, extensions=IMAGE_EXTENSIONS
 ) -> tuple[list[str], np.ndarray, tuple[str, ...], list[str]]:
     """List (paths, labels, class_names, bad_paths) of ``root/<split>/<class>/*``.
 
     The class index is the position of the folder name in the sorted union of class folders of
-    all splits, so train and test agree. Files whose first bytes are not a known image format are
-    skipped (``bad_paths``); with ``strict=True`` they raise ValueError instead.
+    all splits, so train and test agree. Files that are not images, or are cut short or damaged
+    (first bytes not a known format, no end marker and not decodable) are skipped with a
+    warning giving their count, the first paths and why (``bad_paths``); with ``strict=True``
+    they raise ValueError instead.
     """
     root = os.path.expanduser(root)
     if not os.path.isdir(root):
@@ -162,60 +260,39 @@ def list_image_folder(
             f"Split {split!r} not found in image folder {root!r}; available splits: "
             f"{sorted(splits)}. Pass one of them as split=..."
         )
-    classes = sorted(
-        {
-            c
-            for d in splits.values()
-            for c in os.listdir(d)
-            if os.path.isdir(os.path.join(d, c)) and not c.startswith(".")
-        }
-    )
-    split_dir = splits[split]
-    paths, labels, bad = [], [], []
-    for ci, c in enumerate(classes):
-        cdir = os.path.join(split_dir, c)
-        if not os.path.isdir(cdir):
-            continue
-        for f in sorted(os.listdir(cdir)):
-            p = os.path.join(cdir, f)
-            if not os.path.isfile(p) or not _is_image_name(f, extensions):
-                continue
-            fmt = _sniff_format(p)
-            if fmt is None or fmt not in _TF_FORMATS and extensions is IMAGE_EXTENSIONS:
-                bad.append(p)
-                continue
-            paths.append(p)
-            labels.append(ci)
+    paths, labels, classes, bad = _list_split(root, split, extensions)
     if bad:
         _report_bad(bad, strict, root)
     if not paths:
         raise ValueError(
-            f"No readable images in {split_dir!r} (classes found: {classes or 'none'}). Expected "
-            f"files with extensions {', '.join(extensions)} in class subfolders."
+            f"No readable images in {_folder_splits(root)[split]!r} (classes found: "
+            f"{classes or 'none'}). Expected files with extensions {', '.join(extensions)} in "
+            "class subfolders."
         )
-    return paths, np.asarray(labels, np.int64), tuple(classes), bad
+    return paths, labels, classes, list(bad)
 
 
-def _report_bad(bad: list[str], strict: bool, root: str) -> None:
-    shown = ", ".join(bad[:_MAX_LOGGED]) + (" ..." if len(bad) > _MAX_LOGGED else "")
+def _report_bad(bad: dict[str, str], strict: bool, root: str) -> None:
+    shown = "; ".join(f"{p} ({why})" for p, why in list(bad.items())[:_MAX_LOGGED])
+    if len(bad) > _MAX_LOGGED:
+        shown += f"; and {len(bad) - _MAX_LOGGED} more"
     if strict:
         raise ValueError(
             f"{len(bad)} corrupt or non-image file(s) in {root!r}: {shown}. Remove or fix them, "
-            "or load with strict=False to skip them."
+            "or load without strict (--strict_data off, strict=False) to skip them."
         )
     logger.warning("Skipping %d corrupt or non-image file(s) in %s: %s", len(bad), root, shown)
 
 
 def _folder_raw(root: str, split: str, strict: bool) -> _Raw:
     paths, labels, classes, bad = list_image_folder(root, split, strict=strict)
-    all_splits = _folder_splits(os.path.expanduser(root))
+    root = os.path.expanduser(root)
+    all_splits = _folder_splits(root)
     counts = {split: len(paths)}
     for s in all_splits:
         if s != split:
-            try:
-                counts[s] = len(list_image_folder(root, s, strict=False)[0])
-            except ValueError:
-                counts[s] = 0
+            # Sizes only: a split's problems are reported when that split is opened.
+            counts[s] = len(_list_split(root, s, IMAGE_EXTENSIONS)[0])
     shape = _common_shape(paths[: min(len(paths), 64)])
     info = DatasetInfo(
         num_examples=counts,
@@ -1080,7 +1157,7 @@ def convert_image_folder(
             except Exception:  # noqa: BLE001 - reported when the file is converted
                 pass
     shape = (*sizes.pop(), 3) if len(sizes) == 1 else (None, None, 3)
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
 
     def examples(split):
         paths, labels = listings[split]
@@ -1094,7 +1171,7 @@ def convert_image_folder(
                         f"Corrupt image {p!r} ({type(e).__name__}: {e}). Remove it or convert "
                         "without --strict to skip corrupt files."
                     ) from e
-                skipped.append(p)
+                skipped[p] = f"{type(e).__name__}: {e}"
                 continue
             if shape[0] is not None and size != shape[:2]:
                 data = _resize_bytes(data, shape[:2])
@@ -1114,7 +1191,7 @@ def convert_image_folder(
     if skipped:
         _report_bad(skipped, False, src)
     with open(os.path.join(out, "tf_simclr_conversion.json"), "w") as f:
-        json.dump({"source": os.path.abspath(src), "skipped_files": skipped}, f, indent=1)
+        json.dump({"source": os.path.abspath(src), "skipped_files": list(skipped)}, f, indent=1)
     return out
 
 
