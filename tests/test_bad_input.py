@@ -440,3 +440,29 @@ def test_truncated_jpeg_and_png_are_counted_or_refused_up_front(tmp_path, caplog
     with pytest.raises(ValueError, match=strict):
         runner.run(config)
     assert _no_checkpoint_written(tmp_path)
+
+
+def test_evaluation_honours_strict_data_and_counts_skipped_files(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+
+    def image():
+        return rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+    root = _folder(
+        tmp_path / "imgs",
+        {
+            "train/a/0.png": _png(image()),
+            "train/b/0.png": _png(image()),
+            "test/a/0.png": _png(image()),
+            "test/a/cut.jpg": _cut_short(image(), "JPEG"),
+            "test/b/0.png": _png(image()),
+            "test/b/notes.png": b"a text file with an image name",
+        },
+    )
+    config = _config(tmp_path, dataset=root, strict_data=True, eval_batch_size=2)
+    with pytest.raises(ValueError, match=r"2 corrupt or non-image .*cut\.jpg.*notes\.png"):
+        factory.eval_dataset(config, "test")
+    with caplog.at_level(logging.WARNING, logger="tf_simclr.data"):
+        dataset = factory.eval_dataset(config.replace(strict_data=False), "test")
+    assert "Skipping 2 corrupt or non-image file(s)" in caplog.text and "cut.jpg" in caplog.text
+    assert sorted(np.concatenate([b["label"].numpy() for b in dataset]).tolist()) == [0, 1]

@@ -986,7 +986,10 @@ def build_eval_dataset(
     indices: np.ndarray | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One pass of {"image": f32 [B,S,S,3], "label": i32 [B]}: central crop (87.5%, skipped
-    for images of 32 px or less) and bicubic resize; the last batch may be smaller."""
+    for images of 32 px or less) and bicubic resize; the last batch may be smaller.
+
+    Undecodable files are skipped and counted as in the training pipelines (``strict=True``:
+    they raise ValueError, naming them)."""
     _check_size(image_size)
     per_replica = _per_replica_batch(batch_size, input_context)
     ds, info = load_source(

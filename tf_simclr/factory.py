@@ -199,6 +199,7 @@ def eval_dataset(config: Config, split: str):
         split=split,
         batch_size=config.eval_batch_size,
         image_size=config.image_size,
+        strict=config.strict_data,
     )
     if config.eval_steps > 0:
         dataset = dataset.take(config.eval_steps)
