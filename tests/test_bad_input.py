@@ -466,3 +466,37 @@ def test_evaluation_honours_strict_data_and_counts_skipped_files(tmp_path, caplo
         dataset = factory.eval_dataset(config.replace(strict_data=False), "test")
     assert "Skipping 2 corrupt or non-image file(s)" in caplog.text and "cut.jpg" in caplog.text
     assert sorted(np.concatenate([b["label"].numpy() for b in dataset]).tolist()) == [0, 1]
+
+
+def test_eval_steps_evaluate_a_stratified_subset_not_the_first_class(tmp_path, caplog):
+    """A class-sorted folder (12, 6 and 6 test images): --eval_steps=2 with batches of 4 used
+    to evaluate 8 images of class 'a' only (accuracy 1.0 for a model that always says 'a')."""
+    rng = np.random.default_rng(0)
+    files = {f"train/{c}/0.png": _png(np.zeros((8, 8, 3), np.uint8)) for c in "abc"}
+    for c, n in (("a", 12), ("b", 6), ("c", 6)):
+        for i in range(n):
+            files[f"test/{c}/{i:02d}.png"] = _png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    root = _folder(tmp_path / "imgs", files)
+    config = _config(tmp_path, dataset=root, eval_steps=2, eval_batch_size=4, seed=3)
+
+    def labels_and_pixels(dataset):
+        batches = list(dataset.as_numpy_iterator())
+        return (
+            np.concatenate([b["label"] for b in batches]),
+            np.concatenate([b["image"] for b in batches]),
+        )
+
+    with caplog.at_level(logging.WARNING, logger="tf_simclr.data"):
+        labels, pixels = labels_and_pixels(factory.eval_dataset(config, "test"))
+    assert np.bincount(labels, minlength=3).tolist() == [4, 2, 2]  # 12:6:6 of 24, in proportion
+    assert "subset of split 'test'" in caplog.text and "8 of 24 examples" in caplog.text
+    again, again_pixels = labels_and_pixels(factory.eval_dataset(config, "test"))
+    np.testing.assert_array_equal(again, labels)  # deterministic
+    np.testing.assert_array_equal(again_pixels, pixels)
+    dataset, info = data_lib.build_eval_dataset(
+        root, split="test", batch_size=5, image_size=8, max_examples=12, seed=0
+    )
+    assert info.num_examples["test"] == 12
+    assert np.bincount(labels_and_pixels(dataset)[0], minlength=3).tolist() == [6, 3, 3]
+    with pytest.raises(ValueError, match=r"max_examples must be a positive int.*got 0"):
+        data_lib.build_eval_dataset(root, split="test", image_size=8, max_examples=0)

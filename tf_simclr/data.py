@@ -45,6 +45,7 @@ __all__ = [
     "list_image_folder",
     "load_source",
     "read_label_ids_file",
+    "stratified_subset",
     "write_tfds_dataset",
 ]
 
@@ -243,6 +244,12 @@ def list_image_folder(
     warning giving their count, the first paths and why (``bad_paths``); with ``strict=True``
     they raise ValueError instead.
     """
+    return _checked_listing(root, split, strict=strict, extensions=extensions, warn=True)
+
+
+def _checked_listing(root, split, *, strict, extensions, warn):
+    """list_image_folder; ``warn=False`` leaves the warning about skipped files to the other
+    opening of the same split (a second listing, e.g. to read labels, would repeat it)."""
     root = os.path.expanduser(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(
@@ -261,7 +268,7 @@ def list_image_folder(
             f"{sorted(splits)}. Pass one of them as split=..."
         )
     paths, labels, classes, bad = _list_split(root, split, extensions)
-    if bad:
+    if bad and (strict or warn):
         _report_bad(bad, strict, root)
     if not paths:
         raise ValueError(
@@ -284,8 +291,10 @@ def _report_bad(bad: dict[str, str], strict: bool, root: str) -> None:
     logger.warning("Skipping %d corrupt or non-image file(s) in %s: %s", len(bad), root, shown)
 
 
-def _folder_raw(root: str, split: str, strict: bool) -> _Raw:
-    paths, labels, classes, bad = list_image_folder(root, split, strict=strict)
+def _folder_raw(root: str, split: str, strict: bool, warn: bool = True) -> _Raw:
+    paths, labels, classes, bad = _checked_listing(
+        root, split, strict=strict, extensions=IMAGE_EXTENSIONS, warn=warn
+    )
     root = os.path.expanduser(root)
     all_splits = _folder_splits(root)
     counts = {split: len(paths)}
@@ -444,6 +453,7 @@ def _open_raw(
     input_context,
     shuffle_files: bool = False,
     seed: int | None = None,
+    warn: bool = True,
 ) -> _Raw:
     sh = (shuffle_files, seed)
     if not isinstance(dataset, str) or not dataset.strip():
@@ -463,7 +473,7 @@ def _open_raw(
             return _tfds_raw(
                 _builder_from_dir(vdir), split, dataset, "tfds_dir", input_context, *sh
             )
-        return _folder_raw(path, split, strict)
+        return _folder_raw(path, split, strict, warn)
     # TFDS names look like "cifar10", "imagenet2012_subset/1pct" or "cifar10:3.0.2".
     tfds_like = re.fullmatch(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9.]+)?", dataset)
     if not tfds_like or dataset.startswith((".", "~", "/")) or os.path.exists(path):
@@ -704,7 +714,8 @@ def _subset_indices(
         if float(label_fraction) > 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}.")
         return None
-    raw = _open_raw(dataset, data_dir, split, strict, None)
+    # Labels only: load_source opens the split again and warns about skipped files then.
+    raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
     labels, ids = _labels_and_ids(raw, key=(dataset, data_dir, split))
     if label_fraction is not None:
         return label_fraction_indices(labels, float(label_fraction), seed=seed)
@@ -984,14 +995,23 @@ def build_eval_dataset(
     cache: bool | str = False,
     strict: bool = False,
     indices: np.ndarray | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One pass of {"image": f32 [B,S,S,3], "label": i32 [B]}: central crop (87.5%, skipped
     for images of 32 px or less) and bicubic resize; the last batch may be smaller.
 
     Undecodable files are skipped and counted as in the training pipelines (``strict=True``:
-    they raise ValueError, naming them)."""
+    they raise ValueError, naming them). ``max_examples`` evaluates a representative subset
+    instead of the whole split (or of ``indices``): every class keeps its share of the
+    examples (to one example), chosen by a permutation seeded with ``seed``, so the subset is
+    the same on every run; a warning says it is a subset and of how many examples, and
+    ``info.num_examples[split]`` is its size.
+    """
     _check_size(image_size)
     per_replica = _per_replica_batch(batch_size, input_context)
+    if max_examples is not None:
+        indices = _eval_subset(dataset, data_dir, split, strict, indices, max_examples, seed)
     ds, info = load_source(
         dataset,
         data_dir=data_dir,
@@ -1007,9 +1027,53 @@ def build_eval_dataset(
             "label": tf.cast(d["label"], tf.int32),
         },
     )
+    if indices is not None:
+        info = dataclasses.replace(info, num_examples={**info.num_examples, split: len(indices)})
     if _should_cache(cache, info, split):
         ds = ds.cache()
     return ds.batch(per_replica, drop_remainder=False).prefetch(tf.data.AUTOTUNE), info
+
+
+def stratified_subset(labels: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted positions of ``size`` examples in which every class has its share of ``labels``.
+
+    Examples are grouped by class (in a seeded random order within each class) and picked at
+    evenly spaced positions, so each class gets round(size * its fraction) examples, give or
+    take one. Same inputs, same subset. All positions if ``size`` >= len(labels).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if size >= n:
+        return np.arange(n)
+    within_class = np.random.default_rng(seed).permutation(n)
+    grouped = np.lexsort((within_class, labels))
+    return np.sort(grouped[((np.arange(size) + 0.5) * n / size).astype(np.int64)])
+
+
+def _eval_subset(dataset, data_dir, split, strict, indices, max_examples, seed) -> np.ndarray:
+    """Positions of the examples build_eval_dataset keeps for ``max_examples``."""
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(
+            f"max_examples must be a positive int (or None for the whole split), got "
+            f"{max_examples!r}."
+        )
+    # Labels only: load_source opens the split again and warns about skipped files then.
+    raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
+    labels, _ = _labels_and_ids(raw, key=(dataset, data_dir, split))
+    pool = np.arange(len(labels)) if indices is None else np.unique(indices)
+    if max_examples >= len(pool):
+        return pool
+    chosen = pool[stratified_subset(labels[pool], max_examples, seed=seed)]
+    logger.warning(
+        "Evaluating on a subset of split %r of %s: %d of %d examples, every class in "
+        "proportion (seed %d). Metrics describe this subset, not the whole split.",
+        split,
+        dataset,
+        len(chosen),
+        len(pool),
+        seed,
+    )
+    return chosen
 
 
 def _check_size(image_size: int) -> None:
