@@ -500,3 +500,98 @@ def test_eval_steps_evaluate_a_stratified_subset_not_the_first_class(tmp_path, c
     assert np.bincount(labels_and_pixels(dataset)[0], minlength=3).tolist() == [6, 3, 3]
     with pytest.raises(ValueError, match=r"max_examples must be a positive int.*got 0"):
         data_lib.build_eval_dataset(root, split="test", image_size=8, max_examples=0)
+
+
+@pytest.mark.parametrize(
+    "files, splits, error, message",
+    [
+        (
+            ["stray.png", "train/a/0.png"],
+            ["train"],
+            ValueError,
+            r"1 image\(s\) lie directly in the image folder .*'stray\.png'.*Move them into class",
+        ),
+        (
+            ["train/0.png", "test/0.png"],
+            ["train"],
+            ValueError,
+            r"Images lie directly in the split folder\(s\) \['test', 'train'\].*class folders",
+        ),
+        (
+            ["train/1.png", "train/a/0.png"],
+            ["train"],
+            ValueError,
+            r"split folder\(s\) \['train'\]",
+        ),
+        (
+            ["train/a/0.png", "train/b/"],
+            ["train"],
+            ValueError,
+            r"Class folder '.*train/b' has no images: add images .* or remove the folder",
+        ),
+        (
+            ["train/a/0.png", "test/a/0.png", "test/z/0.png"],
+            ["train", "test"],
+            ValueError,
+            r"Split 'test' of .* has class folder\(s\) \['z'\] that 'train' lacks",
+        ),
+        (
+            ["train/a/0.png"],
+            ["train", "test"],
+            ValueError,
+            r"Split 'test' not found .*available splits: \['train'\].*add .*test/<class>/",
+        ),
+        (
+            ["train/a/0.png", "test/a/notes.txt"],
+            ["train", "test"],
+            ValueError,
+            r"No readable images in '.*test' \(classes found: \['a'\]\)",
+        ),
+        (
+            ["cat/0.png", "dog/0.png", "more/x/0.png"],
+            ["train"],
+            ValueError,
+            r"mixes class folders \(e\.g\. 'cat' holds images\) with folders of folders",
+        ),
+    ],
+    ids=[
+        "image-at-root",
+        "images-in-split-folders",
+        "image-beside-class-folders",
+        "empty-class-folder",
+        "class-missing-from-train",
+        "missing-split",
+        "split-without-images",
+        "mixed-layout",
+    ],
+)
+def test_image_folder_layout_is_checked_before_training(tmp_path, files, splits, error, message):
+    root = tmp_path / "imgs"
+    for rel in files:
+        path = root / rel
+        if rel.endswith("/"):
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(error, match=message):
+        data_lib.check_image_folder(str(root), splits)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # only looked
+    # The same check runs where the folder is opened for a split (here: the training split).
+    if splits == ["train"]:
+        with pytest.raises(error, match=message):
+            data_lib.load_source(str(root), split="train")
+
+
+def test_valid_image_folder_layouts_pass_the_check(tmp_path):
+    for rel in ("split/train/a/0.png", "split/train/b/0.png", "split/test/a/0.png"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+    assert data_lib.check_image_folder(str(tmp_path / "split"), ["train", "test"]) == ("a", "b")
+    for rel in ("flat/cat/0.png", "flat/dog/0.png"):  # root/<class>/ is the training split
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+    assert data_lib.check_image_folder(str(tmp_path / "flat")) == ("cat", "dog")

@@ -40,6 +40,7 @@ __all__ = [
     "build_eval_dataset",
     "build_finetune_dataset",
     "build_pretrain_dataset",
+    "check_image_folder",
     "convert_image_folder",
     "label_fraction_indices",
     "list_image_folder",
@@ -61,6 +62,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 _CONVERT_EXTENSIONS = IMAGE_EXTENSIONS + (".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 _MAX_LOGGED = 5
+# Folder names that mean a split, not a class (images directly inside one are misplaced).
+_SPLIT_NAMES = ("train", "test", "validation", "val", "valid", "eval")
 
 
 @dataclasses.dataclass
@@ -204,6 +207,89 @@ def _file_problem(path: str, extensions) -> str | None:
     return f"truncated or corrupt {fmt} (cut short or damaged; decoding fails: {error})"
 
 
+def check_image_folder(root: str, splits: Sequence[str] = ("train",)) -> tuple[str, ...]:
+    """Check the layout of the image folder ``root`` for ``splits``; returns the class names.
+
+    Call it before training on a folder: every split in ``splits`` (e.g. ("train", "test"))
+    must exist and hold images, every class folder in it must hold images, no images may lie
+    at the root or directly in a split folder (they would be ignored, or their folder taken
+    for a class), and a split other than "train" may not have classes that "train" lacks (the
+    model never learns them). Raises FileNotFoundError or ValueError naming the folder and the
+    fix. Only names are read; damaged files are dealt with when a split is listed
+    (``list_image_folder``).
+    """
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"Image folder {root!r} does not exist. Pass an existing directory laid out as "
+            "root/<split>/<class>/*.jpg."
+        )
+    layout = "root/<split>/<class>/*.jpg (or root/<class>/*.jpg for a folder without splits)"
+    stray = _image_names(root)
+    if stray:
+        raise ValueError(
+            f"{len(stray)} image(s) lie directly in the image folder {root!r} (e.g. "
+            f"{stray[0]!r}), where they would be ignored. Move them into class folders: {layout}."
+        )
+    splits_found = _folder_splits(root)
+    if not splits_found:
+        raise ValueError(
+            f"Image folder {root!r} is empty: expected root/<split>/<class>/*.jpg (e.g. "
+            "root/train/cat/0001.jpg). Add images or point to the right directory."
+        )
+    top = _subdirs(root)
+    if splits_found == {"train": root}:
+        with_images = [d for d in top if _image_names(os.path.join(root, d))]
+        if set(with_images) <= set(_SPLIT_NAMES):
+            raise ValueError(
+                f"Images lie directly in the split folder(s) {with_images} of {root!r}, which "
+                "would be read as one split with those folders as classes. Put them into class "
+                f"folders, e.g. {os.path.join(root, with_images[0], '<class>')}/: {layout}."
+            )
+        nested = [d for d in top if d not in with_images and _subdirs(os.path.join(root, d))]
+        if nested:
+            raise ValueError(
+                f"Image folder {root!r} mixes class folders (e.g. {with_images[0]!r} holds "
+                f"images) with folders of folders (e.g. {nested[0]!r}). Use one layout: {layout}."
+            )
+    for split in splits:
+        if split not in splits_found:
+            raise ValueError(
+                f"Split {split!r} not found in image folder {root!r}; available splits: "
+                f"{sorted(splits_found)}. Pass one of them as split=..., or add "
+                f"{os.path.join(root, split, '<class>')}/ folders."
+            )
+    classes = sorted({c for d in splits_found.values() for c in _subdirs(d)})
+    train_classes = set(_subdirs(splits_found["train"])) if "train" in splits_found else None
+    for split in splits:
+        split_dir = splits_found[split]
+        split_classes = _subdirs(split_dir)
+        counts = {c: len(_image_names(os.path.join(split_dir, c))) for c in split_classes}
+        if not sum(counts.values()):
+            raise ValueError(
+                f"No readable images in {split_dir!r} (classes found: {split_classes or 'none'}). "
+                f"Expected files with extensions {', '.join(IMAGE_EXTENSIONS)} in class "
+                "subfolders."
+            )
+        empty = [c for c, n in counts.items() if n == 0]
+        if empty:
+            raise ValueError(
+                f"Class folder {os.path.join(split_dir, empty[0])!r} has no images"
+                f"{f' (nor do {empty[1:]})' if len(empty) > 1 else ''}: add images with "
+                f"extensions {', '.join(IMAGE_EXTENSIONS)} or remove the folder (an empty "
+                "class is one the model never sees)."
+            )
+        if train_classes is not None and split != "train":
+            extra = sorted(set(split_classes) - train_classes)
+            if extra:
+                raise ValueError(
+                    f"Split {split!r} of {root!r} has class folder(s) {extra} that 'train' "
+                    "lacks: a model trained on 'train' cannot predict them. Add training "
+                    f"images for them or remove them from {split!r}."
+                )
+    return tuple(classes)
+
+
 def _list_split(
     root: str, split: str, extensions
 ) -> tuple[list[str], np.ndarray, tuple[str, ...], dict[str, str]]:
@@ -251,22 +337,7 @@ def _checked_listing(root, split, *, strict, extensions, warn):
     """list_image_folder; ``warn=False`` leaves the warning about skipped files to the other
     opening of the same split (a second listing, e.g. to read labels, would repeat it)."""
     root = os.path.expanduser(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"Image folder {root!r} does not exist. Pass an existing directory laid out as "
-            "root/<split>/<class>/*.jpg."
-        )
-    splits = _folder_splits(root)
-    if not splits:
-        raise ValueError(
-            f"Image folder {root!r} is empty: expected root/<split>/<class>/*.jpg (e.g. "
-            "root/train/cat/0001.jpg). Add images or point to the right directory."
-        )
-    if split not in splits:
-        raise ValueError(
-            f"Split {split!r} not found in image folder {root!r}; available splits: "
-            f"{sorted(splits)}. Pass one of them as split=..."
-        )
+    check_image_folder(root, [split])
     paths, labels, classes, bad = _list_split(root, split, extensions)
     if bad and (strict or warn):
         _report_bad(bad, strict, root)
@@ -1205,6 +1276,7 @@ def convert_image_folder(
     splits = _folder_splits(src)
     if not splits:
         raise ValueError(f"Source folder {src!r} is empty: expected root/<split>/<class>/*.jpg.")
+    check_image_folder(src, list(splits))
     name = name or _safe_name(os.path.basename(os.path.normpath(src)))
     listings = {}
     classes: tuple[str, ...] = ()
