@@ -17,17 +17,19 @@ import subprocess
 import sys
 import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 from test_train import tiny_config
 
+from tf_simclr import augment, export, factory, optim, runner, train
 from tf_simclr import data as data_lib
-from tf_simclr import factory, runner, train
 from tf_simclr.config import Config, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED = tf.constant([1, 2], tf.int64)
 
 
 def _config(tmp_path, **changes):
@@ -253,7 +255,9 @@ def test_odd_images_under_a_non_ascii_path_are_usable(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         views, info = data_lib.build_pretrain_dataset(root, batch_size=8, image_size=8, seed=1)
         batch = next(iter(views))
-    assert "Skipping 1 corrupt or non-image file(s)" in caplog.text and "notes.png" in caplog.text
+    # The truncated JPEG is counted with the non-image file (it used to vanish uncounted).
+    assert "Skipping 2 corrupt or non-image file(s)" in caplog.text
+    assert "cassé.jpg (truncated or corrupt JPEG" in caplog.text and "notes.png" in caplog.text
     for key in ("view1", "view2"):
         assert batch[key].shape == (8, 8, 8, 3)
         assert 0.0 <= float(tf.reduce_min(batch[key])) <= float(tf.reduce_max(batch[key])) <= 1
@@ -264,3 +268,330 @@ def test_odd_images_under_a_non_ascii_path_are_usable(tmp_path, caplog):
     batch = next(iter(evaluated))
     assert batch["image"].shape == (16, 8, 8, 3)
     assert 0.0 <= float(tf.reduce_min(batch["image"])) <= float(tf.reduce_max(batch["image"])) <= 1
+
+
+# ------------------------------------------------------------------------------------------
+# No silent wrong results (issue 13)
+# ------------------------------------------------------------------------------------------
+def test_convert_module_command_writes_a_readable_tfds_directory(tmp_path):
+    """The README's `python -m tf_simclr.data convert` command, run as a real process."""
+    rng = np.random.default_rng(0)
+    files = {
+        f"{split}/{cls}/{i}.png": _png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        for split in ("train", "test")
+        for cls in ("a", "b")
+        for i in range(2)
+    }
+    src = _folder(tmp_path / "imgs", files)
+    dst = tmp_path / "tfds"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf_simclr.data", "convert", "--src", src, "--dst", str(dst)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.strip().splitlines()[-1]
+    assert out == str(dst / "imgs" / "1.0.0")
+    _, info = data_lib.load_source(out, split="train")
+    assert info.kind == "tfds_dir" and info.num_examples == {"train": 4, "test": 4}
+    assert info.class_names == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: optim.build_optimizer("lars", learning_rate=-1.0), "learning_rate must be"),
+        (lambda: optim.build_optimizer("adam", learning_rate=0.0), "learning_rate must be"),
+        (lambda: optim.build_optimizer("momentum", float("nan")), "learning_rate must be"),
+        (lambda: optim.build_optimizer("lars", "0.1"), "learning_rate must be"),
+        (lambda: optim.LARS(learning_rate=float("inf")), "learning_rate must be"),
+        (lambda: optim.build_optimizer("lars", 0.1, momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (lambda: optim.build_optimizer("momentum", 0.1, momentum=-0.5), "momentum must be in"),
+        (lambda: optim.build_optimizer("lars", 0.1, eta=0.0), "eta must be"),
+        (lambda: optim.build_optimizer("adamw", 0.1, weight_decay=-1e-4), "weight_decay must be"),
+        (lambda: optim.WarmupCosineDecay(0.0, 1, 5), "base_learning_rate must be"),
+        (lambda: optim.scale_learning_rate(0.0, 256), "learning_rate must be"),
+    ],
+    ids=[
+        "lars-negative-lr",
+        "adam-zero-lr",
+        "momentum-nan-lr",
+        "lr-string",
+        "LARS-inf-lr",
+        "momentum-1",
+        "negative-momentum",
+        "eta-0",
+        "negative-weight-decay",
+        "schedule-zero-base",
+        "scaling-zero-base",
+    ],
+)
+def test_optimizer_arguments_are_checked_like_the_cli(build, message):
+    """The library refuses what the CLI refuses (--learning_rate > 0, --momentum in [0, 1), ...)."""
+    with pytest.raises(ValueError, match=message) as raised:
+        build()
+    assert "got" in str(raised.value)
+
+
+def _tiny_export(tmp_path):
+    """A two-layer model returning named outputs, exported and reloaded."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    model = keras.Model(inputs, {"final_avg_pool": keras.layers.GlobalAveragePooling2D()(x)})
+    path = export.export_saved_model(model, str(tmp_path / "hub"), step=1, image_size=8)
+    return model, tf.saved_model.load(path)
+
+
+def test_images_outside_0_1_wrong_dtype_or_shape_are_refused(tmp_path):
+    """Float pixels in [0, 255] used to be clipped to 1.0 (augment) or embedded as they were
+    (exported module); now they, other dtypes and wrong shapes stop with a readable error."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    as_255 = pixels.astype(np.float32)
+    in_range = as_255 / 255.0
+    kw = dict(image_size=8, augmentations="crop,flip,color")
+    out_of_range = (
+        r"images must be float in \[0, 1\] or uint8; got values up to 25\d: divide by 255"
+    )
+
+    # Augmentation, eagerly and inside a tf.function; uint8 stays accepted.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=out_of_range):
+        augment.augment_batch(as_255, SEED, **kw)
+    traced = tf.function(lambda x: augment.augment_batch(x, SEED, **kw))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=out_of_range):
+        traced(tf.constant(as_255))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"^image must be float.*up to 25"):
+        augment.augment_single(as_255[0], SEED, **kw)
+    with pytest.raises(TypeError, match=r"image must be float .*got dtype float64: cast"):
+        augment.preprocess_for_eval(in_range.astype(np.float64), 8)
+    with pytest.raises(TypeError, match="got dtype int32"):
+        augment.augment_single_crop(pixels[0].astype(np.int32), SEED, **kw)
+    with pytest.raises(ValueError, match=r"must be a batch \[batch, height, width, 3\], got shape"):
+        augment.augment_batch(in_range[0], SEED, **kw)
+    np.testing.assert_allclose(
+        augment.augment_batch(pixels, SEED, **kw),
+        augment.augment_batch(in_range, SEED, **kw),
+        atol=1e-6,  # x * (1 / 255) inside the kernel against x / 255 here
+    )
+
+    # The reloaded SavedModel: run-time checks with the same words, not a concrete-function error.
+    model, module = _tiny_export(tmp_path)
+    want = model(in_range)["final_avg_pool"].numpy()
+    np.testing.assert_allclose(module(in_range)["final_avg_pool"], want, atol=1e-6)
+    np.testing.assert_allclose(module(pixels)["final_avg_pool"], want, atol=1e-6)  # uint8
+    for call, message in [
+        (lambda: module(as_255), out_of_range),
+        (lambda: module(as_255, trainable=True), out_of_range),
+        (lambda: module.serve(as_255), out_of_range),
+        (lambda: module(in_range.astype(np.float64)), "got dtype float64: cast with tf.cast"),
+        (lambda: module(pixels.astype(np.int64)), "got dtype int64"),
+        (lambda: module(in_range[0]), r"must be a batch \[batch, height, width, 3\], got shape"),
+        (lambda: module(in_range[..., :1]), r"must have 3 \(RGB\) channels"),
+        (lambda: module(in_range[:0]), "empty batch"),
+    ]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call()
+
+
+def _encoded(arr, fmt) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _cut_short(arr, fmt) -> bytes:
+    """A real JPEG/PNG written by Pillow, cut in half as by an interrupted copy."""
+    data = _encoded(arr, fmt)
+    return data[: len(data) // 2]
+
+
+def test_truncated_jpeg_and_png_are_counted_or_refused_up_front(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+
+    def image():
+        return rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+    root = _folder(
+        tmp_path / "imgs",
+        {
+            "train/a/good.png": _png(image()),
+            "train/a/cut.jpg": _cut_short(image(), "JPEG"),
+            "train/b/good.jpg": _encoded(image(), "JPEG"),
+            "train/b/cut.png": _cut_short(image(), "PNG"),
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="tf_simclr.data"):
+        ds, info = data_lib.load_source(root, split="train", with_ids=True)
+    assert "Skipping 2 corrupt or non-image file(s)" in caplog.text
+    assert "a/cut.jpg (truncated or corrupt JPEG" in caplog.text
+    assert "b/cut.png (truncated or corrupt PNG" in caplog.text
+    assert info.skipped_files == 2 and info.num_examples["train"] == 2
+    ids = sorted(ex["id"].decode() for ex in ds.as_numpy_iterator())
+    assert ids == ["a/good.png", "b/good.jpg"]
+
+    strict = r"2 corrupt or non-image file\(s\) in .*cut\.jpg \(truncated or corrupt JPEG.*decoding"
+    with pytest.raises(ValueError, match=strict + r".*cut\.png \(truncated or corrupt PNG"):
+        data_lib.build_pretrain_dataset(root, batch_size=2, image_size=8, strict=True)
+    # Through the runner: a Python error naming the file before any step, not a graph error.
+    config = _config(tmp_path, dataset=root, strict_data=True, train_batch_size=2)
+    with pytest.raises(ValueError, match=strict):
+        runner.run(config)
+    assert _no_checkpoint_written(tmp_path)
+
+
+def test_evaluation_honours_strict_data_and_counts_skipped_files(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+
+    def image():
+        return rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+    root = _folder(
+        tmp_path / "imgs",
+        {
+            "train/a/0.png": _png(image()),
+            "train/b/0.png": _png(image()),
+            "test/a/0.png": _png(image()),
+            "test/a/cut.jpg": _cut_short(image(), "JPEG"),
+            "test/b/0.png": _png(image()),
+            "test/b/notes.png": b"a text file with an image name",
+        },
+    )
+    config = _config(tmp_path, dataset=root, strict_data=True, eval_batch_size=2)
+    with pytest.raises(ValueError, match=r"2 corrupt or non-image .*cut\.jpg.*notes\.png"):
+        factory.eval_dataset(config, "test")
+    with caplog.at_level(logging.WARNING, logger="tf_simclr.data"):
+        dataset = factory.eval_dataset(config.replace(strict_data=False), "test")
+    assert "Skipping 2 corrupt or non-image file(s)" in caplog.text and "cut.jpg" in caplog.text
+    assert sorted(np.concatenate([b["label"].numpy() for b in dataset]).tolist()) == [0, 1]
+
+
+def test_eval_steps_evaluate_a_stratified_subset_not_the_first_class(tmp_path, caplog):
+    """A class-sorted folder (12, 6 and 6 test images): --eval_steps=2 with batches of 4 used
+    to evaluate 8 images of class 'a' only (accuracy 1.0 for a model that always says 'a')."""
+    rng = np.random.default_rng(0)
+    files = {f"train/{c}/0.png": _png(np.zeros((8, 8, 3), np.uint8)) for c in "abc"}
+    for c, n in (("a", 12), ("b", 6), ("c", 6)):
+        for i in range(n):
+            files[f"test/{c}/{i:02d}.png"] = _png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    root = _folder(tmp_path / "imgs", files)
+    config = _config(tmp_path, dataset=root, eval_steps=2, eval_batch_size=4, seed=3)
+
+    def labels_and_pixels(dataset):
+        batches = list(dataset.as_numpy_iterator())
+        return (
+            np.concatenate([b["label"] for b in batches]),
+            np.concatenate([b["image"] for b in batches]),
+        )
+
+    with caplog.at_level(logging.WARNING, logger="tf_simclr.data"):
+        labels, pixels = labels_and_pixels(factory.eval_dataset(config, "test"))
+    assert np.bincount(labels, minlength=3).tolist() == [4, 2, 2]  # 12:6:6 of 24, in proportion
+    assert "subset of split 'test'" in caplog.text and "8 of 24 examples" in caplog.text
+    again, again_pixels = labels_and_pixels(factory.eval_dataset(config, "test"))
+    np.testing.assert_array_equal(again, labels)  # deterministic
+    np.testing.assert_array_equal(again_pixels, pixels)
+    dataset, info = data_lib.build_eval_dataset(
+        root, split="test", batch_size=5, image_size=8, max_examples=12, seed=0
+    )
+    assert info.num_examples["test"] == 12
+    assert np.bincount(labels_and_pixels(dataset)[0], minlength=3).tolist() == [6, 3, 3]
+    with pytest.raises(ValueError, match=r"max_examples must be a positive int.*got 0"):
+        data_lib.build_eval_dataset(root, split="test", image_size=8, max_examples=0)
+
+
+@pytest.mark.parametrize(
+    "files, splits, error, message",
+    [
+        (
+            ["stray.png", "train/a/0.png"],
+            ["train"],
+            ValueError,
+            r"1 image\(s\) lie directly in the image folder .*'stray\.png'.*Move them into class",
+        ),
+        (
+            ["train/0.png", "test/0.png"],
+            ["train"],
+            ValueError,
+            r"Images lie directly in the split folder\(s\) \['test', 'train'\].*class folders",
+        ),
+        (
+            ["train/1.png", "train/a/0.png"],
+            ["train"],
+            ValueError,
+            r"split folder\(s\) \['train'\]",
+        ),
+        (
+            ["train/a/0.png", "train/b/"],
+            ["train"],
+            ValueError,
+            r"Class folder '.*train/b' has no images: add images .* or remove the folder",
+        ),
+        (
+            ["train/a/0.png", "test/a/0.png", "test/z/0.png"],
+            ["train", "test"],
+            ValueError,
+            r"Split 'test' of .* has class folder\(s\) \['z'\] that 'train' lacks",
+        ),
+        (
+            ["train/a/0.png"],
+            ["train", "test"],
+            ValueError,
+            r"Split 'test' not found .*available splits: \['train'\].*add .*test/<class>/",
+        ),
+        (
+            ["train/a/0.png", "test/a/notes.txt"],
+            ["train", "test"],
+            ValueError,
+            r"No readable images in '.*test' \(classes found: \['a'\]\)",
+        ),
+        (
+            ["cat/0.png", "dog/0.png", "more/x/0.png"],
+            ["train"],
+            ValueError,
+            r"mixes class folders \(e\.g\. 'cat' holds images\) with folders of folders",
+        ),
+    ],
+    ids=[
+        "image-at-root",
+        "images-in-split-folders",
+        "image-beside-class-folders",
+        "empty-class-folder",
+        "class-missing-from-train",
+        "missing-split",
+        "split-without-images",
+        "mixed-layout",
+    ],
+)
+def test_image_folder_layout_is_checked_before_training(tmp_path, files, splits, error, message):
+    root = tmp_path / "imgs"
+    for rel in files:
+        path = root / rel
+        if rel.endswith("/"):
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(error, match=message):
+        data_lib.check_image_folder(str(root), splits)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # only looked
+    # The same check runs where the folder is opened for a split (here: the training split).
+    if splits == ["train"]:
+        with pytest.raises(error, match=message):
+            data_lib.load_source(str(root), split="train")
+
+
+def test_valid_image_folder_layouts_pass_the_check(tmp_path):
+    for rel in ("split/train/a/0.png", "split/train/b/0.png", "split/test/a/0.png"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+    assert data_lib.check_image_folder(str(tmp_path / "split"), ["train", "test"]) == ("a", "b")
+    for rel in ("flat/cat/0.png", "flat/dog/0.png"):  # root/<class>/ is the training split
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+    assert data_lib.check_image_folder(str(tmp_path / "flat")) == ("cat", "dog")

@@ -4,7 +4,11 @@ Every operator takes a batch ``images`` (float32 NHWC in [0, 1]) and a stateless
 tensor of shape [2]) and returns a batch of the same dtype. The same seed always gives the same
 output; different operators derive their own sub-seeds, so views drawn with different seeds are
 independent. Random parameters are drawn per image (one set per row of the batch), so a batch of
-B images gets B independent transformations from one vectorised call.
+B images gets B independent transformations from one vectorised call. The entry points
+(``augment_batch``, ``augment_image``, ``augment_single``, ``augment_single_crop``,
+``leading_crop``, ``preprocess_for_eval``) also take uint8 and refuse other dtypes, other
+layouts and float values outside [0, 1] (``tf_simclr.validation.check_images``, one reduction
+per float input); the operators trust their input.
 
 Operators follow the SimCLR papers (Chen et al. 2020, arXiv:2002.05709, Appendix A;
 SimCLRv2, arXiv:2006.10029) and the authors' reference code:
@@ -28,6 +32,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import tensorflow as tf
+
+from tf_simclr.validation import check_images
 
 __all__ = [
     "AUGMENTATION_PRESETS",
@@ -864,11 +870,36 @@ def augment_batch(
     is a shape-[2] int tensor: the same seed gives the same output. ``skip_leading_crop`` is
     for pipelines that already cropped each image (variable-size sources). ``xla`` runs the
     per-pixel work in XLA-compiled kernels (same results to ~1e-6, several times faster).
+    Other dtypes, shapes or float values outside [0, 1] are refused (``check_images``).
     """
+    return _augment_batch(
+        check_images(images, name="images", rank=4),
+        seed,
+        image_size=image_size,
+        augmentations=augmentations,
+        color_jitter_strength=color_jitter_strength,
+        brightness=brightness,
+        blur_per_image=blur_per_image,
+        skip_leading_crop=skip_leading_crop,
+        xla=xla,
+    )
+
+
+def _augment_batch(
+    images: tf.Tensor,
+    seed,
+    *,
+    image_size: int,
+    augmentations,
+    color_jitter_strength,
+    brightness,
+    blur_per_image,
+    skip_leading_crop,
+    xla,
+) -> tf.Tensor:
     ops = parse_augmentations(augmentations)
     if color_jitter_strength is None:
         _, color_jitter_strength = resolve_augmentations(augmentations)
-    images = tf.convert_to_tensor(images)
     if skip_leading_crop and ops and ops[0] in _CROP_OPS:
         ops = ops[1:]
     elif not any(op in _CROP_OPS for op in ops):
@@ -901,9 +932,31 @@ def augment_batch(
     return tf.ensure_shape(images, [None, image_size, image_size, 3])
 
 
-def augment_image(image: tf.Tensor, seed, **kwargs) -> tf.Tensor:
+def augment_image(
+    image: tf.Tensor,
+    seed,
+    *,
+    image_size: int,
+    augmentations: str | Sequence[str] = "imagenet",
+    color_jitter_strength: float | None = 1.0,
+    brightness: str = "multiplicative",
+    blur_per_image: bool = True,
+    skip_leading_crop: bool = False,
+    xla: bool = True,
+) -> tf.Tensor:
     """augment_batch for one image [H, W, 3] (e.g. inside a per-example tf.data map)."""
-    return augment_batch(image[None], seed, **kwargs)[0]
+    image = check_images(image, name="image", rank=3)
+    return _augment_batch(
+        image[None],
+        seed,
+        image_size=image_size,
+        augmentations=augmentations,
+        color_jitter_strength=color_jitter_strength,
+        brightness=brightness,
+        blur_per_image=blur_per_image,
+        skip_leading_crop=skip_leading_crop,
+        xla=xla,
+    )[0]
 
 
 def leading_crop(
@@ -914,6 +967,11 @@ def leading_crop(
     Used per example in tf.data before batching; ``augment_batch(..., skip_leading_crop=True)``
     then applies the rest to whole batches.
     """
+    image = check_images(image, name="image", rank=3)
+    return _leading_crop(image, seed, image_size=image_size, augmentations=augmentations)
+
+
+def _leading_crop(image, seed, *, image_size, augmentations):
     ops = parse_augmentations(augmentations)
     if ops and ops[0] == "crop":
         # Cut the crop first and convert only it: the source may be much larger than the crop.
@@ -1267,9 +1325,10 @@ def augment_single(
     crop[,flip][,color|color_jitter][,blur] takes a fused path (few XLA kernels, see the
     comment above ``_FAST_OPS``); other compositions run operator by operator with the same
     draws. ``blur_per_image`` has no effect here (one image, one sigma). Deterministic given
-    ``seed``.
+    ``seed``. ``image`` is uint8 or float32 in [0, 1] (``check_images``).
     """
     del blur_per_image
+    image = check_images(image, name="image", rank=3)
     ops, color_jitter_strength, plan = _single_setup(
         augmentations, color_jitter_strength, brightness
     )
@@ -1290,11 +1349,11 @@ def augment_single(
     x = x[None]
     for i, (name, s) in enumerate(zip(ops, seeds, strict=False)):
         if name == "crop" and i == 0:
-            x = leading_crop(x[0], s, image_size=image_size, augmentations="crop")[None]
+            x = _leading_crop(x[0], s, image_size=image_size, augmentations="crop")[None]
             continue
         x = to_float_image(x)
         if name == "crop":
-            x = leading_crop(x[0], s, image_size=image_size, augmentations="crop")[None]
+            x = _leading_crop(x[0], s, image_size=image_size, augmentations="crop")[None]
         elif name == "flip":
             # Only the drawn work: a flip costs one reverse for half of the images.
             x = tf.cond(_bernoulli(1, 0.5, s)[0], lambda x=x: tf.reverse(x, [2]), lambda x=x: x)
@@ -1359,6 +1418,7 @@ def augment_single_crop(
     augment_single makes it from the same seed, while the per-pixel work after the crop runs
     as one XLA call per batch. Only for compositions where has_crop_stage is true.
     """
+    image = check_images(image, name="image", rank=3)
     ops, color_jitter_strength, plan = _single_setup(
         augmentations, color_jitter_strength, brightness
     )
@@ -1398,9 +1458,10 @@ def preprocess_for_eval(
     """Central crop keeping 87.5% of the shorter side, then bicubic resize to image_size.
 
     The crop is skipped for small images (image_size <= 32 or a source side <= 32), as in the
-    reference. Accepts [H, W, 3] or [B, H, W, 3], uint8 or float; returns float32 in [0, 1].
+    reference. Accepts [H, W, 3] or [B, H, W, 3], uint8 or float32 in [0, 1]; returns float32
+    in [0, 1].
     """
-    image = to_float_image(image)
+    image = to_float_image(check_images(image, name="image", rank=None))
     single = image.shape.rank == 3
     if single:
         image = image[None]

@@ -40,11 +40,13 @@ __all__ = [
     "build_eval_dataset",
     "build_finetune_dataset",
     "build_pretrain_dataset",
+    "check_image_folder",
     "convert_image_folder",
     "label_fraction_indices",
     "list_image_folder",
     "load_source",
     "read_label_ids_file",
+    "stratified_subset",
     "write_tfds_dataset",
 ]
 
@@ -60,6 +62,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 _CONVERT_EXTENSIONS = IMAGE_EXTENSIONS + (".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 _MAX_LOGGED = 5
+# Folder names that mean a split, not a class (images directly inside one are misplaced).
+_SPLIT_NAMES = ("train", "test", "validation", "val", "valid", "eval")
 
 
 @dataclasses.dataclass
@@ -98,27 +102,32 @@ def _is_image_name(name: str, exts=IMAGE_EXTENSIONS) -> bool:
     return name.lower().endswith(exts) and not name.startswith(".")
 
 
+def _subdirs(d: str) -> list[str]:
+    return sorted(
+        x for x in os.listdir(d) if not x.startswith(".") and os.path.isdir(os.path.join(d, x))
+    )
+
+
+def _image_names(d: str) -> list[str]:
+    return sorted(
+        f
+        for f in os.listdir(d)
+        if _is_image_name(f, _CONVERT_EXTENSIONS) and os.path.isfile(os.path.join(d, f))
+    )
+
+
 def _folder_splits(root: str) -> dict[str, str]:
     """split name -> directory. root/<split>/<class>/img, or root/<class>/img as 'train'."""
-    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    subdirs = _subdirs(root)
     if not subdirs:
         return {}
-
-    def has_images(d):
-        return any(_is_image_name(f, _CONVERT_EXTENSIONS) for f in os.listdir(d))
-
-    if any(has_images(os.path.join(root, d)) for d in subdirs):
+    if any(_image_names(os.path.join(root, d)) for d in subdirs):
         return {"train": root}  # no split level: the whole folder is one training split
     return {d: os.path.join(root, d) for d in subdirs}
 
 
-def _sniff_format(path: str) -> str | None:
-    """Image format from the file's first bytes (None if it is not an image we know)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError:
-        return None
+def _sniff_format(head: bytes) -> str | None:
+    """Image format from a file's first bytes (None if it is not an image we know)."""
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -136,14 +145,78 @@ def _sniff_format(path: str) -> str | None:
     return None
 
 
-def list_image_folder(
-    root: str, split: str = "train", *, strict: bool = False, extensions=IMAGE_EXTENSIONS
-) -> tuple[list[str], np.ndarray, tuple[str, ...], list[str]]:
-    """List (paths, labels, class_names, bad_paths) of ``root/<split>/<class>/*``.
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
-    The class index is the position of the folder name in the sorted union of class folders of
-    all splits, so train and test agree. Files whose first bytes are not a known image format are
-    skipped (``bad_paths``); with ``strict=True`` they raise ValueError instead.
+
+def _ends_complete(fmt: str, head: bytes, tail: bytes, size: int) -> bool:
+    """Whether the file's last bytes (or declared size) look like a complete file of ``fmt``:
+    the cheap test that catches files cut short by an interrupted download or copy."""
+    if fmt == "JPEG":
+        return tail.endswith(b"\xff\xd9")  # end-of-image marker
+    if fmt == "PNG":
+        return tail.endswith(_PNG_END)
+    if fmt == "GIF":
+        return tail.endswith(b"\x3b")  # trailer
+    if fmt == "BMP":
+        declared = int.from_bytes(head[2:6], "little")  # 0 when the writer left it out
+        return declared <= size
+    if fmt == "WEBP":
+        return int.from_bytes(head[4:8], "little") + 8 <= size
+    return True  # TIFF, PPM: only the converter reads them, and it decodes every file
+
+
+def _decode_error(path: str) -> str | None:
+    """TensorFlow's reason for not decoding ``path`` (None if it decodes), in plain words."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        # Eagerly even when called while a tf.function or dataset function is being traced.
+        with tf.init_scope():
+            tf.io.decode_image(data, channels=0, expand_animations=False)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    except tf.errors.OpError as e:
+        message = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\].*$", "", e.message.strip())
+        return message or type(e).__name__
+    return None
+
+
+def _file_problem(path: str, extensions) -> str | None:
+    """Why ``path`` cannot be read as an image (None if it can). Reads the first and last bytes;
+    a file whose end does not look complete is decoded once to decide."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - len(_PNG_END)))
+            tail = f.read()
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if size == 0:
+        return "empty file"
+    fmt = _sniff_format(head)
+    if fmt is None:
+        return "not an image (unknown file signature)"
+    if fmt not in _TF_FORMATS and extensions is IMAGE_EXTENSIONS:
+        return f"{fmt} image: convert the folder first (python -m tf_simclr.data convert)"
+    if _ends_complete(fmt, head, tail, size):
+        return None
+    error = _decode_error(path) if fmt in _TF_FORMATS else None
+    if error is None:
+        return None
+    return f"truncated or corrupt {fmt} (cut short or damaged; decoding fails: {error})"
+
+
+def check_image_folder(root: str, splits: Sequence[str] = ("train",)) -> tuple[str, ...]:
+    """Check the layout of the image folder ``root`` for ``splits``; returns the class names.
+
+    Call it before training on a folder: every split in ``splits`` (e.g. ("train", "test"))
+    must exist and hold images, every class folder in it must hold images, no images may lie
+    at the root or directly in a split folder (they would be ignored, or their folder taken
+    for a class), and a split other than "train" may not have classes that "train" lacks (the
+    model never learns them). Raises FileNotFoundError or ValueError naming the folder and the
+    fix. Only names are read; damaged files are dealt with when a split is listed
+    (``list_image_folder``).
     """
     root = os.path.expanduser(root)
     if not os.path.isdir(root):
@@ -151,71 +224,155 @@ def list_image_folder(
             f"Image folder {root!r} does not exist. Pass an existing directory laid out as "
             "root/<split>/<class>/*.jpg."
         )
-    splits = _folder_splits(root)
-    if not splits:
+    layout = "root/<split>/<class>/*.jpg (or root/<class>/*.jpg for a folder without splits)"
+    stray = _image_names(root)
+    if stray:
+        raise ValueError(
+            f"{len(stray)} image(s) lie directly in the image folder {root!r} (e.g. "
+            f"{stray[0]!r}), where they would be ignored. Move them into class folders: {layout}."
+        )
+    splits_found = _folder_splits(root)
+    if not splits_found:
         raise ValueError(
             f"Image folder {root!r} is empty: expected root/<split>/<class>/*.jpg (e.g. "
             "root/train/cat/0001.jpg). Add images or point to the right directory."
         )
-    if split not in splits:
-        raise ValueError(
-            f"Split {split!r} not found in image folder {root!r}; available splits: "
-            f"{sorted(splits)}. Pass one of them as split=..."
-        )
-    classes = sorted(
-        {
-            c
-            for d in splits.values()
-            for c in os.listdir(d)
-            if os.path.isdir(os.path.join(d, c)) and not c.startswith(".")
-        }
-    )
+    top = _subdirs(root)
+    if splits_found == {"train": root}:
+        with_images = [d for d in top if _image_names(os.path.join(root, d))]
+        if set(with_images) <= set(_SPLIT_NAMES):
+            raise ValueError(
+                f"Images lie directly in the split folder(s) {with_images} of {root!r}, which "
+                "would be read as one split with those folders as classes. Put them into class "
+                f"folders, e.g. {os.path.join(root, with_images[0], '<class>')}/: {layout}."
+            )
+        nested = [d for d in top if d not in with_images and _subdirs(os.path.join(root, d))]
+        if nested:
+            raise ValueError(
+                f"Image folder {root!r} mixes class folders (e.g. {with_images[0]!r} holds "
+                f"images) with folders of folders (e.g. {nested[0]!r}). Use one layout: {layout}."
+            )
+    for split in splits:
+        if split not in splits_found:
+            raise ValueError(
+                f"Split {split!r} not found in image folder {root!r}; available splits: "
+                f"{sorted(splits_found)}. Pass one of them as split=..., or add "
+                f"{os.path.join(root, split, '<class>')}/ folders."
+            )
+    classes = sorted({c for d in splits_found.values() for c in _subdirs(d)})
+    train_classes = set(_subdirs(splits_found["train"])) if "train" in splits_found else None
+    for split in splits:
+        split_dir = splits_found[split]
+        split_classes = _subdirs(split_dir)
+        counts = {c: len(_image_names(os.path.join(split_dir, c))) for c in split_classes}
+        if not sum(counts.values()):
+            raise ValueError(
+                f"No readable images in {split_dir!r} (classes found: {split_classes or 'none'}). "
+                f"Expected files with extensions {', '.join(IMAGE_EXTENSIONS)} in class "
+                "subfolders."
+            )
+        empty = [c for c, n in counts.items() if n == 0]
+        if empty:
+            raise ValueError(
+                f"Class folder {os.path.join(split_dir, empty[0])!r} has no images"
+                f"{f' (nor do {empty[1:]})' if len(empty) > 1 else ''}: add images with "
+                f"extensions {', '.join(IMAGE_EXTENSIONS)} or remove the folder (an empty "
+                "class is one the model never sees)."
+            )
+        if train_classes is not None and split != "train":
+            extra = sorted(set(split_classes) - train_classes)
+            if extra:
+                raise ValueError(
+                    f"Split {split!r} of {root!r} has class folder(s) {extra} that 'train' "
+                    "lacks: a model trained on 'train' cannot predict them. Add training "
+                    f"images for them or remove them from {split!r}."
+                )
+    return tuple(classes)
+
+
+def _list_split(
+    root: str, split: str, extensions
+) -> tuple[list[str], np.ndarray, tuple[str, ...], dict[str, str]]:
+    """(paths, labels, class_names, {bad path: problem}) of root/<split>/<class>/*."""
+    splits = _folder_splits(root)
+    classes = sorted({c for d in splits.values() for c in _subdirs(d)})
     split_dir = splits[split]
-    paths, labels, bad = [], [], []
+    paths, labels, bad = [], [], {}
     for ci, c in enumerate(classes):
         cdir = os.path.join(split_dir, c)
         if not os.path.isdir(cdir):
             continue
         for f in sorted(os.listdir(cdir)):
             p = os.path.join(cdir, f)
-            if not os.path.isfile(p) or not _is_image_name(f, extensions):
+            if not os.path.isfile(p):
                 continue
-            fmt = _sniff_format(p)
-            if fmt is None or fmt not in _TF_FORMATS and extensions is IMAGE_EXTENSIONS:
-                bad.append(p)
+            if not _is_image_name(f, extensions):
+                if _is_image_name(f, _CONVERT_EXTENSIONS):  # e.g. TIFF, loaded only via convert
+                    bad[p] = "format read only by the converter (python -m tf_simclr.data convert)"
+                continue
+            problem = _file_problem(p, extensions)
+            if problem is not None:
+                bad[p] = problem
                 continue
             paths.append(p)
             labels.append(ci)
-    if bad:
-        _report_bad(bad, strict, root)
-    if not paths:
-        raise ValueError(
-            f"No readable images in {split_dir!r} (classes found: {classes or 'none'}). Expected "
-            f"files with extensions {', '.join(extensions)} in class subfolders."
-        )
     return paths, np.asarray(labels, np.int64), tuple(classes), bad
 
 
-def _report_bad(bad: list[str], strict: bool, root: str) -> None:
-    shown = ", ".join(bad[:_MAX_LOGGED]) + (" ..." if len(bad) > _MAX_LOGGED else "")
+def list_image_folder(
+    root: str, split: str = "train", *, strict: bool = False, extensions=IMAGE_EXTENSIONS
+) -> tuple[list[str], np.ndarray, tuple[str, ...], list[str]]:
+    """List (paths, labels, class_names, bad_paths) of ``root/<split>/<class>/*``.
+
+    The class index is the position of the folder name in the sorted union of class folders of
+    all splits, so train and test agree. Files that are not images, or are cut short or damaged
+    (first bytes not a known format, no end marker and not decodable) are skipped with a
+    warning giving their count, the first paths and why (``bad_paths``); with ``strict=True``
+    they raise ValueError instead.
+    """
+    return _checked_listing(root, split, strict=strict, extensions=extensions, warn=True)
+
+
+def _checked_listing(root, split, *, strict, extensions, warn):
+    """list_image_folder; ``warn=False`` leaves the warning about skipped files to the other
+    opening of the same split (a second listing, e.g. to read labels, would repeat it)."""
+    root = os.path.expanduser(root)
+    check_image_folder(root, [split])
+    paths, labels, classes, bad = _list_split(root, split, extensions)
+    if bad and (strict or warn):
+        _report_bad(bad, strict, root)
+    if not paths:
+        raise ValueError(
+            f"No readable images in {_folder_splits(root)[split]!r} (classes found: "
+            f"{classes or 'none'}). Expected files with extensions {', '.join(extensions)} in "
+            "class subfolders."
+        )
+    return paths, labels, classes, list(bad)
+
+
+def _report_bad(bad: dict[str, str], strict: bool, root: str) -> None:
+    shown = "; ".join(f"{p} ({why})" for p, why in list(bad.items())[:_MAX_LOGGED])
+    if len(bad) > _MAX_LOGGED:
+        shown += f"; and {len(bad) - _MAX_LOGGED} more"
     if strict:
         raise ValueError(
             f"{len(bad)} corrupt or non-image file(s) in {root!r}: {shown}. Remove or fix them, "
-            "or load with strict=False to skip them."
+            "or load without strict (--strict_data off, strict=False) to skip them."
         )
     logger.warning("Skipping %d corrupt or non-image file(s) in %s: %s", len(bad), root, shown)
 
 
-def _folder_raw(root: str, split: str, strict: bool) -> _Raw:
-    paths, labels, classes, bad = list_image_folder(root, split, strict=strict)
-    all_splits = _folder_splits(os.path.expanduser(root))
+def _folder_raw(root: str, split: str, strict: bool, warn: bool = True) -> _Raw:
+    paths, labels, classes, bad = _checked_listing(
+        root, split, strict=strict, extensions=IMAGE_EXTENSIONS, warn=warn
+    )
+    root = os.path.expanduser(root)
+    all_splits = _folder_splits(root)
     counts = {split: len(paths)}
     for s in all_splits:
         if s != split:
-            try:
-                counts[s] = len(list_image_folder(root, s, strict=False)[0])
-            except ValueError:
-                counts[s] = 0
+            # Sizes only: a split's problems are reported when that split is opened.
+            counts[s] = len(_list_split(root, s, IMAGE_EXTENSIONS)[0])
     shape = _common_shape(paths[: min(len(paths), 64)])
     info = DatasetInfo(
         num_examples=counts,
@@ -367,6 +524,7 @@ def _open_raw(
     input_context,
     shuffle_files: bool = False,
     seed: int | None = None,
+    warn: bool = True,
 ) -> _Raw:
     sh = (shuffle_files, seed)
     if not isinstance(dataset, str) or not dataset.strip():
@@ -386,7 +544,7 @@ def _open_raw(
             return _tfds_raw(
                 _builder_from_dir(vdir), split, dataset, "tfds_dir", input_context, *sh
             )
-        return _folder_raw(path, split, strict)
+        return _folder_raw(path, split, strict, warn)
     # TFDS names look like "cifar10", "imagenet2012_subset/1pct" or "cifar10:3.0.2".
     tfds_like = re.fullmatch(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.-]+)?(:[0-9.]+)?", dataset)
     if not tfds_like or dataset.startswith((".", "~", "/")) or os.path.exists(path):
@@ -627,7 +785,8 @@ def _subset_indices(
         if float(label_fraction) > 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}.")
         return None
-    raw = _open_raw(dataset, data_dir, split, strict, None)
+    # Labels only: load_source opens the split again and warns about skipped files then.
+    raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
     labels, ids = _labels_and_ids(raw, key=(dataset, data_dir, split))
     if label_fraction is not None:
         return label_fraction_indices(labels, float(label_fraction), seed=seed)
@@ -907,11 +1066,23 @@ def build_eval_dataset(
     cache: bool | str = False,
     strict: bool = False,
     indices: np.ndarray | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One pass of {"image": f32 [B,S,S,3], "label": i32 [B]}: central crop (87.5%, skipped
-    for images of 32 px or less) and bicubic resize; the last batch may be smaller."""
+    for images of 32 px or less) and bicubic resize; the last batch may be smaller.
+
+    Undecodable files are skipped and counted as in the training pipelines (``strict=True``:
+    they raise ValueError, naming them). ``max_examples`` evaluates a representative subset
+    instead of the whole split (or of ``indices``): every class keeps its share of the
+    examples (to one example), chosen by a permutation seeded with ``seed``, so the subset is
+    the same on every run; a warning says it is a subset and of how many examples, and
+    ``info.num_examples[split]`` is its size.
+    """
     _check_size(image_size)
     per_replica = _per_replica_batch(batch_size, input_context)
+    if max_examples is not None:
+        indices = _eval_subset(dataset, data_dir, split, strict, indices, max_examples, seed)
     ds, info = load_source(
         dataset,
         data_dir=data_dir,
@@ -927,9 +1098,53 @@ def build_eval_dataset(
             "label": tf.cast(d["label"], tf.int32),
         },
     )
+    if indices is not None:
+        info = dataclasses.replace(info, num_examples={**info.num_examples, split: len(indices)})
     if _should_cache(cache, info, split):
         ds = ds.cache()
     return ds.batch(per_replica, drop_remainder=False).prefetch(tf.data.AUTOTUNE), info
+
+
+def stratified_subset(labels: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted positions of ``size`` examples in which every class has its share of ``labels``.
+
+    Examples are grouped by class (in a seeded random order within each class) and picked at
+    evenly spaced positions, so each class gets round(size * its fraction) examples, give or
+    take one. Same inputs, same subset. All positions if ``size`` >= len(labels).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if size >= n:
+        return np.arange(n)
+    within_class = np.random.default_rng(seed).permutation(n)
+    grouped = np.lexsort((within_class, labels))
+    return np.sort(grouped[((np.arange(size) + 0.5) * n / size).astype(np.int64)])
+
+
+def _eval_subset(dataset, data_dir, split, strict, indices, max_examples, seed) -> np.ndarray:
+    """Positions of the examples build_eval_dataset keeps for ``max_examples``."""
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(
+            f"max_examples must be a positive int (or None for the whole split), got "
+            f"{max_examples!r}."
+        )
+    # Labels only: load_source opens the split again and warns about skipped files then.
+    raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
+    labels, _ = _labels_and_ids(raw, key=(dataset, data_dir, split))
+    pool = np.arange(len(labels)) if indices is None else np.unique(indices)
+    if max_examples >= len(pool):
+        return pool
+    chosen = pool[stratified_subset(labels[pool], max_examples, seed=seed)]
+    logger.warning(
+        "Evaluating on a subset of split %r of %s: %d of %d examples, every class in "
+        "proportion (seed %d). Metrics describe this subset, not the whole split.",
+        split,
+        dataset,
+        len(chosen),
+        len(pool),
+        seed,
+    )
+    return chosen
 
 
 def _check_size(image_size: int) -> None:
@@ -1061,6 +1276,7 @@ def convert_image_folder(
     splits = _folder_splits(src)
     if not splits:
         raise ValueError(f"Source folder {src!r} is empty: expected root/<split>/<class>/*.jpg.")
+    check_image_folder(src, list(splits))
     name = name or _safe_name(os.path.basename(os.path.normpath(src)))
     listings = {}
     classes: tuple[str, ...] = ()
@@ -1080,7 +1296,7 @@ def convert_image_folder(
             except Exception:  # noqa: BLE001 - reported when the file is converted
                 pass
     shape = (*sizes.pop(), 3) if len(sizes) == 1 else (None, None, 3)
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
 
     def examples(split):
         paths, labels = listings[split]
@@ -1094,7 +1310,7 @@ def convert_image_folder(
                         f"Corrupt image {p!r} ({type(e).__name__}: {e}). Remove it or convert "
                         "without --strict to skip corrupt files."
                     ) from e
-                skipped.append(p)
+                skipped[p] = f"{type(e).__name__}: {e}"
                 continue
             if shape[0] is not None and size != shape[:2]:
                 data = _resize_bytes(data, shape[:2])
@@ -1114,7 +1330,7 @@ def convert_image_folder(
     if skipped:
         _report_bad(skipped, False, src)
     with open(os.path.join(out, "tf_simclr_conversion.json"), "w") as f:
-        json.dump({"source": os.path.abspath(src), "skipped_files": skipped}, f, indent=1)
+        json.dump({"source": os.path.abspath(src), "skipped_files": list(skipped)}, f, indent=1)
     return out
 
 
@@ -1172,4 +1388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module imported under its package name, not this "__main__" copy: TFDS finds a
+    # builder's package from its class's __module__, and "__main__" is not a package.
+    from tf_simclr.data import main as _package_main
+
+    sys.exit(_package_main())

@@ -15,8 +15,14 @@ The exported module works for people who never import tf_simclr:
 * A reloaded module fine-tuned in user code can be saved again with ``tf.saved_model.save(m, p)``
   (``serving_default`` is kept).
 
-Images are float32 in [0, 1], NHWC, 3 channels, any batch size. Neither tensorflow-hub nor
-tf-keras is needed to export; they are consumer-side dependencies only.
+Images are float32 in [0, 1] (or uint8, scaled to [0, 1]), NHWC, 3 channels, any batch
+size. Anything else stops a call with an InvalidArgumentError that names the problem and the
+fix (``tf_simclr.validation.check_images``): out-of-range values, and for ``m(images)`` also a
+wrong rank, channel count or dtype, which a reloaded module would otherwise only answer with
+"Could not find matching concrete function". The ``serve`` signatures keep their fixed float32
+[batch, height, width, 3] input (TF Serving and TFSMLayer need one); TensorFlow itself refuses
+other shapes and dtypes there. Neither tensorflow-hub nor tf-keras is needed to export; they
+are consumer-side dependencies only.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from tf_simclr import validation
 from tf_simclr.resnet import ENDPOINTS
 
 # Names of the endpoints a SimCLRModel returns (logits_sup only with a supervised head).
@@ -39,6 +46,10 @@ SERVE_TRAIN_ENDPOINT = "serve_train"
 log = logging.getLogger(__name__)
 _TMP_PREFIX = ".tmp-export-"
 _OLD_PREFIX = ".old-export-"
+# Dtypes people pass by mistake (NumPy's float64/int64 defaults, half precision, 16-bit PNG
+# pixels). `m(images)` is traced for them too, as a function that only fails with the message
+# naming the dtype and the fix.
+_REFUSED_DTYPES = (tf.float64, tf.float16, tf.int32, tf.int64, tf.uint16)
 
 
 def _is_remote(path: str) -> bool:
@@ -126,6 +137,11 @@ class _HubModule(tf.train.Checkpoint):
         self.regularization_losses = _regularization_fns(model)
         height, width = image_size
         any_size = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+        # Any shape: the call checks rank and channels itself, with a readable message.
+        any_shape = [
+            tf.TensorSpec(None, dtype, name="images")
+            for dtype in (tf.float32, tf.uint8, *_REFUSED_DTYPES)
+        ]
         fixed_size = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
 
         # The network is traced once per mode; every public entry point calls into one of
@@ -140,8 +156,9 @@ class _HubModule(tf.train.Checkpoint):
         # Python bools for training/trainable: one (cheap, wrapper) trace per accepted
         # combination. `trainable` (reference SimCLRv2 style) overrides `training` when given.
         combos = ((False, None), (True, None), (False, False), (False, True), (True, True))
-        for training, trainable in combos:
-            self.__call__.get_concrete_function(any_size, training=training, trainable=trainable)
+        for spec in any_shape:
+            for training, trainable in combos:
+                self.__call__.get_concrete_function(spec, training=training, trainable=trainable)
         self.serve = tf.function(self._serve_py, input_signature=[fixed_size])
         self.serve_train = tf.function(self._serve_train_py, input_signature=[fixed_size])
         self.serve.get_concrete_function()
@@ -171,15 +188,32 @@ class _HubModule(tf.train.Checkpoint):
     def __call__(self, images, training=False, trainable=None):
         if trainable is not None:
             training = trainable
+        images = _checked_images(images)
         if training:
             return self._forward_training(images)
         return self._forward_inference(images)
 
     def _serve_py(self, images):
-        return self._forward_inference(images)
+        return self._forward_inference(_checked_images(images))
 
     def _serve_train_py(self, images):
-        return self._forward_training(images)
+        return self._forward_training(_checked_images(images))
+
+
+def _checked_images(images: tf.Tensor) -> tf.Tensor:
+    """The float32 [0, 1] batch a module function feeds the network (uint8 scaled to [0, 1]),
+    behind the checks of validation.check_images. A refused dtype gives a graph that fails with
+    that check's message (the network never runs)."""
+    problem = validation.dtype_problem(images.dtype)
+    if problem is not None:
+        # A condition that is never true but not a constant, so nothing folds it away.
+        failed = tf.debugging.Assert(tf.equal(tf.size(images), -1), [problem])
+        with tf.control_dependencies([failed]):
+            return tf.zeros([1, 1, 1, 3], tf.float32)
+    images = validation.check_images(images, name="images", rank=4)
+    if images.dtype == tf.uint8:
+        images = tf.cast(images, tf.float32) * (1.0 / 255.0)
+    return images
 
 
 def _ensure_built(model, image_size) -> None:

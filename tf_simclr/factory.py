@@ -225,14 +225,18 @@ def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int 
 
 
 def eval_dataset(config: Config, split: str):
-    """Single pass over `split` with evaluation preprocessing."""
+    """Single pass over `split` with evaluation preprocessing. With --eval_steps, over a
+    class-stratified subset of eval_steps * eval_batch_size examples (not the first batches,
+    which in a class-sorted image folder hold only the first classes)."""
+    subset = config.eval_steps * config.eval_batch_size if config.eval_steps > 0 else None
     dataset, _ = data_lib.build_eval_dataset(
         config.dataset,
         data_dir=config.data_dir,
         split=split,
         batch_size=config.eval_batch_size,
         image_size=config.image_size,
+        strict=config.strict_data,
+        max_examples=subset,
+        seed=config.seed,
     )
-    if config.eval_steps > 0:
-        dataset = dataset.take(config.eval_steps)
     return dataset

@@ -17,6 +17,7 @@ Exclusion patterns are regular expressions searched (`re.search`) in the variabl
 from __future__ import annotations
 
 import math
+import numbers
 import re
 
 import keras
@@ -66,21 +67,36 @@ def _check_patterns(patterns, arg):
     return patterns
 
 
-def _check_float(value, arg, low=0.0, high=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{arg} must be a number, got {value!r}.")
+def _check_float(value, arg, low=0.0, high=None, *, open_low=False, open_high=False):
+    """`value` as a float if it is a finite number within the bounds, else a ValueError naming
+    `arg` and the range (open_low / open_high exclude the bound itself)."""
+    if high is None:
+        allowed = f"a finite number {'>' if open_low else '>='} {low:g}"
+    else:
+        allowed = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{arg} must be {allowed}, got {value!r}.")
     value = float(value)
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
-        upper = f" and <= {high}" if high is not None else ""
-        raise ValueError(f"{arg} must be >= {low}{upper}, got {value}.")
+    too_low = value <= low if open_low else value < low
+    too_high = high is not None and (value >= high if open_high else value > high)
+    if not math.isfinite(value) or too_low or too_high:
+        raise ValueError(f"{arg} must be {allowed}, got {value}.")
     return value
 
 
 def _as_lr(learning_rate):
-    # Keras rejects int learning rates ("should be float"); accept them.
-    if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
-        return float(learning_rate)
-    return learning_rate
+    """A checked learning rate: a float > 0 (Keras rejects ints, so they become floats), or a
+    LearningRateSchedule / callable, which Keras evaluates itself."""
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule) or callable(
+        learning_rate
+    ):
+        return learning_rate
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
+        raise ValueError(
+            "learning_rate must be a finite number > 0 or a "
+            f"keras.optimizers.schedules.LearningRateSchedule, got {learning_rate!r}."
+        )
+    return _check_float(learning_rate, "learning_rate", open_low=True)
 
 
 def _dense(gradient):
@@ -103,10 +119,10 @@ class LARS(keras.optimizers.Optimizer):
     (v <- m*v + g; w <- w - lr * eta*||w||/||v|| * v), as the reference's second variant.
 
     Args:
-        learning_rate: float or a LearningRateSchedule.
-        momentum: in [0, 1].
+        learning_rate: float > 0 or a LearningRateSchedule.
+        momentum: in [0, 1).
         weight_decay: coupled L2 coefficient (>= 0).
-        eta: trust coefficient.
+        eta: trust coefficient (> 0).
         exclude_from_weight_decay: regexes of variable paths that get no weight decay.
         exclude_from_layer_adaptation: regexes of variable paths that get no trust scaling;
             None means the same as exclude_from_weight_decay (the reference's default).
@@ -131,9 +147,9 @@ class LARS(keras.optimizers.Optimizer):
         super().__init__(
             learning_rate=_as_lr(learning_rate), weight_decay=None, name=name, **kwargs
         )
-        self.momentum = _check_float(momentum, "momentum", 0.0, 1.0)
+        self.momentum = _check_float(momentum, "momentum", 0.0, 1.0, open_high=True)
         self.lars_weight_decay = _check_float(weight_decay, "weight_decay")
-        self.eta = _check_float(eta, "eta")
+        self.eta = _check_float(eta, "eta", open_low=True)
         self.exclude_from_weight_decay_patterns = _check_patterns(
             exclude_from_weight_decay, "exclude_from_weight_decay"
         )
@@ -275,7 +291,7 @@ class SGDL2(_ExcludeByPath, keras.optimizers.SGD):
     ):
         super().__init__(
             learning_rate=_as_lr(learning_rate),
-            momentum=float(momentum),
+            momentum=_check_float(momentum, "momentum", 0.0, 1.0, open_high=True),
             nesterov=nesterov,
             weight_decay=None,
             name=name,
@@ -350,12 +366,14 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
                               T = total_steps - warmup_steps
     so lr(0) = 0, lr(warmup_steps) = base, lr(step >= total_steps) = 0. With warmup_steps = 0
     there is no warmup; with total_steps == warmup_steps the rate drops to 0 after the warmup.
-    `base_learning_rate` is the already scaled rate (see `scale_learning_rate`).
+    `base_learning_rate` (> 0) is the already scaled rate (see `scale_learning_rate`).
     """
 
     def __init__(self, base_learning_rate, warmup_steps, total_steps, name="WarmupCosineDecay"):
         super().__init__()
-        self.base_learning_rate = _check_float(base_learning_rate, "base_learning_rate")
+        self.base_learning_rate = _check_float(
+            base_learning_rate, "base_learning_rate", open_low=True
+        )
         for arg, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{arg} must be an integer >= 0, got {value!r}.")
@@ -396,7 +414,7 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def scale_learning_rate(base, batch_size, scaling="linear") -> float:
     """SimCLR learning-rate scaling: base * B / 256 ("linear") or base * sqrt(B) ("sqrt")."""
-    base = _check_float(base, "learning_rate")
+    base = _check_float(base, "learning_rate", open_low=True)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if scaling == "linear":
@@ -433,6 +451,8 @@ def build_optimizer(
     reference L2 loss excluded only batch norm). Pass `exclude_*` to override (regexes).
     `mixed_precision="mixed_float16"` wraps the result in a Keras LossScaleOptimizer (needed in
     custom loops; `model.compile` does it by itself). Other kwargs go to the Keras optimiser.
+    Arguments are checked as the command line checks its flags: `learning_rate` > 0 and finite
+    (or a LearningRateSchedule), `momentum` in [0, 1), `weight_decay` >= 0, `eta` > 0.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; use one of {OPTIMIZERS}.")
@@ -464,7 +484,7 @@ def build_optimizer(
         if name == "momentum":
             opt = SGDL2(
                 learning_rate=learning_rate,
-                momentum=_check_float(momentum, "momentum", 0.0, 1.0),
+                momentum=momentum,
                 nesterov=nesterov,
                 weight_decay=weight_decay,
                 exclude_from_weight_decay=decay_excl,
