@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import typing
@@ -190,6 +191,23 @@ def config_from_flags() -> Config:
     return resolve(given, saved, source=f"--model_dir={model_dir}")
 
 
+def describe_tf_error(err) -> str:
+    """The informative part of a TensorFlow error: its cause and the file or op it names,
+    without the Python trace of where the op was defined and the internal node markers."""
+    kept = []
+    for line in str(getattr(err, "message", err)).splitlines():
+        text = line.strip()
+        if not text or line.startswith((" ", "\t")) or text.startswith("Detected at node"):
+            continue  # the definition trace ("  File ...") and node markers ("\t [[...]]")
+        if text == "Graph execution error:":
+            continue
+        text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+        text = re.sub(r"\s*\[Op:[^\]]*\](\s*name:\s*\S*)?\s*$", "", text)
+        if text:
+            kept.append(text)
+    return " ".join(kept) or str(err).strip()
+
+
 def _interrupt(signum, _frame) -> None:
     # SIGTERM outside the training loop behaves like Ctrl-C (the loop installs its own handler
     # that finishes the step and saves first).
@@ -245,8 +263,7 @@ def main(argv: list[str]) -> int:
         logging.error("%s", err)
         return 1
     except tf.errors.OpError as err:
-        # TF's message ends with the op name and may carry a long graph trace: keep it short.
-        logging.error("TensorFlow error: %s", str(err.message).strip().splitlines()[0])
+        logging.error("TensorFlow error: %s", describe_tf_error(err))
         logging.debug("Details:", exc_info=True)
         return 1
     metrics = result.get("metrics")

@@ -112,7 +112,7 @@ def test_strict_data_names_the_corrupt_file(tmp_path):
         },
     )
     with pytest.raises(ValueError, match=r"bad\.png.*strict"):
-        runner.run(_config(tmp_path, dataset=root, strict_data=True, train_batch_size=1))
+        runner.run(_config(tmp_path, dataset=root, strict_data=True, train_batch_size=2))
 
 
 def test_missing_train_split_of_a_folder(tmp_path):
@@ -595,3 +595,278 @@ def test_valid_image_folder_layouts_pass_the_check(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
     assert data_lib.check_image_folder(str(tmp_path / "flat")) == ("cat", "dog")
+
+
+# ------------------------------------------------------------------------------------------
+# Issue 13: results computed from something other than what was asked for
+# ------------------------------------------------------------------------------------------
+def _untrained_run(model_dir, **changes):
+    """A model_dir holding config.json and a checkpoint (step 2) of an untrained network."""
+    from tf_simclr import checkpoints as ckpt_lib
+
+    config = tiny_config(model_dir, mode="train", **changes)
+    model = factory.build_model(config, 10)
+    step = tf.Variable(2, dtype=tf.int64)
+    ckpt_lib.training_checkpoint(model, global_step=step).write(os.path.join(model_dir, "ckpt-2"))
+    config.save(str(model_dir))
+    return config
+
+
+def _listing(directory):
+    return sorted(
+        os.path.relpath(os.path.join(root, name), directory)
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
+
+
+def _cli_config(argv):
+    import run
+
+    run.FLAGS(["run.py", *argv])
+    try:
+        return run.config_from_flags()
+    finally:
+        run.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("mode", ["eval", "export"])
+def test_eval_and_export_refuse_a_checkpoint_of_another_architecture(tmp_path, mode):
+    from tf_simclr.checkpoints import CheckpointError
+
+    run_dir = tmp_path / "r34"
+    deep = _untrained_run(run_dir, resnet_depth=34)
+    before = _listing(run_dir)
+    # CLI: the run's config.json supplies the architecture; contradicting it is an error.
+    with pytest.raises(ConfigError, match=r"--resnet_depth=18 \(the run has 34\)"):
+        _cli_config([f"--model_dir={run_dir}", f"--mode={mode}", "--resnet_depth=18"])
+    assert _cli_config([f"--model_dir={run_dir}", f"--mode={mode}"]).resnet_depth == 34
+    # Library: the same check against config.json ...
+    shallow = deep.replace(mode=mode, resnet_depth=18)
+    with pytest.raises(ConfigError, match=r"--resnet_depth: 34 vs 18"):
+        runner.run(shallow)
+    # ... and, without config.json, against the checkpoint's own variables.
+    os.remove(run_dir / "config.json")
+    with pytest.raises(CheckpointError, match=r"another architecture.*holds \d+ weights"):
+        runner.run(shallow)
+    assert _listing(run_dir) == [p for p in before if p != "config.json"]
+
+
+@pytest.mark.parametrize("source_depth, target_depth", [(34, 18), (18, 34)])
+def test_finetune_refuses_a_checkpoint_of_another_architecture(
+    tmp_path, source_depth, target_depth
+):
+    source = tmp_path / "pretrained"
+    _untrained_run(source, resnet_depth=source_depth)
+    os.remove(source / "config.json")  # the weights alone must tell
+    config = _config(
+        tmp_path,
+        train_mode="finetune",
+        checkpoint=str(source / "ckpt-2"),
+        resnet_depth=target_depth,
+        train_steps=1,
+    )
+    expected = "holds .* weights the model lacks" if source_depth > target_depth else "not in it"
+    with pytest.raises(ValueError, match=f"another architecture.*{expected}"):
+        runner.run(config)
+    assert _no_checkpoint_written(tmp_path)
+
+
+def test_finetune_takes_the_encoder_of_its_checkpoint_run(tmp_path):
+    source = tmp_path / "pretrained"
+    _untrained_run(source, resnet_depth=34, num_proj_layers=3)
+    common = ["--train_mode=finetune", f"--checkpoint={source}", f"--model_dir={tmp_path / 'ft'}"]
+    config = _cli_config(common)
+    assert (config.resnet_depth, config.num_proj_layers) == (34, 3)
+    with pytest.raises(ConfigError, match=r"--resnet_depth=18 \(the checkpoint's run has 34\)"):
+        _cli_config([*common, "--resnet_depth=18"])
+
+
+def test_untrained_probe_and_batches_without_negatives_are_refused():
+    from tf_simclr import evaluate
+
+    with pytest.raises(ConfigError, match=r"--linear_eval_epochs=0 .*--nolinear_eval"):
+        Config(linear_eval_epochs=0)
+    Config(linear_eval_epochs=0, linear_eval=False)  # nothing to train: fine
+    with pytest.raises(ConfigError, match=r"--train_batch_size=1 gives .* no negatives"):
+        Config(train_batch_size=1)
+    features = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    labels = np.arange(8) % 2
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        evaluate.linear_eval(features, labels, features, labels, num_classes=2, epochs=0)
+    from tf_simclr import model as model_lib
+
+    simclr = model_lib.build_model(
+        resnet_depth=18, width_multiplier=0.125, image_size=16, num_classes=2, num_proj_layers=1
+    )
+    one = {
+        "view1": np.zeros((1, 16, 16, 3), np.float32),
+        "view2": np.zeros((1, 16, 16, 3), np.float32),
+        "label": np.zeros((1,), np.int32),
+    }
+    with pytest.raises(ValueError, match="at least 2 images"):
+        simclr._compute_losses(one, training=True)
+
+
+def test_home_directory_is_expanded_in_model_dir_and_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = Config(model_dir="~/runs/a", train_mode="finetune", checkpoint="~/runs/p")
+    assert config.model_dir == str(tmp_path / "runs" / "a")
+    assert config.checkpoint == str(tmp_path / "runs" / "p")
+
+
+def test_damaged_files_of_a_model_dir_are_named(tmp_path, caplog):
+    from tf_simclr import checkpoints as ckpt_lib
+
+    run_dir = tmp_path / "run"
+    config = _untrained_run(run_dir)
+    (run_dir / "config.json").write_text('{"resnet_depth": 18,')
+    with pytest.raises(ConfigError, match=r"config.json is not valid JSON .*damaged"):
+        _cli_config([f"--model_dir={run_dir}", "--mode=eval"])
+    with pytest.raises(ConfigError, match=r"config.json is not valid JSON"):
+        runner.run(config.replace(mode="eval"))
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\nnot json\n{"step": 2}\n')
+    (run_dir / "checkpoint").write_text("garbage {{{\n")
+    with caplog.at_level(logging.WARNING):
+        assert [r["step"] for r in train.read_history(str(run_dir))] == [1, 2]
+        assert ckpt_lib.list_checkpoints(str(run_dir))[-1].endswith("ckpt-2")
+        ckpt_lib.missing_index_checkpoints(str(run_dir))
+    assert "metrics.jsonl: 1 line(s) cannot be parsed" in caplog.text
+    assert "checkpoint cannot be parsed" in caplog.text
+
+
+def test_tensorflow_errors_keep_their_cause_and_path():
+    import run
+
+    @tf.function
+    def check(x):
+        tf.debugging.assert_less_equal(tf.reduce_max(x), 1.0, message="images must be in [0, 1]")
+        return x
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as graph_error:
+        check(tf.constant([3.0]))
+    text = run.describe_tf_error(graph_error.value)
+    assert "images must be in [0, 1]" in text and "Graph execution error" not in text
+    assert "File " not in text
+    ds = tf.data.Dataset.from_tensor_slices(["/no/such/image.jpg"]).map(tf.io.read_file)
+    with pytest.raises(tf.errors.NotFoundError) as data_error:
+        list(ds)
+    assert "/no/such/image.jpg; No such file or directory" in run.describe_tf_error(
+        data_error.value
+    )
+
+
+def test_model_call_names_bad_images():
+    from tf_simclr import model as model_lib
+
+    model = model_lib.build_model(
+        resnet_depth=18, width_multiplier=0.125, image_size=16, num_classes=3, num_proj_layers=1
+    )
+    images = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
+    assert model(images)["final_avg_pool"].shape == (2, 64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be float in \[0, 1\]"):
+        model(images * 255.0)
+    with pytest.raises(ValueError, match=r"images must be a batch \[batch, height, width, 3\]"):
+        model(images[0])
+    uint8 = (images * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(
+        model(uint8)["final_avg_pool"],
+        model(uint8 / np.float32(255))["final_avg_pool"],
+        atol=1e-5,
+    )
+
+
+def test_eval_split_layout_is_checked_before_training(tmp_path):
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    files = {f"train/{c}/{i}.png": _png(pixels + i) for c in "ab" for i in range(4)}
+    files.update({f"test/{c}/0.png": _png(pixels) for c in "abz"})
+    root = _folder(tmp_path / "images", files)
+    config = _config(tmp_path, dataset=root, mode="train_then_eval", image_size=8)
+    with pytest.raises(ValueError, match=r"'test' .*\['z'\] that 'train' lacks"):
+        runner.run(config)
+    assert _no_checkpoint_written(tmp_path)
+
+
+def test_resuming_with_changed_settings_warns_and_keeps_the_history(tmp_path, caplog):
+    import json
+
+    first = _config(tmp_path, train_steps=2, steps_per_loop=1, temperature=0.5)
+    runner.run(first)
+    with caplog.at_level(logging.WARNING):
+        runner.run(first.replace(train_steps=3, temperature=0.2))
+    assert "Resuming at step 2 with changed settings" in caplog.text
+    assert "temperature: 0.5 -> 0.2" in caplog.text
+    model_dir = tmp_path / "model"
+    history = [json.loads(line) for line in (model_dir / "config_history.jsonl").open()]
+    assert history == [
+        {
+            "step": 2,
+            "changes": {"temperature": [0.5, 0.2], "train_steps": [2, 3]},
+            "time": history[0]["time"],
+        }
+    ]
+    assert Config.load(str(model_dir)).temperature == 0.2
+
+
+# ------------------------------------------------------------------------------------------
+# More bad inputs found by trying tf_simclr as a new user (issue 13)
+# ------------------------------------------------------------------------------------------
+def test_model_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("mine")
+    with pytest.raises(OSError, match="is a file, not a directory"):
+        runner.run(tiny_config(path, mode="train", train_steps=1))
+    assert path.read_text() == "mine"
+
+
+def test_evaluating_on_the_training_split_is_refused():
+    with pytest.raises(ConfigError, match=r"--eval_split='train' is the training split"):
+        Config(eval_split="train")
+    Config(eval_split="train", mode="train")  # nothing evaluated: fine
+
+
+def test_one_class_dataset_cannot_be_evaluated(tmp_path):
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    files = {f"{s}/only/{i}.png": _png(pixels + i) for s in ("train", "test") for i in range(4)}
+    root = _folder(tmp_path / "images", files)
+    config = _config(
+        tmp_path, dataset=root, mode="train_then_eval", image_size=8, train_batch_size=4
+    )
+    with pytest.raises(ValueError, match="has 1 class: every accuracy would be 1.0"):
+        runner.run(config)
+    assert _no_checkpoint_written(tmp_path)
+    runner.run(config.replace(mode="train"))  # pretraining needs no labels
+
+
+def test_top5_is_not_reported_with_five_classes_or_fewer(caplog):
+    from tf_simclr import evaluate
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 8)).astype(np.float32), np.arange(40) % 3
+    with caplog.at_level(logging.WARNING):
+        knn = evaluate.knn_accuracy(x, y, x, y, num_classes=3, k=100)
+    assert set(knn) == {"knn_top1"}
+    assert "k=100 is more than the 40 training examples" in caplog.text
+    y6 = np.arange(40) % 6
+    assert set(evaluate.knn_accuracy(x, y6, x, y6, num_classes=6, k=5)) == {"knn_top1", "knn_top5"}
+
+
+def test_finetune_checkpoint_given_as_index_file_or_damaged_newest(tmp_path, caplog):
+    source = tmp_path / "pretrained"
+    _untrained_run(source)
+    ft = dict(train_mode="finetune", train_steps=1, steps_per_loop=1)
+    result = runner.run(_config(tmp_path, checkpoint=str(source / "ckpt-2.index"), **ft))
+    assert result["step"] == 1
+    # A newer damaged checkpoint in the pretraining model_dir is skipped, as when resuming.
+    from tf_simclr import checkpoints as ckpt_lib
+
+    model = factory.build_model(tiny_config(source), 10)
+    ckpt_lib.training_checkpoint(model, global_step=tf.Variable(5, dtype=tf.int64)).write(
+        str(source / "ckpt-5")
+    )
+    data = source / "ckpt-5.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        runner.run(_config(tmp_path / "second", checkpoint=str(source), **ft))
+    assert "ckpt-5 is damaged and was skipped" in caplog.text
+    assert "ckpt-2" in caplog.text

@@ -398,3 +398,13 @@ def test_published_model_example(reference_fixtures, r18_dst, tmp_path):
         ["linear_eval", *common, "--data", str(tmp_path / "data"), "--epochs", "5"]
     )
     assert 0.0 <= accuracy <= 1.0
+
+
+def test_damaged_saved_model_pb_is_named(reference_fixtures, tmp_path):
+    src = tmp_path / "saved_model"
+    shutil.copytree(os.path.join(reference_fixtures, R18, "saved_model"), src)
+    (src / "saved_model.pb").write_bytes(b"not a protocol buffer" * 10)
+    dst = str(tmp_path / "dst")
+    with pytest.raises(convert.ConversionError, match=r"saved_model.pb cannot be parsed"):
+        convert.convert(str(src), dst, echo=_quiet)
+    _assert_nothing_written(dst)

@@ -53,7 +53,7 @@ def test_linear_probe_learns_separable_classes_and_not_random_labels():
     dists = ((x[1000:, None, :] - centers[None]) ** 2).sum(-1)
     bayes_like = float(np.mean(dists.argmin(1) == y[1000:]))
     assert result["linear_top1"] >= bayes_like - 0.05
-    assert result["linear_top5"] == 1.0
+    assert "linear_top5" not in result  # 5 classes: top-5 would be 1.0 whatever the probe
     shuffled = rng.permutation(y)
     chance = evaluate.linear_eval(
         x[:1000], shuffled[:1000], x[1000:], shuffled[1000:], num_classes=5, epochs=30

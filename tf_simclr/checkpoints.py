@@ -174,6 +174,13 @@ def _state_file_prefixes(directory: str) -> list[str]:
     after a save is complete: a listed checkpoint without its files was damaged afterwards."""
     state = tf.train.get_checkpoint_state(directory)
     if state is None:
+        path = os.path.join(directory, "checkpoint")
+        if os.path.isfile(path):
+            log.warning(
+                "%s cannot be parsed (a damaged checkpoint state file); checkpoints are found "
+                "from their .index files instead.",
+                path,
+            )
         return []
     paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
     out = []

@@ -262,6 +262,26 @@ class Config:
             raise ConfigError(
                 "--label_fraction/--label_ids_file only apply to --train_mode=finetune."
             )
+        if self.train_mode == "pretrain" and self.train_batch_size < 2:
+            raise ConfigError(
+                f"--train_batch_size={self.train_batch_size} gives the contrastive loss no "
+                "negatives (every other image of the batch is one): use 2 or more (SimCLR uses "
+                "256-4096)."
+            )
+        if self.linear_eval and self.linear_eval_epochs == 0:
+            raise ConfigError(
+                "--linear_eval_epochs=0 would report the accuracy of an untrained probe: give a "
+                "positive number of epochs, or --nolinear_eval to skip the linear probe."
+            )
+        evaluates = self.mode in ("eval", "train_then_eval") and (
+            self.knn_eval or self.linear_eval or self.random_init_baseline
+        )
+        if evaluates and self.eval_split == self.train_split:
+            raise ConfigError(
+                f"--eval_split={self.eval_split!r} is the training split: the kNN and linear "
+                "probe would be scored on the examples they were fit on (a kNN finds each image "
+                "itself). Give a held-out split (e.g. --eval_split=test)."
+            )
         if self.ft_proj_selector < 0:
             raise ConfigError("--ft_proj_selector must be >= 0 (0: encoder output).")
         if self.proj_head_mode == "nonlinear" and self.num_proj_layers < 1:

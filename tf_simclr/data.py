@@ -207,6 +207,17 @@ def _file_problem(path: str, extensions) -> str | None:
     return f"truncated or corrupt {fmt} (cut short or damaged; decoding fails: {error})"
 
 
+def image_folder_root(dataset: str) -> str | None:
+    """The directory of `dataset` when it is an image folder (not embedded, TFDS or a
+    TFDS-format directory), else None."""
+    if not isinstance(dataset, str) or dataset in ("embedded", EMBEDDED_NAME):
+        return None
+    path = os.path.expanduser(dataset)
+    if os.path.isdir(path) and _find_version_dir(path) is None:
+        return path
+    return None
+
+
 def check_image_folder(root: str, splits: Sequence[str] = ("train",)) -> tuple[str, ...]:
     """Check the layout of the image folder ``root`` for ``splits``; returns the class names.
 

@@ -90,6 +90,15 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
+def _topk_metrics(prefix: str, scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """top-1 and, with more than 5 classes, top-5 accuracy (with 5 or fewer, top-5 is 1.0
+    whatever the scores, so it is not reported)."""
+    metrics = {f"{prefix}top1": topk_accuracy(scores, labels, 1)}
+    if scores.shape[1] > 5:
+        metrics[f"{prefix}top5"] = topk_accuracy(scores, labels, 5)
+    return metrics
+
+
 def knn_accuracy(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -100,7 +109,13 @@ def knn_accuracy(
     k: int = 200,
     temperature: float = 0.1,
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy of weighted kNN."""
+    """Top-1 (and top-5, with more than 5 classes) accuracy of weighted kNN."""
+    if k > len(train_features):
+        log.warning(
+            "kNN: k=%d is more than the %d training examples; every one of them votes.",
+            k,
+            len(train_features),
+        )
     scores = knn_classify(
         train_features,
         train_labels,
@@ -109,10 +124,7 @@ def knn_accuracy(
         k=k,
         temperature=temperature,
     )
-    return {
-        "knn_top1": topk_accuracy(scores, test_labels, 1),
-        "knn_top5": topk_accuracy(scores, test_labels, 5),
-    }
+    return _topk_metrics("knn_", scores, test_labels)
 
 
 def linear_eval(
@@ -130,6 +142,16 @@ def linear_eval(
 ) -> dict[str, float]:
     """Linear probe on frozen features: softmax regression trained with SGD + momentum and a
     cosine schedule on standardised features. Returns top-1 / top-5 test accuracy."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(
+            f"epochs must be a positive integer, got {epochs!r}: an untrained probe's accuracy "
+            "means nothing."
+        )
+    if len(train_features) == 0 or len(test_features) == 0:
+        raise ValueError(
+            f"linear_eval needs training and test features, got {len(train_features)} and "
+            f"{len(test_features)} examples."
+        )
     mean = train_features.mean(axis=0, keepdims=True)
     std = train_features.std(axis=0, keepdims=True) + 1e-6
     x_train = ((train_features - mean) / std).astype(np.float32)
@@ -169,18 +191,15 @@ def linear_eval(
 
     final_loss = float(train(x_all, y_all))
     scores = (x_test @ weights.numpy()) + bias.numpy()
-    return {
-        "linear_top1": topk_accuracy(scores, test_labels, 1),
-        "linear_top5": topk_accuracy(scores, test_labels, 5),
-        "linear_train_loss": final_loss,
-    }
+    return {**_topk_metrics("linear_", scores, test_labels), "linear_train_loss": final_loss}
 
 
 def classification_accuracy(
     model: Callable, dataset: tf.data.Dataset, *, max_batches: int | None = None
 ) -> dict[str, float]:
-    """Top-1 / top-5 of the model's supervised logits ("logits_sup") on {"image","label"} data."""
+    """Top-1 (and top-5, with more than 5 classes) of the model's supervised logits
+    ("logits_sup") on {"image","label"} data."""
     scores, labels = extract_features(
         model, dataset, feature_key="logits_sup", max_batches=max_batches
     )
-    return {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5)}
+    return _topk_metrics("", scores, labels)

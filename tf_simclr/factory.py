@@ -138,7 +138,10 @@ def build_head_optimizer(config: Config, model, num_train_examples: int):
 def dataset_info(config: Config, split: str | None = None):
     """DatasetInfo of the configured source (sizes and classes), read without decoding images."""
     _, info = data_lib.load_source(
-        config.dataset, data_dir=config.data_dir, split=split or config.train_split
+        config.dataset,
+        data_dir=config.data_dir,
+        split=split or config.train_split,
+        strict=config.strict_data,  # corrupt files stop the run before anything is built
     )
     return info
 

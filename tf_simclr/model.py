@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_simclr import loss as loss_lib
+from tf_simclr import validation
 from tf_simclr.resnet import batch_norm, freeze_up_to_block, layer_groups
 
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
@@ -127,6 +128,11 @@ class ProjectionHead(keras.layers.Layer):
             fused_batch_norm=self.fused_batch_norm,
         )
         return cfg
+
+
+def _on_tpu() -> bool:
+    # tf.debugging assertions cannot run inside TPU computations.
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
 
 
 def _num_replicas() -> int:
@@ -364,6 +370,14 @@ class SimCLRModel(keras.Model):
                 self._frozen_layers.append(layer)
 
     def call(self, images, training=False):
+        checkable = getattr(images, "dtype", None) not in (tf.float16, tf.bfloat16)
+        if checkable and not isinstance(images, keras.KerasTensor) and not _on_tpu():
+            # (Under a mixed policy Keras has already cast the images to half precision.)
+            # A wrong dtype, layout or value range names the argument instead of failing deep
+            # in the network (or silently computing features of out-of-range pixels).
+            images = validation.check_images(images, name="images")
+            if images.dtype == tf.uint8:
+                images = tf.cast(images, tf.float32) / 255.0
         outs = self._encode(images, training=training)
         hiddens = self.projection_head(outs["final_avg_pool"], training=training)
         outs["proj_head_input"] = hiddens[0]
@@ -444,6 +458,11 @@ class SimCLRModel(keras.Model):
             raise ValueError(
                 "Pretraining batches must be dicts with 'view1' and 'view2' (and 'label'); got "
                 f"{type(data).__name__}{' keys ' + str(sorted(data)) if isinstance(data, dict) else ''}."
+            )
+        if data["view1"].shape[0] == 1 and _num_replicas() == 1:
+            raise ValueError(
+                "Pretraining batches need at least 2 images: with 1 the contrastive loss has no "
+                "negatives and is 0 whatever the network computes."
             )
         outs = self.forward_two_views(data["view1"], data["view2"], training=training)
         z1, z2 = ops.split(outs["proj_head_output"], 2, axis=0)

@@ -25,6 +25,7 @@ from collections import deque
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2, trackable_object_graph_pb2
 
 from tf_simclr.resnet import RESNET_LAYERS
@@ -259,7 +260,7 @@ def _parse_saved_model(pb_path: str):
     try:
         with open(pb_path, "rb") as f:
             return saved_model_pb2.SavedModel.FromString(f.read())
-    except (OSError, ValueError) as err:  # DecodeError is a ValueError
+    except (OSError, ValueError, DecodeError) as err:
         raise ReferenceFormatError(
             f"{pb_path} cannot be parsed as a SavedModel ({_first_line(err)}): it is damaged."
         ) from err

@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
+from tf_simclr import data as data_lib
 from tf_simclr import distribute, factory
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import train as train_lib
@@ -75,11 +76,26 @@ def run(config: Config) -> dict:
 
 
 def _check_eval_split(config: Config) -> None:
-    splits = factory.dataset_info(config).num_examples
+    root = data_lib.image_folder_root(config.dataset)
+    if root is not None:
+        # Both splits' layout before any training (the eval split is otherwise read after it).
+        data_lib.check_image_folder(root, (config.train_split, config.eval_split))
+    info = factory.dataset_info(config)
+    _check_enough_classes(info.num_classes, config.dataset)
+    splits = info.num_examples
     if config.eval_split not in splits:
         raise ValueError(
             f"--eval_split={config.eval_split!r} is not a split of {config.dataset}; "
             f"available: {', '.join(sorted(splits))}."
+        )
+
+
+def _check_enough_classes(num_classes: int, dataset: str) -> None:
+    if num_classes < 2:
+        raise ValueError(
+            f"{dataset} has {num_classes} class: every accuracy would be 1.0 whatever the "
+            "model computes. Evaluate on labelled data with 2 or more classes, or use "
+            "--mode=train (pretraining needs no labels)."
         )
 
 
@@ -121,6 +137,7 @@ def _feature_metrics(config: Config, model, num_classes: int, prefix: str = "") 
 
 def evaluate_model(config: Config, model, num_classes: int) -> dict:
     """All evaluations that apply to the configured train_mode, plus the random-init baseline."""
+    _check_enough_classes(num_classes, config.dataset)
     log.info("Evaluating on split %r.", config.eval_split)
     metrics = {}
     head_classes = getattr(getattr(model, "supervised_head", None), "units", None)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -151,6 +152,11 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _check_model_dir_writable(model_dir: str) -> None:
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise OSError(
+            f"--model_dir={model_dir} is a file, not a directory. Give the path of a directory "
+            "(it is created if missing)."
+        )
     try:
         os.makedirs(model_dir, exist_ok=True)
         probe = os.path.join(model_dir, ".write_test")
@@ -390,16 +396,30 @@ def read_history(model_dir: str) -> list[dict]:
     path = os.path.join(model_dir, METRICS_FILENAME)
     if not os.path.exists(path):
         return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
+    records, bad = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f]
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            bad.append(number)
+    last = max((n for n, line in enumerate(lines, 1) if line), default=0)
+    if bad and bad != [last]:  # a last line cut short by a kill is expected
+        log.warning(
+            "%s: %d line(s) cannot be parsed and were skipped (line %s); the training curves "
+            "miss those records.",
+            path,
+            len(bad),
+            ", ".join(str(n) for n in bad[:5]),
+        )
     by_step = {}
     for record in records:
         by_step[record["step"]] = record  # later (resumed) records win
@@ -509,17 +529,19 @@ def _restore_initial_weights(config: Config, model) -> None:
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         counts = _restore_from_exported_module(config, model, path)
     else:
+        # "model_dir/ckpt-500.index" (or a data file) names the checkpoint ckpt-500.
+        path = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
         if os.path.isdir(path):
-            found = ckpt_lib.list_checkpoints(path)
-            if not found:
+            if not ckpt_lib.list_checkpoints(path):
                 raise FileNotFoundError(f"--checkpoint={path} is a directory without ckpt-* files.")
-            path = found[-1]
+            path = ckpt_lib.latest_valid_checkpoint(path)  # skips damaged ones, saying so
         elif not os.path.exists(path + ".index"):
             raise FileNotFoundError(
                 f"--checkpoint={path} is not a checkpoint (no {path}.index). Give a checkpoint "
                 "prefix such as model_dir/ckpt-500, or a model_dir."
             )
-        ckpt_lib.validate_checkpoint(path)
+        else:
+            ckpt_lib.validate_checkpoint(path)
         values = ckpt_lib.read_model_weights(path, [w.path for w in model.weights])
         _check_same_encoder(path, model, values)
         counts = ckpt_lib.assign_weights_by_path(
