@@ -705,7 +705,7 @@ def test_untrained_probe_and_batches_without_negatives_are_refused():
         "label": np.zeros((1,), np.int32),
     }
     with pytest.raises(ValueError, match="at least 2 images"):
-        simclr._compute_losses(one, training=True)
+        simclr.compute_objective(one, training=True)
 
 
 def test_home_directory_is_expanded_in_model_dir_and_checkpoint(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -259,3 +260,64 @@ def test_mixed_precision_training_keeps_float32_weights_and_loss(
     key = ckpt_lib.checkpoint_key(state.model.weights[0].path)
     assert first.get_tensor(key).dtype == np.float32
     assert not np.allclose(first.get_tensor(key), last.get_tensor(key))
+
+
+def test_fit_and_the_training_loop_take_the_same_step():
+    """`SimCLRModel.fit()` and tf_simclr's training loop run one objective: on the same batch
+    and weights, with the same optimizers, one step gives the same losses and weights."""
+    from tf_simclr import optim
+    from tf_simclr.model import build_model
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        return build_model(
+            resnet_depth=18,
+            width_multiplier=0.125,
+            image_size=16,
+            num_classes=4,
+            num_proj_layers=2,
+            temperature=0.5,
+            head_weight_decay=1e-3,
+        )
+
+    def optimizers():
+        return (
+            optim.build_optimizer("lars", learning_rate=0.5, weight_decay=1e-4),
+            optim.build_optimizer("momentum", learning_rate=0.1, weight_decay=1e-4),
+        )
+
+    rng = np.random.default_rng(0)
+    batch = {
+        "view1": rng.random((8, 16, 16, 3), dtype=np.float32),
+        "view2": rng.random((8, 16, 16, 3), dtype=np.float32),
+        "label": rng.integers(0, 4, 8).astype(np.int32),
+    }
+    by_fit, by_loop = fresh(), fresh()
+    for a, b in zip(by_fit.weights, by_loop.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    opt, head_opt = optimizers()
+    by_fit.compile(optimizer=opt, head_optimizer=head_opt)
+    history = by_fit.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0).history
+    opt, head_opt = optimizers()
+    step = tf.function(train.make_step_fn(by_loop, opt, head_opt))
+    metrics = {k: float(v) for k, v in step({k: tf.constant(v) for k, v in batch.items()}).items()}
+    assert (
+        set(history)
+        == set(metrics)
+        == {
+            "loss",
+            "contrastive_loss",
+            "contrastive_acc",
+            "contrastive_entropy",
+            "sup_loss",
+            "sup_acc",
+            "weight_decay_loss",
+        }
+    )
+    for name, value in metrics.items():
+        assert history[name][0] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    moved = 0
+    for a, b, w0 in zip(by_fit.weights, by_loop.weights, fresh().weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+        moved += not np.array_equal(a.numpy(), w0.numpy())
+    assert moved > len(by_fit.trainable_variables) // 2  # the step did update the weights

@@ -217,7 +217,7 @@ def test_mirrored_matches_single_device(jobs):
     ref, got = _history(tmp / "single"), _history(tmp / "mirrored")
     assert [r["step"] for r in ref] == [r["step"] for r in got] == [2, 4]
     for r, g in zip(ref, got, strict=True):
-        for key in ("loss", "contrast_loss", "sup_loss"):
+        for key in ("loss", "contrastive_loss", "sup_loss"):
             assert g[key] == pytest.approx(r[key], rel=LOSS_RTOL), (r["step"], key)
         assert g["learning_rate"] == pytest.approx(r["learning_rate"], rel=1e-6, abs=1e-9)
     # The final checkpoints (model, optimizer slots, step) agree variable by variable.

@@ -212,8 +212,9 @@ def check_batch_divisible(global_batch, strategy, *, flag="train_batch_size") ->
         raise ValueError(f"{flag} must be a positive integer, got {global_batch!r}.")
     if global_batch % replicas:
         raise ValueError(
-            f"{flag}={global_batch} is not divisible by the number of replicas ({replicas}); "
-            f"use a multiple of {replicas}."
+            f"{flag}={global_batch} must be divisible by the {replicas} replicas: each of the "
+            f"replicas ({replicas}) gets an equal share of the batch; use a multiple of "
+            f"{replicas}."
         )
     return global_batch // replicas
 

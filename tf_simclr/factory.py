@@ -56,6 +56,7 @@ def build_model(config: Config, num_classes: int, *, train_mode: str | None = No
         hidden_norm=config.hidden_norm,
         loss_scale=config.loss_scale,
         sup_head_input_norm=config.sup_head_input_norm,
+        head_weight_decay=head_l2_coefficient(config),
         fused_batch_norm=config.fused_batch_norm,
         ft_update_unused_head_bn=config.ft_update_unused_head_bn,
     )

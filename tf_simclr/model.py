@@ -16,12 +16,15 @@ Usage from user code (no CLI needed)::
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 from keras import ops
 
 from tf_simclr import loss as loss_lib
 from tf_simclr import validation
+from tf_simclr.distribute import replica_share
 from tf_simclr.resnet import batch_norm, freeze_up_to_block, layer_groups
 
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
@@ -128,6 +131,27 @@ class ProjectionHead(keras.layers.Layer):
             fused_batch_norm=self.fused_batch_norm,
         )
         return cfg
+
+
+class Objective(NamedTuple):
+    """One batch's objective on one replica.
+
+    total: this replica's share of the global objective (summed over replicas, the strategies'
+        gradient all-reduce gives the full gradient). shares: the loss terms, as shares
+        ("contrastive_loss", "sup_loss", "weight_decay_loss"). rates: per-replica rates to
+        average over replicas ("contrastive_acc", "contrastive_entropy", "sup_acc").
+    """
+
+    total: tf.Tensor
+    shares: dict
+    rates: dict
+
+    def shares_with_total(self) -> dict:
+        return {"loss": self.total, **self.shares}
+
+    def metrics(self) -> dict:
+        """Every metric of this replica: {"loss": total, **shares, **rates}."""
+        return {**self.shares_with_total(), **self.rates}
 
 
 def _on_tpu() -> bool:
@@ -304,6 +328,7 @@ class SimCLRModel(keras.Model):
             "contrastive_entropy",
             "sup_loss",
             "sup_acc",
+            "weight_decay_loss",
         )
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
@@ -453,83 +478,135 @@ class SimCLRModel(keras.Model):
             return 0.0
         return self.head_weight_decay * 0.5 * ops.sum(ops.square(self.supervised_head.kernel))
 
-    def _pretrain_losses(self, data, training):
-        if not isinstance(data, dict) or "view1" not in data or "view2" not in data:
-            raise ValueError(
-                "Pretraining batches must be dicts with 'view1' and 'view2' (and 'label'); got "
-                f"{type(data).__name__}{' keys ' + str(sorted(data)) if isinstance(data, dict) else ''}."
-            )
-        if data["view1"].shape[0] == 1 and _num_replicas() == 1:
-            raise ValueError(
-                "Pretraining batches need at least 2 images: with 1 the contrastive loss has no "
-                "negatives and is 0 whatever the network computes."
-            )
-        outs = self.forward_two_views(data["view1"], data["view2"], training=training)
-        z1, z2 = ops.split(outs["proj_head_output"], 2, axis=0)
-        con = loss_lib.nt_xent_loss(
-            z1,
-            z2,
-            temperature=self.temperature,
-            hidden_norm=self.hidden_norm,
-            loss_scale=self.loss_scale,
-        )
-        stats = {"contrastive_loss": con.loss}  # this replica's share of the global loss
-        stats.update(loss_lib.contrastive_metrics(con.logits, con.labels))
-        total = con.loss
-        replicas = _num_replicas()
-        if "logits_sup" in outs and data.get("label") is not None:
-            labels = ops.concatenate([data["label"], data["label"]], axis=0)
-            sup, acc = self._supervised_loss(outs["logits_sup"], labels)
-            stats["sup_loss"], stats["sup_acc"] = sup, acc
-            total = total + (sup + self._head_l2()) / replicas
-        return total, stats
-
-    def _finetune_losses(self, data, training):
+    def _labelled_images(self, data):
         if isinstance(data, dict):
             if "image" not in data or "label" not in data:
                 raise ValueError(
                     f"Fine-tune batches need 'image' and 'label'; got keys {sorted(data)}."
                 )
-            images, labels = data["image"], data["label"]
-        else:
-            images, labels = data[0], data[1]
-        outs = self(images, training=training)
-        sup, acc = self._supervised_loss(outs["logits_sup"], labels)
-        total = (sup + self._head_l2()) / _num_replicas()
-        return total, {"sup_loss": sup, "sup_acc": acc}
+            return data["image"], data["label"]
+        return data[0], data[1]
 
-    def _compute_losses(self, data, training):
-        if self.train_mode == "pretrain":
-            total, stats = self._pretrain_losses(data, training)
-        else:
-            total, stats = self._finetune_losses(data, training)
-        if self.losses:  # Keras regularisers, if a user encoder has any
-            total = total + ops.sum(self.losses) / _num_replicas()
-        return total, stats
+    def compute_objective(self, data, training: bool = True) -> Objective:
+        """The training objective of one batch on this replica (the single definition used by
+        ``fit()`` and by tf_simclr's training loop).
 
-    def _record(self, total, stats):
+        Pretraining batches are {"view1", "view2"[, "label"]}: NT-Xent over both views plus, with
+        a supervised head and labels, the cross-entropy of the head (on stop-gradient features)
+        for both views' labels and its L2 term (``head_weight_decay``). Fine-tuning batches are
+        {"image", "label"} (or a tuple): the cross-entropy and the L2 term.
+        """
         replicas = _num_replicas()
-        # Trackers average across replicas, so record each replica's share scaled to a full loss.
-        self._trackers["loss"].update_state(total * replicas)
-        for k, v in stats.items():
-            self._trackers[k].update_state(v * replicas if k == "contrastive_loss" else v)
-        return {k: self._trackers[k].result() for k in ["loss", *stats]}
+        shares, rates = {}, {}
+        if self.train_mode == "pretrain":
+            if not isinstance(data, dict) or "view1" not in data or "view2" not in data:
+                keys = f" keys {sorted(data)}" if isinstance(data, dict) else ""
+                raise ValueError(
+                    "Pretraining batches must be dicts with 'view1' and 'view2' (and 'label'); "
+                    f"got {type(data).__name__}{keys}."
+                )
+            if data["view1"].shape[0] == 1 and replicas == 1:
+                raise ValueError(
+                    "Pretraining batches need at least 2 images: with 1 the contrastive loss has "
+                    "no negatives and is 0 whatever the network computes."
+                )
+            outs = self.forward_two_views(data["view1"], data["view2"], training=training)
+            z1, z2 = ops.split(outs["proj_head_output"], 2, axis=0)
+            con = loss_lib.nt_xent_loss(
+                z1,
+                z2,
+                temperature=self.temperature,
+                hidden_norm=self.hidden_norm,
+                loss_scale=self.loss_scale,
+            )
+            shares["contrastive_loss"] = con.loss  # already this replica's share
+            rates.update(loss_lib.contrastive_metrics(con.logits, con.labels))
+            labels = data.get("label")
+            if labels is not None:
+                labels = ops.concatenate([labels, labels], axis=0)
+        else:
+            images, labels = self._labelled_images(data)
+            outs = self(images, training=training)
+        if "logits_sup" in outs and labels is not None:
+            sup, acc = self._supervised_loss(outs["logits_sup"], labels)
+            shares["sup_loss"] = replica_share(sup)  # a local mean: each replica's part of it
+            rates["sup_acc"] = acc
+            if self.head_weight_decay:
+                shares["weight_decay_loss"] = replica_share(self._head_l2())
+        elif self.train_mode == "finetune":
+            raise ValueError("Fine-tuning needs a supervised head (num_classes >= 1).")
+        total = ops.sum(ops.stack([ops.cast(v, "float32") for v in shares.values()]))
+        if self.losses:  # Keras regularisers, if a user encoder has any
+            total = total + replica_share(ops.cast(ops.sum(self.losses), "float32"))
+        return Objective(total, shares, rates)
+
+    def objective_metric_names(self) -> tuple[list[str], list[str]]:
+        """(names summed over replicas: "loss" and the loss terms, all ending in "loss";
+        names averaged over replicas: the rates) of the metrics `compute_objective` reports for
+        labelled batches."""
+        shares, rates = ["loss"], []
+        if self.train_mode == "pretrain":
+            shares.append("contrastive_loss")
+            rates += ["contrastive_acc", "contrastive_entropy"]
+        if self.supervised_head is not None:
+            shares.append("sup_loss")
+            rates.append("sup_acc")
+            if self.head_weight_decay:
+                shares.append("weight_decay_loss")
+        return shares, rates
+
+    def training_step(self, data, optimizer, head_optimizer=None) -> Objective:
+        """One optimisation step on this replica's batch: the objective's gradient updates
+        the network with `optimizer`; with `head_optimizer`, the supervised head is updated by
+        it from the supervised loss alone (its input is stop-gradient features)."""
+        head_vars = list(self.supervised_head_variables) if head_optimizer is not None else []
+        head_ids = {id(v) for v in head_vars}
+        with tf.GradientTape(persistent=bool(head_vars)) as tape:
+            objective = self.compute_objective(data, training=True)
+            scaled = objective.total
+            if hasattr(optimizer, "scale_loss"):
+                scaled = optimizer.scale_loss(scaled)
+        variables = [v for v in self.optimized_variables if id(v) not in head_ids]
+        optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables, strict=True))
+        if head_vars:
+            head_grads = tape.gradient(objective.shares["sup_loss"], head_vars)
+            head_optimizer.apply_gradients(zip(head_grads, head_vars, strict=True))
+            del tape
+        return objective
+
+    def _record(self, objective: Objective):
+        replicas = _num_replicas()
+        # Trackers average over replicas, so a replica's share is recorded scaled to a full loss.
+        for name, value in objective.shares_with_total().items():
+            self._trackers[name].update_state(value * replicas)
+        for name, value in objective.rates.items():
+            self._trackers[name].update_state(value)
+        return {name: self._trackers[name].result() for name in objective.metrics()}
 
     # ------------------------------------------------------------- Keras hooks
+    def compile(self, optimizer="rmsprop", *, head_optimizer=None, **kwargs):
+        """Keras compile; ``head_optimizer`` trains the supervised (linear-eval) head while
+        pretraining: an optimizer, None for the default momentum SGD at learning rate 0.1
+        (under LARS the head would get no trust scaling and diverge at contrastive learning
+        rates), or "shared" to train it with ``optimizer`` as the reference code does."""
+        super().compile(optimizer=optimizer, **kwargs)
+        if head_optimizer == "shared" or self.train_mode != "pretrain":
+            head_optimizer = None
+        elif head_optimizer is None and self.supervised_head is not None:
+            from tf_simclr.optim import build_optimizer
+
+            head_optimizer = build_optimizer("momentum", learning_rate=0.1, momentum=0.9)
+        # Not Keras-tracked: the head optimizer's state is not part of the model's weights.
+        object.__setattr__(self, "head_optimizer", head_optimizer)
+
     @property
     def metrics(self):
         return list(self._trackers.values())
 
     def train_step(self, data):
-        with tf.GradientTape() as tape:
-            total, stats = self._compute_losses(data, training=True)
-            scaled = (
-                self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
-            )
-        variables = self.optimized_variables
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        return self._record(total, stats)
+        optimizer = getattr(self, "optimizer", None)  # (None: compile() was not called)
+        objective = self.training_step(data, optimizer, getattr(self, "head_optimizer", None))
+        return self._record(objective)
 
     def test_step(self, data):
         if self.train_mode == "pretrain" and isinstance(data, dict) and "view1" not in data:
@@ -540,9 +617,9 @@ class SimCLRModel(keras.Model):
                     "This model has no supervised head to evaluate on 'image' batches."
                 )
             sup, acc = self._supervised_loss(outs["logits_sup"], data["label"])
-            return self._record(sup / _num_replicas(), {"sup_loss": sup, "sup_acc": acc})
-        total, stats = self._compute_losses(data, training=False)
-        return self._record(total, stats)
+            share = replica_share(sup)
+            return self._record(Objective(share, {"sup_loss": share}, {"sup_acc": acc}))
+        return self._record(self.compute_objective(data, training=False))
 
     def get_config(self):
         # The encoder must itself be Keras-serialisable (build_resnet's models are).

@@ -25,7 +25,6 @@ import tensorflow as tf
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import config as config_lib
 from tf_simclr import distribute, factory
-from tf_simclr import loss as loss_lib
 from tf_simclr.config import Config
 from tf_simclr.model import SUPERVISED_HEAD_NAME
 
@@ -258,84 +257,14 @@ def _distribute(strategy: tf.distribute.Strategy, dataset_fn):
     return strategy.experimental_distribute_dataset(dataset_fn(None))
 
 
-def _make_step_fn(
-    config: Config, model, optimizer, global_batch: int, num_replicas: int, head_optimizer=None
-):
-    """The per-replica training step for the configured train_mode. With `head_optimizer`, the
-    supervised head (on stop-gradient features) is updated by it, everything else by
-    `optimizer`."""
-    pretrain = config.train_mode == "pretrain"
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    head_ids = (
-        {id(v) for v in model.supervised_head_variables} if head_optimizer is not None else set()
-    )
-    head_l2 = factory.head_l2_coefficient(config) if model.has_supervised_head else 0.0
+def make_step_fn(model, optimizer, head_optimizer=None):
+    """The per-replica training step: `SimCLRModel.training_step` (the objective `fit()` uses
+    too), returning every metric of the batch (see `SimCLRModel.objective_metric_names`)."""
 
     def step_fn(batch):
-        labels = tf.cast(batch["label"], tf.int32)
-        metrics = {}
-        with tf.GradientTape(persistent=head_optimizer is not None) as tape:
-            if pretrain:
-                images = tf.concat([batch["view1"], batch["view2"]], axis=0)
-                labels = tf.concat([labels, labels], axis=0)
-            else:
-                images = batch["image"]
-            outputs = model(images, training=True)
-            total = tf.constant(0.0)
-            if pretrain:
-                z1, z2 = tf.split(tf.cast(outputs["proj_head_output"], tf.float32), 2, axis=0)
-                contrast = loss_lib.nt_xent_loss(
-                    z1,
-                    z2,
-                    temperature=config.temperature,
-                    hidden_norm=config.hidden_norm,
-                    loss_scale=config.loss_scale,
-                )
-                total += contrast.loss
-                metrics["contrast_loss"] = contrast.loss
-                metrics.update(loss_lib.contrastive_metrics(contrast.logits, contrast.labels))
-            if "logits_sup" in outputs:
-                logits = tf.cast(outputs["logits_sup"], tf.float32)
-                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    labels=labels, logits=logits
-                )
-                # Sum over local rows / global rows: replicas' shares add up to the mean.
-                sup_loss = tf.reduce_sum(per_example) / tf.cast(
-                    tf.shape(images)[0] * num_replicas, tf.float32
-                )
-                total += sup_loss
-                metrics["sup_loss"] = sup_loss
-                metrics["sup_acc"] = tf.reduce_mean(
-                    tf.cast(
-                        tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32
-                    )
-                )
-            if head_l2:
-                # The reference's weight_decay * l2_loss(head kernel) (tf.nn.l2_loss: sum/2).
-                kernel = tf.cast(model.supervised_head.kernel, tf.float32)
-                weight_decay_loss = head_l2 * tf.nn.l2_loss(kernel)
-                total += weight_decay_loss / num_replicas
-                metrics["weight_decay_loss"] = weight_decay_loss / num_replicas
-            if model.losses:
-                total += tf.add_n([tf.cast(x, tf.float32) for x in model.losses]) / num_replicas
-            metrics["loss"] = total
-            scaled = optimizer.scale_loss(total) if loss_scaled else total
-        variables = [v for v in model.optimized_variables if id(v) not in head_ids]
-        grads = tape.gradient(scaled, variables)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        if head_optimizer is not None:
-            # The head only sees stop_gradient features: its gradient comes from sup_loss alone.
-            head_vars = [v for v in model.trainable_variables if id(v) in head_ids]
-            head_grads = tape.gradient(metrics["sup_loss"], head_vars)
-            head_optimizer.apply_gradients(zip(head_grads, head_vars, strict=True))
-            del tape
-        return metrics
+        return model.training_step(batch, optimizer, head_optimizer).metrics()
 
     return step_fn
-
-
-# How each metric combines across replicas: loss shares add up, per-replica rates average.
-_SUM_METRICS = {"loss", "contrast_loss", "sup_loss", "weight_decay_loss"}
 
 
 def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: list[str]):
@@ -345,13 +274,10 @@ def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: 
         last_loss = tf.constant(0.0)
         for _ in tf.range(num_steps):
             per_replica = strategy.run(step_fn, args=(next(iterator),))
+            # Loss shares ("...loss") add up over replicas; rates average.
             reduced = [
-                strategy.reduce(
-                    tf.distribute.ReduceOp.SUM
-                    if name in _SUM_METRICS
-                    else tf.distribute.ReduceOp.MEAN,
-                    per_replica[name],
-                    axis=None,
+                distribute.reduce_per_replica(
+                    strategy, per_replica[name], op="sum" if name.endswith("loss") else "mean"
                 )
                 for name in metric_names
             ]
@@ -362,19 +288,6 @@ def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: 
         return dict(zip(metric_names, means, strict=True)), last_loss
 
     return train_loop
-
-
-def _metric_names(config: Config, model) -> list[str]:
-    names = ["loss"]
-    if config.train_mode == "pretrain":
-        names += ["contrast_loss", "contrastive_acc", "contrastive_entropy"]
-    if getattr(model, "has_supervised_head", True) and (
-        config.train_mode == "finetune" or config.lineareval_while_pretraining
-    ):
-        names += ["sup_loss", "sup_acc"]
-        if factory.head_l2_coefficient(config):
-            names.append("weight_decay_loss")
-    return names
 
 
 def _current_learning_rate(optimizer) -> float:
@@ -575,11 +488,7 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     role = distribute.WorkerRole(strategy, model_dir, collective_timeout=config.collective_timeout)
     _check_model_dir_writable(role.write_dir)
     num_replicas = strategy.num_replicas_in_sync
-    if config.train_batch_size % num_replicas:
-        raise ValueError(
-            f"--train_batch_size={config.train_batch_size} must be divisible by the "
-            f"{num_replicas} replicas of --strategy={config.strategy}."
-        )
+    distribute.check_batch_divisible(config.train_batch_size, strategy, flag="--train_batch_size")
     info = factory.dataset_info(config)
     if config.train_split not in info.num_examples:
         raise ValueError(
@@ -650,11 +559,9 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     )
     dist_dataset = _distribute(strategy, dataset_fn)
     iterator = iter(dist_dataset)
-    step_fn = _make_step_fn(
-        config, model, optimizer, config.train_batch_size, num_replicas, head_optimizer
-    )
-    metric_names = _metric_names(config, model)
-    train_loop = _make_train_loop(strategy, step_fn, global_step, metric_names)
+    step_fn = make_step_fn(model, optimizer, head_optimizer)
+    shares, rates = model.objective_metric_names()
+    train_loop = _make_train_loop(strategy, step_fn, global_step, shares + rates)
 
     writer = tf.summary.create_file_writer(model_dir) if config.summaries and role.chief else None
     log.info(
@@ -759,7 +666,7 @@ def plot_history(history: list[dict], path: str) -> str | None:
 
     steps = np.array([r["step"] for r in history])
     panels = [
-        ("loss", ["loss", "contrast_loss", "sup_loss"]),
+        ("loss", ["loss", "contrastive_loss", "sup_loss"]),
         ("accuracy", ["contrastive_acc", "sup_acc"]),
         ("learning rate", ["learning_rate"]),
     ]
