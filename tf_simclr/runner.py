@@ -14,6 +14,7 @@ from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
 from tf_simclr import distribute, factory
 from tf_simclr import evaluate as eval_lib
+from tf_simclr import history as history_lib
 from tf_simclr import train as train_lib
 from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
 
@@ -66,7 +67,9 @@ def run(config: Config) -> dict:
         result["metrics"] = evaluate_model(config, state.model, state.num_classes)
     result["train_seconds"] = time.perf_counter() - start
     result["images_per_second"] = state.images_per_second
-    curves = train_lib.plot_history(state.history, os.path.join(config.model_dir, CURVES_FILENAME))
+    curves = history_lib.plot_history(
+        state.history, os.path.join(config.model_dir, CURVES_FILENAME)
+    )
     if curves:
         result["curves"] = curves
     if config.export:
