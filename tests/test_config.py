@@ -71,3 +71,18 @@ def test_augmentation_spec_follows_the_recipe():
 
 def test_use_tpu_selects_the_tpu_strategy():
     assert Config(use_tpu=True, tpu_name="grpc://10.0.0.2:8470").strategy == "tpu"
+
+
+def test_library_and_cli_share_their_defaults():
+    """One default each: the projection head's depth, and LARS's exclusions."""
+    import inspect
+
+    from tf_simclr import model, optim
+
+    for fn in (model.SimCLRModel.__init__, model.ProjectionHead.__init__):
+        assert inspect.signature(fn).parameters["num_proj_layers"].default == Config.num_proj_layers
+    lars = inspect.signature(optim.LARS.__init__).parameters
+    assert lars["exclude_from_weight_decay"].default == optim.DEFAULT_EXCLUDE
+    built = optim.build_optimizer("lars", learning_rate=0.1)
+    assert built.exclude_from_weight_decay_patterns == optim.DEFAULT_EXCLUDE
+    assert built.exclude_from_layer_adaptation_patterns == optim.DEFAULT_EXCLUDE

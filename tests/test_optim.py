@@ -84,8 +84,9 @@ def np_schedule(step, base, warmup, total):
     return 0.5 * base * (1 + math.cos(math.pi * progress))
 
 
-EXPECTED_DECAY = [True, False, False, False, True, False, True, False]  # default LARS()
-EXPECTED_ADAPT_BUILD = [True, False, False, False, True, False, False, False]
+# LARS() and build_optimizer("lars"): the reference's exclusions (batch norm, biases, head).
+EXPECTED_DECAY = [True, False, False, False, True, False, False, False]
+EXPECTED_ADAPT_BUILD = EXPECTED_DECAY
 
 
 def test_lars_exclusions_decided_in_build():
@@ -98,13 +99,12 @@ def test_lars_exclusions_decided_in_build():
     adapt = [opt.uses_layer_adaptation(v) for v in model.trainable_variables]
     assert decay == [True, False, False, False, True, False, False, False]
     assert adapt == decay
-    # build_optimizer reproduces the reference: head kernel decayed, not trust-scaled.
+    # build_optimizer("lars") has LARS()'s defaults (the reference's exclusion list; the
+    # head's L2 term is the model's head_weight_decay).
     opt2 = build_optimizer("lars", 0.1, weight_decay=1e-4)
     opt2.build(model.trainable_variables)
-    assert [opt2.uses_weight_decay(v) for v in model.trainable_variables] == EXPECTED_DECAY
-    assert [
-        opt2.uses_layer_adaptation(v) for v in model.trainable_variables
-    ] == EXPECTED_ADAPT_BUILD
+    assert [opt2.uses_weight_decay(v) for v in model.trainable_variables] == decay
+    assert [opt2.uses_layer_adaptation(v) for v in model.trainable_variables] == adapt
 
 
 @pytest.mark.parametrize(

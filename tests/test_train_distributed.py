@@ -454,8 +454,8 @@ def test_collective_timeout_validation(monkeypatch):
     with pytest.raises(ConfigError, match="--collective_timeout must be >= 0"):
         Config(collective_timeout=-1)
     assert Config(collective_timeout=5).hash() == Config().hash()  # not a model setting
-    with pytest.raises(ValueError, match="collective_timeout must be a number"):
-        distribute.set_default_collective_timeout(-1)
     monkeypatch.setenv("TF_CONFIG", _tf_config([1, 2], 0))
+    with pytest.raises(ValueError, match="collective_timeout must be a number"):
+        distribute.make_strategy("multi_worker", collective_timeout=-1)
     with pytest.raises(ValueError, match="collective_timeout must be a number"):
         distribute.make_strategy("multi_worker", collective_timeout="soon")

@@ -57,6 +57,21 @@ ENCODER_FIELDS = (
 _INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
 
 
+def _setting(default, help: str, *, choices: tuple | None = None):
+    """A Config field with its flag help and valid values next to it (run.py builds its
+    flags from these; `validate` checks the choices)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def help_text(field: dataclasses.Field) -> str:
+    """The --help text of a Config field, with its valid values."""
+    text = field.metadata.get("help", "")
+    choices = field.metadata.get("choices")
+    if choices:
+        text = f"{text} One of: {', '.join(str(c) for c in choices)}."
+    return text
+
+
 class ConfigError(ValueError):
     """A flag value or a combination of flags is invalid; the message names the flag."""
 
@@ -67,107 +82,184 @@ class Config:
     dataset, sized so `python run.py --mode=train_then_eval` finishes in minutes on 2 CPU cores."""
 
     # What to do.
-    mode: str = "train_then_eval"
-    train_mode: str = "pretrain"
-    model_dir: str = "/tmp/tf_simclr"
-    checkpoint: str | None = None  # checkpoint or exported module to fine-tune from
+    mode: str = _setting("train_then_eval", "What to do.", choices=MODES)
+    train_mode: str = _setting(
+        "pretrain", "Contrastive pretraining or supervised fine-tuning.", choices=TRAIN_MODES
+    )
+    model_dir: str = _setting(
+        "/tmp/tf_simclr",
+        "Directory for checkpoints, summaries, config.json, result.json and exports.",
+    )
+    checkpoint: str | None = _setting(
+        None, "Fine-tuning: pretraining checkpoint prefix (or model_dir) to start from."
+    )
 
     # Data.
-    dataset: str = "embedded"
-    data_dir: str | None = None
-    train_split: str = "train"
-    eval_split: str = "test"
-    cache_dataset: bool = False
-    image_size: int = 32
-    augmentations: str | None = None  # None: crop,flip,color (+blur when use_blur)
+    dataset: str = _setting(
+        "embedded",
+        "'embedded' (shipped in data/), a TFDS name (with --data_dir), a TFDS-format directory, or an image folder root/<split>/<class>/*.jpg.",
+    )
+    data_dir: str | None = _setting(
+        None, "TFDS data_dir holding prepared datasets (no downloads are attempted)."
+    )
+    train_split: str = _setting("train", "Split to train on.")
+    eval_split: str = _setting("test", "Split to evaluate on.")
+    cache_dataset: bool = _setting(False, "Cache decoded images in memory (small datasets).")
+    image_size: int = _setting(32, "Input side in pixels; <= 32 selects the CIFAR stem.")
+    augmentations: str | None = _setting(
+        None,
+        "Comma-separated operators, e.g. crop,flip,color,blur (default from the recipe: crop,flip,color plus blur with --use_blur).",
+    )
     # The embedded recipe: colour is shapes10's main nuisance, so the full-strength (ImageNet)
     # colour distortion; measured +15.9 linear-probe points over random weights (0.5: +7.0).
-    color_jitter_strength: float = 1.0
-    use_blur: bool = False
-    brightness: str = "multiplicative"
-    label_fraction: float | None = None
-    label_ids_file: str | None = None
-    strict_data: bool = False
+    color_jitter_strength: float = _setting(
+        1.0, "Colour distortion strength s (ImageNet 1.0, CIFAR 0.5)."
+    )
+    use_blur: bool = _setting(
+        False, "Add Gaussian blur to the default augmentations (ImageNet recipe)."
+    )
+    brightness: str = _setting(
+        "multiplicative",
+        "Brightness jitter form (multiplicative: SimCLRv2, additive: v1).",
+        choices=BRIGHTNESS_MODES,
+    )
+    label_fraction: float | None = _setting(
+        None, "Fine-tuning: class-balanced fraction of labelled training examples."
+    )
+    label_ids_file: str | None = _setting(
+        None, "Fine-tuning: file of training example ids (one per line) to use."
+    )
+    strict_data: bool = _setting(
+        False, "Fail on corrupt image files instead of skipping them with a count."
+    )
 
     # Schedule.
-    train_batch_size: int = 256
-    train_epochs: int = 12
-    train_steps: int = 0  # > 0 overrides train_epochs
-    eval_batch_size: int = 256
-    eval_steps: int = 0  # 0: the whole eval split
-    warmup_epochs: float = 2.0
-    steps_per_loop: int = 10
-    checkpoint_epochs: int = 10
-    checkpoint_steps: int = 0  # > 0 overrides checkpoint_epochs
-    keep_checkpoint_max: int = 5
-    keep_hub_module_max: int = 1
-    log_every_steps: int = 10
+    train_batch_size: int = _setting(256, "Global training batch size (split over replicas).")
+    train_epochs: int = _setting(12, "Training epochs (ignored when --train_steps > 0).")
+    train_steps: int = _setting(0, "Training steps; overrides --train_epochs when > 0.")
+    eval_batch_size: int = _setting(256, "Evaluation batch size.")
+    eval_steps: int = _setting(0, "Evaluation batches per split (0: the whole split).")
+    warmup_epochs: float = _setting(2.0, "Linear learning-rate warmup, in epochs.")
+    steps_per_loop: int = _setting(10, "Training steps per tf.function call.")
+    checkpoint_epochs: int = _setting(10, "Epochs between checkpoints.")
+    checkpoint_steps: int = _setting(
+        0, "Steps between checkpoints; overrides --checkpoint_epochs when > 0."
+    )
+    keep_checkpoint_max: int = _setting(5, "Checkpoints to keep.")
+    keep_hub_module_max: int = _setting(1, "Exported SavedModels to keep.")
+    log_every_steps: int = _setting(
+        10, "Steps between progress log lines (non-interactive output)."
+    )
 
     # Optimisation.
-    optimizer: str = "lars"
+    optimizer: str = _setting("lars", "Optimizer.", choices=OPTIMIZERS)
     # LARS moves each weight by about lr * 0.001 of its norm per step: a short schedule needs
     # a larger base rate than the 1.0 of 1000-epoch CIFAR runs.
-    learning_rate: float = 4.0
-    learning_rate_scaling: str = "linear"
-    momentum: float = 0.9
-    sup_head_learning_rate: float = 0.1
-    weight_decay: float = 1e-4
-    batch_norm_decay: float = 0.9
-    precision: str = "float32"
+    learning_rate: float = _setting(4.0, "Base learning rate, scaled by --learning_rate_scaling.")
+    learning_rate_scaling: str = _setting(
+        "linear", "lr = base*B/256 (linear) or base*sqrt(B) (sqrt).", choices=LR_SCALINGS
+    )
+    momentum: float = _setting(0.9, "Momentum of LARS / SGD.")
+    sup_head_learning_rate: float = _setting(
+        0.1,
+        "Pretraining: base learning rate (x B/256) of the linear-eval head, which has its own momentum-SGD optimizer.",
+    )
+    weight_decay: float = _setting(1e-4, "Weight decay (batch norm and biases excluded).")
+    batch_norm_decay: float = _setting(0.9, "Batch-norm moving-average decay (momentum).")
+    precision: str = _setting(
+        "float32", "Numeric policy (the loss is always float32).", choices=PRECISIONS
+    )
 
     # Loss.
-    temperature: float = 0.5
-    hidden_norm: bool = True
-    loss_scale: str = "paper"
+    temperature: float = _setting(0.5, "NT-Xent temperature tau.")
+    hidden_norm: bool = _setting(True, "L2-normalise projections before the contrastive loss.")
+    loss_scale: str = _setting(
+        "paper", "The paper's loss, or the reference code's 2x.", choices=LOSS_SCALES
+    )
 
     # Model.
-    resnet_depth: int = 18
-    width_multiplier: float = 0.25
-    sk_ratio: float = 0.0
-    se_ratio: float = 0.0
-    proj_head_mode: str = "nonlinear"
-    proj_out_dim: int = 128
-    num_proj_layers: int = 2
-    ft_proj_selector: int = 0
-    global_bn: bool = True
-    lineareval_while_pretraining: bool = True
-    zero_init_logits_layer: bool = False
-    fine_tune_after_block: int = -1
-    num_classes: int = 0  # classes of the supervised head; 0: the dataset's
+    resnet_depth: int = _setting(18, "ResNet depth.", choices=RESNET_DEPTHS)
+    width_multiplier: float = _setting(0.25, "ResNet width multiplier (e.g. 0.25, 0.5, 1, 2, 4).")
+    sk_ratio: float = _setting(0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625; 0 disables).")
+    se_ratio: float = _setting(0.0, "Squeeze-excitation ratio (0 disables).")
+    proj_head_mode: str = _setting("nonlinear", "Projection head.", choices=PROJ_HEAD_MODES)
+    proj_out_dim: int = _setting(128, "Projection output dimension.")
+    num_proj_layers: int = _setting(2, "Layers in the nonlinear projection head (SimCLRv2: 3).")
+    ft_proj_selector: int = _setting(
+        0, "Fine-tune from this projection-head layer (0: encoder output)."
+    )
+    global_bn: bool = _setting(True, "Synchronise batch-norm statistics across replicas.")
+    lineareval_while_pretraining: bool = _setting(
+        True, "Train a linear head on stop_gradient features meanwhile."
+    )
+    zero_init_logits_layer: bool = _setting(
+        False, "Zero-initialise the supervised head when fine-tuning."
+    )
+    fine_tune_after_block: int = _setting(
+        -1, "Fine-tuning: freeze the stem and block groups <= this (-1: none)."
+    )
+    num_classes: int = _setting(
+        0,
+        "Classes of the supervised head (0: the dataset's). Set by tf_simclr.convert for published models (1000 ImageNet classes).",
+    )
 
     # Where tf_simclr departs from the reference code on purpose; each setting has the
     # reference's behaviour as its other value (tf_simclr.convert writes those for models
     # converted from the reference; README "Parity with the reference code").
-    sup_head_input_norm: bool = True
-    sup_head_optimizer: str = "momentum"
-    ft_update_unused_head_bn: bool = False
-    fused_batch_norm: bool = True
+    sup_head_input_norm: bool = _setting(
+        True,
+        "Pretraining: standardise the linear-eval head's input with a parameter-free batch norm (tf_simclr; the reference code has none).",
+    )
+    sup_head_optimizer: str = _setting(
+        "momentum",
+        "Pretraining. momentum: the linear-eval head has its own momentum SGD at --sup_head_learning_rate (tf_simclr); shared: the main optimizer trains it at the main learning rate, with an L2 term on its kernel and no LARS trust ratio (the reference code).",
+        choices=SUP_HEAD_OPTIMIZERS,
+    )
+    ft_update_unused_head_bn: bool = _setting(
+        False,
+        "Fine-tuning: keep the batch-norm layers of projection-head layers above --ft_proj_selector in training mode, so their moving statistics follow the batches, as the reference code does (they get no gradient either way).",
+    )
+    fused_batch_norm: bool = _setting(
+        True,
+        "Batch norm through TF's fused kernel (faster; numerically stabler statistics). false: statistics as the reference code computes them (E[x^2]-E[x]^2), for bit-level parity with it.",
+    )
 
     # Evaluation.
-    knn_eval: bool = True
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    linear_eval: bool = True
-    linear_eval_epochs: int = 100
-    random_init_baseline: bool = True
-    eval_timeout: int = (
-        0  # mode=eval: seconds to wait for new checkpoints (0: evaluate latest once)
+    knn_eval: bool = _setting(True, "Report weighted kNN accuracy of frozen features.")
+    knn_k: int = _setting(200, "Neighbours for the kNN evaluation.")
+    knn_temperature: float = _setting(0.1, "Temperature of the weighted kNN vote.")
+    linear_eval: bool = _setting(True, "Train a linear probe on frozen features after pretraining.")
+    linear_eval_epochs: int = _setting(100, "Epochs of the frozen-feature linear probe.")
+    random_init_baseline: bool = _setting(
+        True, "Also evaluate the same architecture with random weights."
+    )
+    eval_timeout: int = _setting(
+        0, "mode=eval: wait this many seconds for each new checkpoint (0: latest once)."
     )
 
     # Runtime.
-    strategy: str = "default"
-    num_cpu_devices: int = 0  # mirrored on CPU: split the CPU into this many logical devices
+    strategy: str = _setting(
+        "default", "Distribution strategy (multi_worker reads TF_CONFIG).", choices=STRATEGIES
+    )
+    num_cpu_devices: int = _setting(
+        0, "mirrored on a CPU-only machine: split the CPU into this many devices."
+    )
     # multi_worker: seconds to wait for the other workers (at startup and for each training loop)
     # before exiting with an error naming them; 0 waits forever.
-    collective_timeout: int = 600
-    use_tpu: bool = False
-    tpu_name: str | None = None
-    tpu_zone: str | None = None
-    gcp_project: str | None = None
-    seed: int = 0
-    deterministic: bool = False
-    export: bool = True
-    summaries: bool = True
+    collective_timeout: int = _setting(
+        600,
+        "multi_worker: seconds to wait for the other workers (at startup and for each training loop) before exiting with an error naming them (exit code 75; rerun all workers to resume). 0 waits forever.",
+    )
+    use_tpu: bool = _setting(False, "Same as --strategy=tpu.")
+    tpu_name: str | None = _setting(None, "TPU name or grpc:// address.")
+    tpu_zone: str | None = _setting(None, "GCE zone of the TPU.")
+    gcp_project: str | None = _setting(None, "GCP project of the TPU.")
+    seed: int = _setting(0, "Random seed for weights, data order and augmentations.")
+    deterministic: bool = _setting(
+        False, "Enable TF op determinism (slower; bit-reproducible runs)."
+    )
+    export: bool = _setting(True, "Export a SavedModel (TF-Hub module) at the end of training.")
+    summaries: bool = _setting(True, "Write TensorBoard summaries to model_dir.")
 
     def __post_init__(self) -> None:
         if self.use_tpu and self.strategy == "default":
@@ -182,17 +274,9 @@ class Config:
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid flag and its valid values."""
-        _choice("mode", self.mode, MODES)
-        _choice("train_mode", self.train_mode, TRAIN_MODES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("learning_rate_scaling", self.learning_rate_scaling, LR_SCALINGS)
-        _choice("proj_head_mode", self.proj_head_mode, PROJ_HEAD_MODES)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("loss_scale", self.loss_scale, LOSS_SCALES)
-        _choice("brightness", self.brightness, BRIGHTNESS_MODES)
-        _choice("resnet_depth", self.resnet_depth, RESNET_DEPTHS)
-        _choice("sup_head_optimizer", self.sup_head_optimizer, SUP_HEAD_OPTIMIZERS)
+        for field in dataclasses.fields(self):
+            if field.metadata.get("choices"):
+                _choice(field.name, getattr(self, field.name), field.metadata["choices"])
         if not self.model_dir:
             raise ConfigError("--model_dir must be a directory path (it holds checkpoints).")
         if not self.dataset:
@@ -326,10 +410,12 @@ class Config:
 
     # -- derived values ---------------------------------------------------------------------
     def augmentation_spec(self) -> str:
-        """The augmentation composition: explicit --augmentations, else the recipe's."""
+        """The augmentation composition: explicit --augmentations, else the recipe's
+        (pretraining: crop, flip, colour; fine-tuning: crop and flip; blur with --use_blur)."""
         if self.augmentations:
             return self.augmentations
-        return "crop,flip,color,blur" if self.use_blur else "crop,flip,color"
+        base = "crop,flip" if self.train_mode == "finetune" else "crop,flip,color"
+        return base + ",blur" if self.use_blur else base
 
     def train_steps_for(self, num_train_examples: int) -> int:
         """Total optimisation steps: --train_steps, or epochs over the training split."""

@@ -52,7 +52,6 @@ WORKER_LOST_EXIT_CODE = 75
 # Seconds a multi-worker process waits for its peers (at startup, and for each training loop)
 # before it exits with an error; 0 waits forever.
 DEFAULT_COLLECTIVE_TIMEOUT = 600
-_collective_timeout_default = DEFAULT_COLLECTIVE_TIMEOUT
 
 
 def _configure_logical_cpus(num: int) -> None:
@@ -129,7 +128,7 @@ def make_strategy(
     tpu_zone=None,
     gcp_project=None,
     num_cpu_devices=None,
-    collective_timeout=None,
+    collective_timeout=DEFAULT_COLLECTIVE_TIMEOUT,
 ) -> tf.distribute.Strategy:
     """Returns the tf.distribute strategy `name`.
 
@@ -139,8 +138,7 @@ def make_strategy(
       and debugging); this must happen before TF initialises its devices (RuntimeError if not).
     - "multi_worker": MultiWorkerMirroredStrategy from TF_CONFIG (validated first). The
       constructor blocks until every worker of the cluster has started; if that takes more than
-      `collective_timeout` seconds (None: `set_default_collective_timeout`'s value, 600 unless
-      changed; 0: wait forever) a watchdog prints an error naming the workers it cannot reach
+      `collective_timeout` seconds (default 600; 0: wait forever) a watchdog prints an error naming the workers it cannot reach
       and kills the process (the blocked constructor holds the GIL and ignores signals).
       `collective_timeout` is ignored by the other strategies.
     - "tpu": TPUStrategy via TPUClusterResolver(tpu_name, tpu_zone, gcp_project). Only argument
@@ -177,9 +175,8 @@ def make_strategy(
         return tf.distribute.MirroredStrategy(devices=[f"/cpu:{i}" for i in range(num_cpu_devices)])
     if name == "multi_worker":
         tf_config = parse_tf_config()
-        timeout = _collective_timeout_default if collective_timeout is None else collective_timeout
-        _check_timeout(timeout)
-        watchdog = Watchdog(timeout, tf_config=tf_config)
+        _check_timeout(collective_timeout)
+        watchdog = Watchdog(collective_timeout, tf_config=tf_config)
         try:
             with watchdog.phase(
                 "Multi-worker startup (waiting for every worker of TF_CONFIG to start)",
@@ -267,14 +264,6 @@ def run_and_reduce(strategy, fn, args=(), kwargs=None, op="sum"):
 
 class WorkerLostError(RuntimeError):
     """A multi-worker peer was lost during training (crashed, killed, or its machine died)."""
-
-
-def set_default_collective_timeout(seconds: int | float) -> None:
-    """The timeout `make_strategy("multi_worker")` uses when not given one (run.py sets it
-    from --collective_timeout)."""
-    global _collective_timeout_default
-    _check_timeout(seconds)
-    _collective_timeout_default = seconds
 
 
 def _check_timeout(seconds) -> None:

@@ -99,15 +99,11 @@ def build_optimizer(config: Config, num_train_examples: int, *, learning_rate=No
     `learning_rate`, a float or schedule)."""
     if learning_rate is None:
         learning_rate = learning_rate_schedule(config, num_train_examples)
-    exclude = None
-    if head_l2_coefficient(config):
-        exclude = optim.NORM_AND_BIAS_PATTERNS + optim.HEAD_PATTERNS  # its L2 is in the loss
     optimizer = optim.build_optimizer(
         config.optimizer,
         learning_rate=learning_rate,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
-        exclude_from_weight_decay=exclude,
         mixed_precision=config.precision,
     )
     return optimizer

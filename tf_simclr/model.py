@@ -30,6 +30,9 @@ from tf_simclr.resnet import batch_norm, freeze_up_to_block, layer_groups
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 TRAIN_MODES = ("pretrain", "finetune")
 SUPERVISED_HEAD_NAME = "head_supervised"
+# The projection head's depth when not given: SimCLRv1's 2 layers (the same default as
+# Config.num_proj_layers and --num_proj_layers); SimCLRv2 uses 3.
+DEFAULT_NUM_PROJ_LAYERS = 2
 
 
 @keras.saving.register_keras_serializable(package="tf_simclr")
@@ -45,7 +48,7 @@ class ProjectionHead(keras.layers.Layer):
         self,
         mode="nonlinear",
         proj_out_dim=128,
-        num_proj_layers=3,
+        num_proj_layers=DEFAULT_NUM_PROJ_LAYERS,
         batch_norm_decay=0.9,
         batch_norm_epsilon=1e-5,
         global_bn=False,
@@ -193,7 +196,7 @@ class SimCLRModel(keras.Model):
         num_classes: int | None,
         proj_head_mode: str = "nonlinear",
         proj_out_dim: int = 128,
-        num_proj_layers: int = 3,
+        num_proj_layers: int = DEFAULT_NUM_PROJ_LAYERS,
         ft_proj_selector: int = 0,
         train_mode: str = "pretrain",
         lineareval_while_pretraining: bool = True,
@@ -634,6 +637,24 @@ class SimCLRModel(keras.Model):
         config = dict(config)
         encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
         return cls(encoder, **config)
+
+
+def reinitialize(model: keras.Model, seed: int) -> int:
+    """Draw every randomly initialised weight of `model` afresh from its own initializer with
+    seeds derived from `seed` (deterministic, and without touching the global RNG). Returns the
+    number of weights drawn. Constant initializers (batch-norm gammas, biases) are left alone."""
+    drawn = 0
+    for layer in model._flatten_layers(include_self=True):
+        for attr in ("kernel", "bias", "gamma", "beta"):
+            weight = getattr(layer, attr, None) if layer.built else None
+            init = getattr(layer, f"{attr}_initializer", None)
+            if weight is None or init is None or not hasattr(init, "seed"):
+                continue
+            config = dict(init.get_config(), seed=seed * 1_000_003 + drawn)
+            fresh = type(init).from_config(config)
+            weight.assign(fresh(tuple(weight.shape), dtype=weight.dtype))
+            drawn += 1
+    return drawn
 
 
 def build_model(

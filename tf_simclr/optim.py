@@ -442,9 +442,10 @@ def build_optimizer(
 ) -> keras.optimizers.Optimizer:
     """Builds the optimiser `name` with weight decay handled consistently.
 
-    - "lars": `LARS`; by default, like the reference run, batch-norm parameters and biases get
-      no weight decay and no trust scaling, and the supervised head ("head_supervised") gets no
-      trust scaling but does get the L2 decay on its kernel (the reference adds it as a loss).
+    - "lars": `LARS` with its own defaults: batch-norm parameters, biases and the supervised
+      head ("head_supervised") get no weight decay and no trust scaling, the reference's list.
+      The reference regularises the head's kernel with an L2 term in the loss instead:
+      `SimCLRModel(head_weight_decay=...)` adds it (tf_simclr's training loop does).
     - "momentum": `SGDL2` (momentum, `nesterov`), coupled L2 decay.
     - "adam": `AdamL2`, coupled L2 decay.  "adamw": `AdamWExclude`, decoupled decay.
     For the last three, batch-norm parameters and biases are excluded from decay (the
@@ -462,12 +463,12 @@ def build_optimizer(
             f"got {mixed_precision!r}."
         )
     decay_excl = exclude_from_weight_decay
-    if decay_excl is None:
-        decay_excl = NORM_AND_BIAS_PATTERNS
     if name == "lars":
+        if decay_excl is None:
+            decay_excl = DEFAULT_EXCLUDE  # LARS()'s own default
         adapt_excl = exclude_from_layer_adaptation
         if adapt_excl is None:
-            adapt_excl = tuple(decay_excl) + HEAD_PATTERNS
+            adapt_excl = decay_excl
         opt = LARS(
             learning_rate=learning_rate,
             momentum=momentum,
@@ -479,6 +480,8 @@ def build_optimizer(
             **kwargs,
         )
     else:
+        if decay_excl is None:
+            decay_excl = NORM_AND_BIAS_PATTERNS
         if exclude_from_layer_adaptation is not None:
             raise ValueError("exclude_from_layer_adaptation only applies to optimizer='lars'.")
         if name == "momentum":

@@ -7,7 +7,6 @@ import logging
 import os
 import time
 
-import keras
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
@@ -15,6 +14,7 @@ from tf_simclr import data as data_lib
 from tf_simclr import distribute, factory
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import history as history_lib
+from tf_simclr import model as model_lib
 from tf_simclr import train as train_lib
 from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
 
@@ -45,12 +45,15 @@ def run(config: Config) -> dict:
         check_saved_architecture(config)
     if config.mode == "preview":
         return {"preview": preview(config)}
+    if config.strategy == "multi_worker" and config.export and not distribute.is_chief_task():
+        config = config.replace(export=False)  # workers share model_dir: the chief exports
     strategy = distribute.make_strategy(
         config.strategy,
         tpu_name=config.tpu_name,
         tpu_zone=config.tpu_zone,
         gcp_project=config.gcp_project,
         num_cpu_devices=config.num_cpu_devices or None,
+        collective_timeout=config.collective_timeout,
     )
     log.info("Strategy %s with %d replica(s).", config.strategy, strategy.num_replicas_in_sync)
     if config.mode == "export":
@@ -74,8 +77,13 @@ def run(config: Config) -> dict:
         result["curves"] = curves
     if config.export:
         result["export_path"] = _export(config, state.model, state.step)
-    write_result(config, result)
+    if _is_chief(config):  # workers share model_dir: only the chief writes there
+        write_result(config, result)
     return result
+
+
+def _is_chief(config: Config) -> bool:
+    return config.strategy != "multi_worker" or distribute.is_chief_task()
 
 
 def _check_eval_split(config: Config) -> None:
@@ -162,8 +170,9 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
     if config.train_mode == "pretrain" or not head_fits:
         metrics.update(_feature_metrics(config, model, num_classes))
         if config.random_init_baseline:
-            keras.utils.set_random_seed(config.seed + 1)
             baseline = factory.build_model(config, num_classes)
+            # Its own seed, not a global reseed in the middle of the run.
+            model_lib.reinitialize(baseline, seed=config.seed + 1)
             metrics.update(_feature_metrics(config, baseline, num_classes, prefix="random_init_"))
             for name in ("knn_top1", "linear_top1"):
                 if name in metrics and "random_init_" + name in metrics:
@@ -251,6 +260,7 @@ def preview(config: Config) -> str:
         image_size=config.image_size,
         augmentations=config.augmentation_spec(),
         color_jitter_strength=config.color_jitter_strength,
+        brightness=config.brightness,
         seed=config.seed,
     )
     log.info("Wrote %s.", path)
