@@ -393,3 +393,21 @@ def test_large_image_route_equals_augment_single_per_image(num_views, brightness
     for want, got in zip(batches[1:], resumed.as_numpy_iterator(), strict=True):
         for key in [*keys, "label"]:
             np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_split_labels_are_cached_only_by_a_label_cache_the_caller_owns(monkeypatch):
+    from tf_simclr.data import labels
+
+    reads = []
+    read = labels._read_labels_and_ids
+    monkeypatch.setattr(labels, "_read_labels_and_ids", lambda raw: reads.append(1) or read(raw))
+    kw = dict(batch_size=10, image_size=32, label_fraction=0.01, seed=0)
+    _, first = D.build_finetune_dataset(**kw)
+    D.build_finetune_dataset(**kw)
+    assert len(reads) == 2  # no hidden process-wide cache
+    cache = D.LabelCache()
+    _, cached = D.build_finetune_dataset(**kw, label_cache=cache)
+    D.build_finetune_dataset(**kw, label_cache=cache)
+    D.build_eval_dataset(split="train", max_examples=20, label_cache=cache)
+    assert len(reads) == 3  # one read for the cache's lifetime
+    assert cached.num_examples == first.num_examples

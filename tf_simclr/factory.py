@@ -206,6 +206,8 @@ def pretrain_dataset_fn(config: Config, global_batch_size: int, start_step: int 
 
 def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
     """A function of an InputContext giving this replica's labelled fine-tuning dataset."""
+    # The input pipelines of one run read the split's labels (for a label subset) once.
+    label_cache = data_lib.LabelCache()
 
     def dataset_fn(input_context: tf.distribute.InputContext | None = None):
         dataset, _ = data_lib.build_finetune_dataset(
@@ -221,6 +223,7 @@ def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int 
             cache=_cache_setting(config),
             strict=config.strict_data,
             start_batch=_start_batch(start_step, input_context),
+            label_cache=label_cache,
         )
         return dataset
 

@@ -6,9 +6,9 @@ downloaded), a TFDS-format directory, an image folder ``root/<split>/<class>/*.j
 
 Pipelines: ``build_pretrain_dataset`` (two augmented views per image), ``build_eval_dataset``
 (central crop, single pass) and ``build_finetune_dataset`` (crop + flip, optional label
-fraction). Every pipeline yields dicts of float32 images in [0, 1] and int32 labels; training
-pipelines repeat, shuffle and drop the last partial batch. Randomness is stateless and derived
-from ``seed``, so a pipeline is reproducible.
+fraction), all thin wrappers of ``build_dataset``. Every pipeline yields dicts of float32
+images in [0, 1] and int32 labels; training pipelines repeat, shuffle and drop the last partial
+batch. Randomness is stateless and derived from ``seed``, so a pipeline is reproducible.
 
 Command line: ``python -m tf_simclr.data convert --src FOLDER --dst OUT_DIR`` turns an image
 folder into a TFDS-format directory (decoded once, then read fast); ``python -m tf_simclr.data
@@ -23,8 +23,14 @@ decoding every kind of source), ``labels`` (label fractions, id files, evaluatio
 from tf_simclr.data.cli import main
 from tf_simclr.data.converter import convert_image_folder, write_tfds_dataset
 from tf_simclr.data.folders import IMAGE_EXTENSIONS, check_image_folder, list_image_folder
-from tf_simclr.data.labels import label_fraction_indices, read_label_ids_file, stratified_subset
+from tf_simclr.data.labels import (
+    LabelCache,
+    label_fraction_indices,
+    read_label_ids_file,
+    stratified_subset,
+)
 from tf_simclr.data.pipelines import (
+    build_dataset,
     build_eval_dataset,
     build_finetune_dataset,
     build_pretrain_dataset,
@@ -49,6 +55,8 @@ __all__ = [
     "EMBEDDED_DIR",
     "IMAGE_EXTENSIONS",
     "DatasetInfo",
+    "LabelCache",
+    "build_dataset",
     "build_eval_dataset",
     "build_finetune_dataset",
     "build_pretrain_dataset",

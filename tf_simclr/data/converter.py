@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from tf_simclr.data.folders import (
     _CONVERT_EXTENSIONS,
+    _common_shape,
     _folder_splits,
     _report_bad,
     check_image_folder,
@@ -148,17 +149,7 @@ def convert_image_folder(
             src, s, strict=strict, extensions=_CONVERT_EXTENSIONS
         )
         listings[s] = (paths, labels)
-    sizes = set()
-    from PIL import Image
-
-    for paths, _ in listings.values():
-        for p in paths[:256]:
-            try:
-                with Image.open(p) as im:
-                    sizes.add((im.height, im.width))
-            except Exception:  # noqa: BLE001 - reported when the file is converted
-                pass
-    shape = (*sizes.pop(), 3) if len(sizes) == 1 else (None, None, 3)
+    shape = _common_shape([p for paths, _ in listings.values() for p in paths[:256]])
     skipped: dict[str, str] = {}
 
     def examples(split):

@@ -52,19 +52,24 @@ def read_label_ids_file(path: str) -> list[str]:
     return ids
 
 
-_LABEL_CACHE: dict[tuple, tuple[np.ndarray, list[str]]] = {}
+class LabelCache:
+    """Labels and ids of the splits read through it, each read once.
 
+    Reading a TFDS split's labels is a pass over all its records. Whoever builds several
+    pipelines over the same split (one per input pipeline, or one per evaluation) can share one
+    cache so the pass happens once; its lifetime is the owner's.
+    """
 
-def _labels_and_ids(raw: _Raw, key: tuple | None = None) -> tuple[np.ndarray, list[str]]:
-    """All labels and ids of a split in stored order (read once per process, then cached)."""
-    if raw.labels is not None and raw.ids is not None:
-        return raw.labels, raw.ids
-    if key is not None and key in _LABEL_CACHE:
-        return _LABEL_CACHE[key]
-    out = _read_labels_and_ids(raw)
-    if key is not None:
-        _LABEL_CACHE[key] = out
-    return out
+    def __init__(self) -> None:
+        self._by_split: dict[tuple, tuple[np.ndarray, list[str]]] = {}
+
+    def labels_and_ids(self, raw: _Raw, key: tuple) -> tuple[np.ndarray, list[str]]:
+        """All labels and ids of the split ``raw`` opened (``key`` names it), in stored order."""
+        if raw.labels is not None and raw.ids is not None:
+            return raw.labels, raw.ids
+        if key not in self._by_split:
+            self._by_split[key] = _read_labels_and_ids(raw)
+        return self._by_split[key]
 
 
 def _read_labels_and_ids(raw: _Raw) -> tuple[np.ndarray, list[str]]:
@@ -75,20 +80,39 @@ def _read_labels_and_ids(raw: _Raw) -> tuple[np.ndarray, list[str]]:
     return np.concatenate(labels) if labels else np.zeros([0], np.int64), ids
 
 
-def _subset_indices(
-    dataset, data_dir, split, label_fraction, label_ids_file, seed, strict
-) -> np.ndarray | None:
+def _wants_labelled_subset(label_fraction, label_ids_file) -> bool:
+    """Whether these arguments keep a subset of the split (a fraction of 1 keeps it whole)."""
     if label_fraction is None and label_ids_file is None:
-        return None
+        return False
     if label_fraction is not None and label_ids_file is not None:
         raise ValueError("Pass either label_fraction or label_ids_file, not both.")
     if label_fraction is not None and float(label_fraction) >= 1.0:
         if float(label_fraction) > 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}.")
+        return False
+    return True
+
+
+def _subset_indices(
+    dataset, data_dir, split, label_fraction, label_ids_file, seed, strict, label_cache=None
+) -> np.ndarray | None:
+    """Positions of the labelled subset of a split (None: the whole split)."""
+    if not _wants_labelled_subset(label_fraction, label_ids_file):
         return None
     # Labels only: load_source opens the split again and warns about skipped files then.
     raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
-    labels, ids = _labels_and_ids(raw, key=(dataset, data_dir, split))
+    return _labelled_positions(
+        raw, (dataset, data_dir, split), label_fraction, label_ids_file, seed, label_cache
+    )
+
+
+def _labelled_positions(
+    raw: _Raw, key: tuple, label_fraction, label_ids_file, seed, label_cache
+) -> np.ndarray:
+    """Sorted positions, in the split ``raw`` opened, of the label fraction or listed ids."""
+    dataset, _, split = key
+    label_cache = LabelCache() if label_cache is None else label_cache
+    labels, ids = label_cache.labels_and_ids(raw, key)
     if label_fraction is not None:
         return label_fraction_indices(labels, float(label_fraction), seed=seed)
     wanted = read_label_ids_file(label_ids_file)
@@ -130,7 +154,9 @@ def stratified_subset(labels: np.ndarray, size: int, *, seed: int = 0) -> np.nda
     return np.sort(grouped[((np.arange(size) + 0.5) * n / size).astype(np.int64)])
 
 
-def _eval_subset(dataset, data_dir, split, strict, indices, max_examples, seed) -> np.ndarray:
+def _eval_subset(
+    dataset, data_dir, split, strict, indices, max_examples, seed, label_cache=None
+) -> np.ndarray:
     """Positions of the examples build_eval_dataset keeps for ``max_examples``."""
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ValueError(
@@ -139,7 +165,8 @@ def _eval_subset(dataset, data_dir, split, strict, indices, max_examples, seed) 
         )
     # Labels only: load_source opens the split again and warns about skipped files then.
     raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
-    labels, _ = _labels_and_ids(raw, key=(dataset, data_dir, split))
+    label_cache = LabelCache() if label_cache is None else label_cache
+    labels, _ = label_cache.labels_and_ids(raw, (dataset, data_dir, split))
     pool = np.arange(len(labels)) if indices is None else np.unique(indices)
     if max_examples >= len(pool):
         return pool

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tf_simclr import augment
-from tf_simclr.data.labels import _eval_subset, _subset_indices
+from tf_simclr.data.labels import LabelCache, _eval_subset, _subset_indices
 from tf_simclr.data.sources import (
     DEFAULT_DATASET,
     DatasetInfo,
@@ -138,6 +138,90 @@ def _augmented(
     return _map(_enumerate(ds, int(start_batch)), pack, parallel=max(2, os.cpu_count() or 2))
 
 
+def build_dataset(
+    dataset: str = DEFAULT_DATASET,
+    *,
+    training: bool,
+    split: str,
+    batch_size: int,
+    image_size: int,
+    num_views: int = 1,
+    augmentations: str | Sequence[str] = "crop,flip",
+    color_jitter_strength: float | None = None,
+    brightness: str = "multiplicative",
+    blur_per_image: bool = True,
+    seed: int = 0,
+    data_dir: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    cache: bool | str = "auto",
+    shuffle_buffer: int = 10_000,
+    strict: bool = False,
+    start_batch: int = 0,
+    choose_examples: Callable[[], np.ndarray | None] | None = None,
+) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """The input pipeline behind every ``build_*_dataset``.
+
+    ``training``: an infinite stream, shuffled with ``seed``, of whole batches of ``num_views``
+    augmented views per image ({"view1", "view2", "label"} for two views, {"image", "label"}
+    for one), augmented by ``augmentations`` at ``color_jitter_strength`` (None: the preset's,
+    1.0 for explicit lists) with ``brightness``; ``start_batch`` resumes it after that many
+    batches. Otherwise one pass in stored order of {"image", "label"} with the evaluation
+    preprocessing (central crop, resize), the last batch possibly smaller; the augmentation
+    arguments, ``shuffle_buffer`` and ``start_batch`` do not apply.
+
+    ``choose_examples`` gives the positions of the examples to keep (None: all); it runs after
+    the other arguments are checked, since it may read every label of the split.
+    ``info.num_examples[split]`` is then the number kept.
+    """
+    if training:
+        ops, strength = augment.resolve_augmentations(augmentations, color_jitter_strength)
+    _check_size(image_size)
+    per_replica = _per_replica_batch(batch_size, input_context)
+    indices = choose_examples() if choose_examples is not None else None
+    ds, info = load_source(
+        dataset,
+        data_dir=data_dir,
+        split=split,
+        input_context=input_context,
+        strict=strict,
+        indices=indices,
+        shuffle_files=training,
+        seed=seed if training else None,
+    )
+    if indices is not None:
+        info = dataclasses.replace(info, num_examples={**info.num_examples, split: len(indices)})
+    if training:
+        ds = _map(ds, lambda d: (d["image"], d["label"]), parallel=False)
+    else:
+        ds = _map(
+            ds,
+            lambda d: {
+                "image": augment.preprocess_for_eval(d["image"], image_size),
+                "label": tf.cast(d["label"], tf.int32),
+            },
+        )
+    if _should_cache(cache, info, split):
+        ds = ds.cache()
+    if not training:
+        return ds.batch(per_replica, drop_remainder=False).prefetch(tf.data.AUTOTUNE), info
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = _augmented(
+        ds,
+        info,
+        per_replica=per_replica,
+        image_size=image_size,
+        ops=ops,
+        strength=strength,
+        seed=_base_seed(seed, input_context),
+        num_views=num_views,
+        brightness=brightness,
+        blur_per_image=blur_per_image,
+        drop_remainder=True,
+        start_batch=start_batch,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE), info
+
+
 def build_pretrain_dataset(
     dataset: str = DEFAULT_DATASET,
     *,
@@ -165,37 +249,25 @@ def build_pretrain_dataset(
     given ``seed``; the two views of an image are independent draws. ``start_batch`` resumes
     the stream after that many batches (training resumed from a checkpoint).
     """
-    ops, strength = augment.resolve_augmentations(augmentations, color_jitter_strength)
-    _check_size(image_size)
-    per_replica = _per_replica_batch(batch_size, input_context)
-    ds, info = load_source(
+    return build_dataset(
         dataset,
-        data_dir=data_dir,
-        split=split,
-        input_context=input_context,
-        strict=strict,
-        shuffle_files=True,
-        seed=seed,
-    )
-    ds = _map(ds, lambda d: (d["image"], d["label"]), parallel=False)
-    if _should_cache(cache, info, split):
-        ds = ds.cache()
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = _augmented(
-        ds,
-        info,
-        per_replica=per_replica,
-        image_size=image_size,
-        ops=ops,
-        strength=strength,
-        seed=_base_seed(seed, input_context),
+        training=True,
         num_views=2,
+        split=split,
+        batch_size=batch_size,
+        image_size=image_size,
+        augmentations=augmentations,
+        color_jitter_strength=color_jitter_strength,
         brightness=brightness,
         blur_per_image=blur_per_image,
-        drop_remainder=True,
+        seed=seed,
+        data_dir=data_dir,
+        input_context=input_context,
+        cache=cache,
+        shuffle_buffer=shuffle_buffer,
+        strict=strict,
         start_batch=start_batch,
     )
-    return ds.prefetch(tf.data.AUTOTUNE), info
 
 
 def build_finetune_dataset(
@@ -214,50 +286,34 @@ def build_finetune_dataset(
     shuffle_buffer: int = 10_000,
     strict: bool = False,
     start_batch: int = 0,
+    label_cache: LabelCache | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Infinite shuffled batches {"image": f32 [B,S,S,3], "label": i32 [B]} with crop + flip.
 
     ``label_fraction`` (e.g. 0.01, 0.1) keeps a class-balanced deterministic subset of the
     split; ``label_ids_file`` keeps the listed examples instead. ``info.num_examples[split]``
-    is then the subset's size.
+    is then the subset's size. ``label_cache`` keeps the split's labels for the next call.
     """
-    ops, strength = augment.resolve_augmentations(augmentations, 0.0)
-    _check_size(image_size)
-    per_replica = _per_replica_batch(batch_size, input_context)
-    indices = _subset_indices(
-        dataset, data_dir, split, label_fraction, label_ids_file, seed, strict
-    )
-    ds, info = load_source(
+    return build_dataset(
         dataset,
-        data_dir=data_dir,
-        split=split,
-        input_context=input_context,
-        strict=strict,
-        indices=indices,
-        shuffle_files=True,
-        seed=seed,
-    )
-    if indices is not None:
-        info = dataclasses.replace(info, num_examples={**info.num_examples, split: len(indices)})
-    ds = _map(ds, lambda d: (d["image"], d["label"]), parallel=False)
-    if _should_cache(cache, info, split):
-        ds = ds.cache()
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = _augmented(
-        ds,
-        info,
-        per_replica=per_replica,
-        image_size=image_size,
-        ops=ops,
-        strength=strength,
-        seed=_base_seed(seed, input_context),
+        training=True,
         num_views=1,
-        brightness="multiplicative",
-        blur_per_image=True,
-        drop_remainder=True,
+        split=split,
+        batch_size=batch_size,
+        image_size=image_size,
+        augmentations=augmentations,
+        color_jitter_strength=0.0,
+        seed=seed,
+        data_dir=data_dir,
+        input_context=input_context,
+        cache=cache,
+        shuffle_buffer=shuffle_buffer,
+        strict=strict,
         start_batch=start_batch,
+        choose_examples=lambda: _subset_indices(
+            dataset, data_dir, split, label_fraction, label_ids_file, seed, strict, label_cache
+        ),
     )
-    return ds.prefetch(tf.data.AUTOTUNE), info
 
 
 def build_eval_dataset(
@@ -273,6 +329,7 @@ def build_eval_dataset(
     indices: np.ndarray | None = None,
     max_examples: int | None = None,
     seed: int = 0,
+    label_cache: LabelCache | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """One pass of {"image": f32 [B,S,S,3], "label": i32 [B]}: central crop (87.5%, skipped
     for images of 32 px or less) and bicubic resize; the last batch may be smaller.
@@ -282,32 +339,29 @@ def build_eval_dataset(
     instead of the whole split (or of ``indices``): every class keeps its share of the
     examples (to one example), chosen by a permutation seeded with ``seed``, so the subset is
     the same on every run; a warning says it is a subset and of how many examples, and
-    ``info.num_examples[split]`` is its size.
+    ``info.num_examples[split]`` is its size. ``label_cache`` keeps the split's labels for the
+    next call.
     """
-    _check_size(image_size)
-    per_replica = _per_replica_batch(batch_size, input_context)
-    if max_examples is not None:
-        indices = _eval_subset(dataset, data_dir, split, strict, indices, max_examples, seed)
-    ds, info = load_source(
+
+    def chosen() -> np.ndarray | None:
+        if max_examples is None:
+            return indices
+        return _eval_subset(
+            dataset, data_dir, split, strict, indices, max_examples, seed, label_cache
+        )
+
+    return build_dataset(
         dataset,
-        data_dir=data_dir,
+        training=False,
         split=split,
+        batch_size=batch_size,
+        image_size=image_size,
+        data_dir=data_dir,
         input_context=input_context,
+        cache=cache,
         strict=strict,
-        indices=indices,
+        choose_examples=chosen,
     )
-    ds = _map(
-        ds,
-        lambda d: {
-            "image": augment.preprocess_for_eval(d["image"], image_size),
-            "label": tf.cast(d["label"], tf.int32),
-        },
-    )
-    if indices is not None:
-        info = dataclasses.replace(info, num_examples={**info.num_examples, split: len(indices)})
-    if _should_cache(cache, info, split):
-        ds = ds.cache()
-    return ds.batch(per_replica, drop_remainder=False).prefetch(tf.data.AUTOTUNE), info
 
 
 def _check_size(image_size: int) -> None:
