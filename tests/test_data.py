@@ -411,3 +411,39 @@ def test_split_labels_are_cached_only_by_a_label_cache_the_caller_owns(monkeypat
     D.build_eval_dataset(split="train", max_examples=20, label_cache=cache)
     assert len(reads) == 3  # one read for the cache's lifetime
     assert cached.num_examples == first.num_examples
+
+
+def test_count_examples_of_a_split_or_its_labelled_subset(folder, tmp_path):
+    root, _ = folder
+    assert D.count_examples("embedded") == 5000
+    assert D.count_examples("embedded", split="test") == 1000
+    assert D.count_examples("embedded", label_fraction=1.0) == 5000
+    _, info = D.build_finetune_dataset(batch_size=1, label_fraction=0.01, seed=2)
+    assert D.count_examples("embedded", label_fraction=0.01, seed=2) == 50
+    assert info.num_examples["train"] == 50
+    ids = tmp_path / "ids.txt"
+    ids.write_text("train_00000\ntrain_00007\ntrain_00042\ntrain_00007\n")
+    assert D.count_examples("embedded", label_ids_file=str(ids)) == 3
+    assert D.count_examples(str(root)) == 18  # the 2 damaged files are not examples
+    assert D.count_examples(str(root), label_fraction=0.5) == 9
+    with pytest.raises(ValueError, match="broken.jpg"):
+        D.count_examples(str(root), strict=True)
+    with pytest.raises(ValueError, match="not both"):
+        D.count_examples("embedded", label_fraction=0.1, label_ids_file=str(ids))
+
+
+def test_num_train_examples_builds_no_input_pipeline(tmp_path, monkeypatch):
+    from tf_simclr import factory
+    from tf_simclr.config import Config
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("an input pipeline was built to count examples")
+
+    for name in ("build_finetune_dataset", "build_pretrain_dataset", "load_source"):
+        monkeypatch.setattr(D, name, no_pipeline)
+    finetune = Config(
+        model_dir=str(tmp_path), train_mode="finetune", checkpoint="/ckpt-1", label_fraction=0.01
+    )
+    assert factory.num_train_examples(finetune) == 50
+    assert factory.num_train_examples(finetune.replace(label_fraction=None)) == 5000
+    assert factory.num_train_examples(Config(model_dir=str(tmp_path))) == 5000

@@ -149,20 +149,16 @@ def dataset_info(config: Config, split: str | None = None):
 def num_train_examples(config: Config) -> int:
     """Examples per training epoch: the train split, or its labelled subset when fine-tuning
     on a label fraction / id file."""
-    if config.train_mode == "finetune" and (config.label_fraction or config.label_ids_file):
-        _, info = data_lib.build_finetune_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            split=config.train_split,
-            batch_size=1,
-            image_size=config.image_size,
-            seed=config.seed,
-            label_fraction=config.label_fraction,
-            label_ids_file=config.label_ids_file,
-            strict=config.strict_data,
-        )
-        return info.num_examples[config.train_split]
-    return dataset_info(config).num_examples[config.train_split]
+    labelled_subset = config.train_mode == "finetune"
+    return data_lib.count_examples(
+        config.dataset,
+        data_dir=config.data_dir,
+        split=config.train_split,
+        label_fraction=config.label_fraction if labelled_subset else None,
+        label_ids_file=config.label_ids_file if labelled_subset else None,
+        seed=config.seed,
+        strict=config.strict_data,
+    )
 
 
 def _cache_setting(config: Config):

@@ -9,6 +9,7 @@ Pipelines: ``build_pretrain_dataset`` (two augmented views per image), ``build_e
 fraction), all thin wrappers of ``build_dataset``. Every pipeline yields dicts of float32
 images in [0, 1] and int32 labels; training pipelines repeat, shuffle and drop the last partial
 batch. Randomness is stateless and derived from ``seed``, so a pipeline is reproducible.
+``count_examples`` counts a split, or its labelled subset, without building a pipeline.
 
 Command line: ``python -m tf_simclr.data convert --src FOLDER --dst OUT_DIR`` turns an image
 folder into a TFDS-format directory (decoded once, then read fast); ``python -m tf_simclr.data
@@ -25,6 +26,7 @@ from tf_simclr.data.converter import convert_image_folder, write_tfds_dataset
 from tf_simclr.data.folders import IMAGE_EXTENSIONS, check_image_folder, list_image_folder
 from tf_simclr.data.labels import (
     LabelCache,
+    count_examples,
     label_fraction_indices,
     read_label_ids_file,
     stratified_subset,
@@ -62,6 +64,7 @@ __all__ = [
     "build_pretrain_dataset",
     "check_image_folder",
     "convert_image_folder",
+    "count_examples",
     "image_folder_root",
     "label_fraction_indices",
     "list_image_folder",

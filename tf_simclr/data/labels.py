@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from tf_simclr.data.folders import _MAX_LOGGED
-from tf_simclr.data.sources import _map, _open_raw, _Raw
+from tf_simclr.data.sources import DEFAULT_DATASET, _map, _open_raw, _Raw
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,31 @@ def _subset_indices(
     return _labelled_positions(
         raw, (dataset, data_dir, split), label_fraction, label_ids_file, seed, label_cache
     )
+
+
+def count_examples(
+    dataset: str = DEFAULT_DATASET,
+    *,
+    split: str = "train",
+    data_dir: str | None = None,
+    label_fraction: float | None = None,
+    label_ids_file: str | None = None,
+    seed: int = 0,
+    strict: bool = False,
+    label_cache: LabelCache | None = None,
+) -> int:
+    """Examples of ``split``, or of its labelled subset (as ``build_finetune_dataset`` keeps it
+    for ``label_fraction`` / ``label_ids_file`` and ``seed``), without building a pipeline.
+
+    Only the labels are read, and only for a subset. Damaged files of an image folder are not
+    counted (they are skipped with a warning; ``strict=True``: they raise).
+    """
+    wanted = _wants_labelled_subset(label_fraction, label_ids_file)
+    raw = _open_raw(dataset, data_dir, split, strict, None)
+    if not wanted:
+        return raw.info.num_examples[split]
+    key = (dataset, data_dir, split)
+    return len(_labelled_positions(raw, key, label_fraction, label_ids_file, seed, label_cache))
 
 
 def _labelled_positions(
