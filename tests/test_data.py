@@ -447,3 +447,51 @@ def test_num_train_examples_builds_no_input_pipeline(tmp_path, monkeypatch):
     assert factory.num_train_examples(finetune) == 50
     assert factory.num_train_examples(finetune.replace(label_fraction=None)) == 5000
     assert factory.num_train_examples(Config(model_dir=str(tmp_path))) == 5000
+
+
+def _first_batch(dataset_and_info):
+    dataset = dataset_and_info[0] if isinstance(dataset_and_info, tuple) else dataset_and_info
+    return {k: v.numpy() for k, v in next(iter(dataset)).items()}
+
+
+@pytest.mark.parametrize("side", [32, 80])  # the whole-batch route, and the crop-per-image one
+def test_finetune_augmentations_are_the_pretraining_first_view(tmp_path, side):
+    if side == 32:
+        src = "embedded"
+    else:
+        rng = np.random.default_rng(1)
+        for cls in ("a", "b"):
+            d = tmp_path / "big" / "train" / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                (d / f"{i}.png").write_bytes(_png(rng.integers(0, 256, (side, side, 3), np.uint8)))
+        src = str(tmp_path / "big")
+    kw = dict(batch_size=4, image_size=side, seed=7, shuffle_buffer=100)
+    aug = dict(augmentations="crop,flip,color", color_jitter_strength=0.6, brightness="additive")
+    default = _first_batch(D.build_finetune_dataset(src, **kw))
+    tuned = _first_batch(D.build_finetune_dataset(src, **kw, **aug))
+    first_view = _first_batch(D.build_pretrain_dataset(src, **kw, **aug))
+    assert np.abs(tuned["image"] - default["image"]).max() > 0.1  # the colour ops ran
+    np.testing.assert_array_equal(tuned["label"], first_view["label"])
+    np.testing.assert_array_equal(tuned["image"], first_view["view1"])
+
+
+def test_finetune_dataset_fn_uses_the_configured_augmentations(tmp_path):
+    from tf_simclr import factory
+    from tf_simclr.config import Config
+
+    config = Config(model_dir=str(tmp_path), train_mode="finetune", checkpoint="/ckpt-1", seed=4)
+    kw = dict(batch_size=8, image_size=config.image_size, seed=4)
+
+    def from_config(**changes):
+        return _first_batch(factory.finetune_dataset_fn(config.replace(**changes), 8)())
+
+    np.testing.assert_array_equal(
+        from_config()["image"], _first_batch(D.build_finetune_dataset(**kw))["image"]
+    )
+    aug = dict(augmentations="crop,flip,color", color_jitter_strength=0.5, brightness="additive")
+    np.testing.assert_array_equal(
+        from_config(**aug)["image"], _first_batch(D.build_pretrain_dataset(**kw, **aug))["view1"]
+    )
+    blurred = _first_batch(D.build_finetune_dataset(**kw, augmentations="crop,flip,blur"))
+    np.testing.assert_array_equal(from_config(use_blur=True)["image"], blurred["image"])

@@ -280,6 +280,9 @@ def build_finetune_dataset(
     label_fraction: float | None = None,
     label_ids_file: str | None = None,
     augmentations: str | Sequence[str] = "crop,flip",
+    color_jitter_strength: float | None = None,
+    brightness: str = "multiplicative",
+    blur_per_image: bool = True,
     data_dir: str | None = None,
     input_context: tf.distribute.InputContext | None = None,
     cache: bool | str = "auto",
@@ -288,7 +291,9 @@ def build_finetune_dataset(
     start_batch: int = 0,
     label_cache: LabelCache | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
-    """Infinite shuffled batches {"image": f32 [B,S,S,3], "label": i32 [B]} with crop + flip.
+    """Infinite shuffled batches {"image": f32 [B,S,S,3], "label": i32 [B]}, crop + flip unless
+    ``augmentations`` (with ``color_jitter_strength``, ``brightness``) says otherwise, as in
+    ``build_pretrain_dataset``: the image is that builder's first view for the same ``seed``.
 
     ``label_fraction`` (e.g. 0.01, 0.1) keeps a class-balanced deterministic subset of the
     split; ``label_ids_file`` keeps the listed examples instead. ``info.num_examples[split]``
@@ -302,7 +307,9 @@ def build_finetune_dataset(
         batch_size=batch_size,
         image_size=image_size,
         augmentations=augmentations,
-        color_jitter_strength=0.0,
+        color_jitter_strength=color_jitter_strength,
+        brightness=brightness,
+        blur_per_image=blur_per_image,
         seed=seed,
         data_dir=data_dir,
         input_context=input_context,
