@@ -173,8 +173,9 @@ def build_dataset(
     the other arguments are checked, since it may read every label of the split.
     ``info.num_examples[split]`` is then the number kept.
     """
-    if training:
-        ops, strength = augment.resolve_augmentations(augmentations, color_jitter_strength)
+    if num_views not in (1, 2):
+        raise ValueError(f"num_views must be 1 or 2, got {num_views!r}.")
+    ops, strength = augment.resolve_augmentations(augmentations, color_jitter_strength)
     _check_size(image_size)
     per_replica = _per_replica_batch(batch_size, input_context)
     indices = choose_examples() if choose_examples is not None else None
