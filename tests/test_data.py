@@ -393,3 +393,105 @@ def test_large_image_route_equals_augment_single_per_image(num_views, brightness
     for want, got in zip(batches[1:], resumed.as_numpy_iterator(), strict=True):
         for key in [*keys, "label"]:
             np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_split_labels_are_cached_only_by_a_label_cache_the_caller_owns(monkeypatch):
+    from tf_simclr.data import labels
+
+    reads = []
+    read = labels._read_labels_and_ids
+    monkeypatch.setattr(labels, "_read_labels_and_ids", lambda raw: reads.append(1) or read(raw))
+    kw = dict(batch_size=10, image_size=32, label_fraction=0.01, seed=0)
+    _, first = D.build_finetune_dataset(**kw)
+    D.build_finetune_dataset(**kw)
+    assert len(reads) == 2  # no hidden process-wide cache
+    cache = D.LabelCache()
+    _, cached = D.build_finetune_dataset(**kw, label_cache=cache)
+    D.build_finetune_dataset(**kw, label_cache=cache)
+    D.build_eval_dataset(split="train", max_examples=20, label_cache=cache)
+    assert len(reads) == 3  # one read for the cache's lifetime
+    assert cached.num_examples == first.num_examples
+
+
+def test_count_examples_of_a_split_or_its_labelled_subset(folder, tmp_path):
+    root, _ = folder
+    assert D.count_examples("embedded") == 5000
+    assert D.count_examples("embedded", split="test") == 1000
+    assert D.count_examples("embedded", label_fraction=1.0) == 5000
+    _, info = D.build_finetune_dataset(batch_size=1, label_fraction=0.01, seed=2)
+    assert D.count_examples("embedded", label_fraction=0.01, seed=2) == 50
+    assert info.num_examples["train"] == 50
+    ids = tmp_path / "ids.txt"
+    ids.write_text("train_00000\ntrain_00007\ntrain_00042\ntrain_00007\n")
+    assert D.count_examples("embedded", label_ids_file=str(ids)) == 3
+    assert D.count_examples(str(root)) == 18  # the 2 damaged files are not examples
+    assert D.count_examples(str(root), label_fraction=0.5) == 9
+    with pytest.raises(ValueError, match="broken.jpg"):
+        D.count_examples(str(root), strict=True)
+    with pytest.raises(ValueError, match="not both"):
+        D.count_examples("embedded", label_fraction=0.1, label_ids_file=str(ids))
+
+
+def test_num_train_examples_builds_no_input_pipeline(tmp_path, monkeypatch):
+    from tf_simclr import factory
+    from tf_simclr.config import Config
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("an input pipeline was built to count examples")
+
+    for name in ("build_finetune_dataset", "build_pretrain_dataset", "load_source"):
+        monkeypatch.setattr(D, name, no_pipeline)
+    finetune = Config(
+        model_dir=str(tmp_path), train_mode="finetune", checkpoint="/ckpt-1", label_fraction=0.01
+    )
+    assert factory.num_train_examples(finetune) == 50
+    assert factory.num_train_examples(finetune.replace(label_fraction=None)) == 5000
+    assert factory.num_train_examples(Config(model_dir=str(tmp_path))) == 5000
+
+
+def _first_batch(dataset_and_info):
+    dataset = dataset_and_info[0] if isinstance(dataset_and_info, tuple) else dataset_and_info
+    return {k: v.numpy() for k, v in next(iter(dataset)).items()}
+
+
+@pytest.mark.parametrize("side", [32, 80])  # the whole-batch route, and the crop-per-image one
+def test_finetune_augmentations_are_the_pretraining_first_view(tmp_path, side):
+    if side == 32:
+        src = "embedded"
+    else:
+        rng = np.random.default_rng(1)
+        for cls in ("a", "b"):
+            d = tmp_path / "big" / "train" / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                (d / f"{i}.png").write_bytes(_png(rng.integers(0, 256, (side, side, 3), np.uint8)))
+        src = str(tmp_path / "big")
+    kw = dict(batch_size=4, image_size=side, seed=7, shuffle_buffer=100)
+    aug = dict(augmentations="crop,flip,color", color_jitter_strength=0.6, brightness="additive")
+    default = _first_batch(D.build_finetune_dataset(src, **kw))
+    tuned = _first_batch(D.build_finetune_dataset(src, **kw, **aug))
+    first_view = _first_batch(D.build_pretrain_dataset(src, **kw, **aug))
+    assert np.abs(tuned["image"] - default["image"]).max() > 0.1  # the colour ops ran
+    np.testing.assert_array_equal(tuned["label"], first_view["label"])
+    np.testing.assert_array_equal(tuned["image"], first_view["view1"])
+
+
+def test_finetune_dataset_fn_uses_the_configured_augmentations(tmp_path):
+    from tf_simclr import factory
+    from tf_simclr.config import Config
+
+    config = Config(model_dir=str(tmp_path), train_mode="finetune", checkpoint="/ckpt-1", seed=4)
+    kw = dict(batch_size=8, image_size=config.image_size, seed=4)
+
+    def from_config(**changes):
+        return _first_batch(factory.finetune_dataset_fn(config.replace(**changes), 8)())
+
+    np.testing.assert_array_equal(
+        from_config()["image"], _first_batch(D.build_finetune_dataset(**kw))["image"]
+    )
+    aug = dict(augmentations="crop,flip,color", color_jitter_strength=0.5, brightness="additive")
+    np.testing.assert_array_equal(
+        from_config(**aug)["image"], _first_batch(D.build_pretrain_dataset(**kw, **aug))["view1"]
+    )
+    blurred = _first_batch(D.build_finetune_dataset(**kw, augmentations="crop,flip,blur"))
+    np.testing.assert_array_equal(from_config(use_blur=True)["image"], blurred["image"])

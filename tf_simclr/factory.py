@@ -146,20 +146,16 @@ def dataset_info(config: Config, split: str | None = None):
 def num_train_examples(config: Config) -> int:
     """Examples per training epoch: the train split, or its labelled subset when fine-tuning
     on a label fraction / id file."""
-    if config.train_mode == "finetune" and (config.label_fraction or config.label_ids_file):
-        _, info = data_lib.build_finetune_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            split=config.train_split,
-            batch_size=1,
-            image_size=config.image_size,
-            seed=config.seed,
-            label_fraction=config.label_fraction,
-            label_ids_file=config.label_ids_file,
-            strict=config.strict_data,
-        )
-        return info.num_examples[config.train_split]
-    return dataset_info(config).num_examples[config.train_split]
+    labelled_subset = config.train_mode == "finetune"
+    return data_lib.count_examples(
+        config.dataset,
+        data_dir=config.data_dir,
+        split=config.train_split,
+        label_fraction=config.label_fraction if labelled_subset else None,
+        label_ids_file=config.label_ids_file if labelled_subset else None,
+        seed=config.seed,
+        strict=config.strict_data,
+    )
 
 
 def _cache_setting(config: Config):
@@ -201,8 +197,18 @@ def pretrain_dataset_fn(config: Config, global_batch_size: int, start_step: int 
     return dataset_fn
 
 
+def _finetune_augmentation_spec(config: Config) -> str:
+    """Fine-tuning's augmentations: --augmentations, else crop and flip (plus blur with
+    --use_blur). Stands in until Config.augmentation_spec() covers fine-tuning."""
+    if config.augmentations:
+        return config.augmentations
+    return "crop,flip,blur" if config.use_blur else "finetune"
+
+
 def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
     """A function of an InputContext giving this replica's labelled fine-tuning dataset."""
+    # The input pipelines of one run read the split's labels (for a label subset) once.
+    label_cache = data_lib.LabelCache()
 
     def dataset_fn(input_context: tf.distribute.InputContext | None = None):
         dataset, _ = data_lib.build_finetune_dataset(
@@ -214,10 +220,14 @@ def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int 
             seed=config.seed,
             label_fraction=config.label_fraction,
             label_ids_file=config.label_ids_file,
+            augmentations=_finetune_augmentation_spec(config),
+            color_jitter_strength=config.color_jitter_strength,
+            brightness=config.brightness,
             input_context=input_context,
             cache=_cache_setting(config),
             strict=config.strict_data,
             start_batch=_start_batch(start_step, input_context),
+            label_cache=label_cache,
         )
         return dataset
 
