@@ -197,14 +197,6 @@ def pretrain_dataset_fn(config: Config, global_batch_size: int, start_step: int 
     return dataset_fn
 
 
-def _finetune_augmentation_spec(config: Config) -> str:
-    """Fine-tuning's augmentations: --augmentations, else crop and flip (plus blur with
-    --use_blur). Stands in until Config.augmentation_spec() covers fine-tuning."""
-    if config.augmentations:
-        return config.augmentations
-    return "crop,flip,blur" if config.use_blur else "finetune"
-
-
 def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
     """A function of an InputContext giving this replica's labelled fine-tuning dataset."""
     # The input pipelines of one run read the split's labels (for a label subset) once.
@@ -220,7 +212,7 @@ def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int 
             seed=config.seed,
             label_fraction=config.label_fraction,
             label_ids_file=config.label_ids_file,
-            augmentations=_finetune_augmentation_spec(config),
+            augmentations=config.augmentation_spec(),
             color_jitter_strength=config.color_jitter_strength,
             brightness=config.brightness,
             input_context=input_context,
