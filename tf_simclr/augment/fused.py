@@ -180,7 +180,7 @@ def augment_single(
     *,
     image_size: int,
     augmentations: str | Sequence[str] = "imagenet",
-    color_jitter_strength: float | None = 1.0,
+    color_jitter_strength: float | None = None,
     brightness: str = "multiplicative",
     blur_per_image: bool = True,
 ) -> tf.Tensor:
@@ -212,7 +212,7 @@ def augment_single_crop(
     *,
     image_size: int,
     augmentations: str | Sequence[str] = "imagenet",
-    color_jitter_strength: float | None = 1.0,
+    color_jitter_strength: float | None = None,
     brightness: str = "multiplicative",
 ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
     """First stage of augment_single for one image: ``(resized, params)``.
