@@ -334,6 +334,28 @@ def test_augment_batch_is_deterministic_and_views_independent():
 
 
 @pytest.mark.parametrize(
+    "entry", ["augment_batch", "augment_image", "augment_single", "augment_single_crop"]
+)
+def test_preset_strength_applies_when_no_strength_is_given(entry):
+    # The entry points used to default color_jitter_strength to 1.0, which overrode the
+    # preset's own strength: "cifar" ran at s = 1.0 instead of its s = 0.5.
+    images = tf.constant(np.random.default_rng(8).integers(0, 256, (4, 40, 40, 3)), tf.uint8)
+    seeds = [tf.constant([i, 5], tf.int64) for i in range(4)]  # some views draw the jitter
+    kw = dict(image_size=32, augmentations="cifar")
+
+    def views(**strength):
+        if entry == "augment_batch":
+            return A.augment_batch(images, SEED, **kw, **strength).numpy()
+        fn = getattr(A, entry)
+        outs = [fn(im, s, **kw, **strength) for im, s in zip(images, seeds, strict=True)]
+        return np.concatenate([np.ravel(t) for t in tf.nest.flatten(outs)])
+
+    default = views()
+    np.testing.assert_array_equal(default, views(color_jitter_strength=0.5))
+    assert not np.allclose(default, views(color_jitter_strength=1.0))
+
+
+@pytest.mark.parametrize(
     "spec", ["crop_no_resize,flip,rotation,cutout", "noise,sobel", "color_jitter,grayscale", ""]
 )
 def test_every_composition_runs(spec):
@@ -527,7 +549,7 @@ def test_fused_single_path_equals_the_operator_by_operator_path(monkeypatch, ops
     seeds = [tf.constant([int(rng.integers(1 << 30)), i], tf.int64) for i in range(6)]
     kw = dict(image_size=64, augmentations=ops, color_jitter_strength=1.0)
     fused = [A.augment_single(images[i % 3], s, **kw) for i, s in enumerate(seeds)]
-    monkeypatch.setattr(A, "_fast_plan", lambda ops: None)
+    monkeypatch.setattr(A.fused, "_fast_plan", lambda ops: None)
     generic = [A.augment_single(images[i % 3], s, **kw) for i, s in enumerate(seeds)]
     for a, b in zip(fused, generic, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5)
