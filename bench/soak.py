@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
-from rel_proc import (  # noqa: E402
+from helpers.rel_proc import (  # noqa: E402
     TINY_BASE_LR,
     TINY_WARMUP_STEPS,
     checkpoint_numbers,

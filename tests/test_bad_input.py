@@ -21,8 +21,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.configs import tiny_config
 from PIL import Image
-from test_train import tiny_config
 
 from tf_simclr import augment, export, factory, optim, runner, train
 from tf_simclr import data as data_lib

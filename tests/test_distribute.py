@@ -1,6 +1,6 @@
 """Tests for tf_simclr.distribute, and the multi-replica equality of tf_simclr.loss / LARS.
 
-The MirroredStrategy checks run in one subprocess (tests/distributed_check.py), because logical
+The MirroredStrategy checks run in one subprocess (tests/helpers/distributed_check.py), because logical
 CPU devices must be configured before TensorFlow initialises."""
 
 import json
@@ -31,7 +31,7 @@ TOL = 1e-5
 def dist_results():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "distributed_check.py")],
+        [sys.executable, os.path.join(HERE, "helpers", "distributed_check.py")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -180,7 +180,7 @@ def test_multi_worker_two_local_workers():
         env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")
         procs.append(
             subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "multi_worker_check.py")],
+                [sys.executable, os.path.join(HERE, "helpers", "multi_worker_check.py")],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

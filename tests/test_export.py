@@ -484,7 +484,7 @@ def test_core_package_does_not_import_consumer_dependencies():
 @pytest.mark.slow
 def test_export_of_model_built_under_mirrored_strategy(tmp_path):
     """train.py may export a model whose variables are MirroredVariables (2 logical CPUs)."""
-    script = os.path.join(ROOT, "tests", "export_mirrored_check.py")
+    script = os.path.join(ROOT, "tests", "helpers", "export_mirrored_check.py")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     proc = subprocess.run(
         [sys.executable, script, str(tmp_path)],

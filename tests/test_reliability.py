@@ -22,7 +22,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from rel_proc import (
+from helpers.configs import tiny_config
+from helpers.rel_proc import (
     ROOT,
     TINY_BASE_LR,
     TINY_WARMUP_STEPS,
@@ -35,7 +36,6 @@ from rel_proc import (
     tiny_flags,
     wait_for,
 )
-from test_train import tiny_config
 
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib

@@ -30,7 +30,9 @@ from tf_simclr.config import Config, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "run.py")
-DIST_RUN = os.path.join(ROOT, "tests", "dist_run.py")  # run.py + a dump of the final weights
+DIST_RUN = os.path.join(
+    ROOT, "tests", "helpers", "dist_run.py"
+)  # run.py + a dump of the final weights
 
 # tests/test_train.py's tiny_config, as flags (pretraining, global_bn on by default).
 TINY = [
@@ -179,7 +181,7 @@ def _digest(array):
 
 
 def _load_weights(path):
-    """(step, trainable variable paths, {path: value}) from a tests/dist_run.py dump."""
+    """(step, trainable variable paths, {path: value}) from a tests/helpers/dist_run.py dump."""
     with np.load(path) as data:
         weights = {k: data[k] for k in data.files if not k.startswith("_")}
         return int(data["_step"]), set(data["_trainable"].tolist()), weights

@@ -27,22 +27,6 @@ RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 CONFIG_FILENAME = "config.json"
 CONFIG_HISTORY_FILENAME = "config_history.jsonl"
 
-# Settings that decide which variables the network has: a model_dir's checkpoints only fit a
-# model built with the same values (image_size matters through the stem it selects).
-ARCHITECTURE_FIELDS = (
-    "train_mode",
-    "resnet_depth",
-    "width_multiplier",
-    "sk_ratio",
-    "se_ratio",
-    "proj_head_mode",
-    "proj_out_dim",
-    "num_proj_layers",
-    "ft_proj_selector",
-    "lineareval_while_pretraining",
-    "num_classes",
-    "sup_head_input_norm",
-)
 # The encoder and projection head a fine-tuning run takes from its --checkpoint.
 ENCODER_FIELDS = (
     "resnet_depth",
@@ -52,6 +36,16 @@ ENCODER_FIELDS = (
     "proj_head_mode",
     "proj_out_dim",
     "num_proj_layers",
+)
+# Settings that decide which variables the network has: a model_dir's checkpoints only fit a
+# model built with the same values (image_size matters through the stem it selects).
+ARCHITECTURE_FIELDS = (
+    "train_mode",
+    *ENCODER_FIELDS,
+    "ft_proj_selector",
+    "lineareval_while_pretraining",
+    "num_classes",
+    "sup_head_input_norm",
 )
 # What to do now, never inherited from a saved run.
 _INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
@@ -110,10 +104,13 @@ class Config:
         None,
         "Comma-separated operators, e.g. crop,flip,color,blur (default from the recipe: crop,flip,color plus blur with --use_blur).",
     )
-    # The embedded recipe: colour is shapes10's main nuisance, so the full-strength (ImageNet)
-    # colour distortion; measured +15.9 linear-probe points over random weights (0.5: +7.0).
-    color_jitter_strength: float = _setting(
-        1.0, "Colour distortion strength s (ImageNet 1.0, CIFAR 0.5)."
+    # None: the composition's own strength, 1.0 for the default crop,flip,color, which is the
+    # embedded recipe's (colour is shapes10's main nuisance; measured +15.9 linear-probe points
+    # over random weights, 0.5: +7.0), and a preset's own (cifar: 0.5).
+    color_jitter_strength: float | None = _setting(
+        None,
+        "Colour distortion strength s (ImageNet 1.0, CIFAR 0.5); default: 1.0, or the "
+        "--augmentations preset's own.",
     )
     use_blur: bool = _setting(
         False, "Add Gaussian blur to the default augmentations (ImageNet recipe)."
@@ -326,6 +323,8 @@ class Config:
                 raise ConfigError(f"--{name} must be a positive number, got {value}.")
         for name in ("weight_decay", "warmup_epochs", "color_jitter_strength"):
             value = getattr(self, name)
+            if value is None and name == "color_jitter_strength":
+                continue
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"--{name} must be >= 0, got {value}.")
         if not 0.0 <= self.momentum < 1.0:

@@ -11,10 +11,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_PY = os.path.join(ROOT, "run.py")
 
-# The tiny setup of tests/test_train.py::tiny_config, as flags; one log record per step, a
+# The tiny setup of tests/helpers/configs.py::tiny_config, as flags; one log record per step, a
 # checkpoint every 2 steps, a 2-step warmup (0.0128 epochs of the 5000 embedded examples at B=32).
 TINY_FLAGS = (
     "--mode=train",

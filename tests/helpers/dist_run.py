@@ -1,6 +1,6 @@
 """`python run.py` plus a dump of the trained weights, for tests/test_train_distributed.py.
 
-Usage: python tests/dist_run.py WEIGHTS.npz --mode=train --strategy=multi_worker ... (run.py flags)
+Usage: python tests/helpers/dist_run.py WEIGHTS.npz --mode=train --strategy=multi_worker ... (run.py flags)
 
 Runs run.py's own main (flags -> Config -> runner.run -> train), records the TrainState that
 train() returns and, once main returns 0, saves every model variable (by path, exact values),
@@ -11,7 +11,7 @@ Exits with main's status, so a worker that gives up on its peers exits with run.
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
