@@ -13,7 +13,15 @@ FLOPs come from the TF v1 profiler (``float_operation``) on the traced graphs:
   the 1.72 TFLOP quoted for the reference ResNet-18 / 32 px / batch-256 step); ``gflops`` uses it.
 * ``step_tflop_profiled``: the whole traced training step graph (forward + backprop convs).
 
+``--precision`` picks the Keras dtype policy of the timed model; the ceilings (2048^3 matmul
+and the best 3x3 conv of the first two stages, ``conv3x3_gflops_now``) are measured in the same
+dtype, and ``fraction_of_conv_ceiling`` is the step's share of the conv one. ``--compare`` times
+float32 and mixed_bfloat16 twins (same weights) interleaved step by step in one process and
+prints ``bfloat16_speedup_median`` (float32 step time / bfloat16 step time, per pair): sound
+even on a loaded machine.
+
 Example: python bench/bench_train_step.py --batch-size 256 --steps 3   (default is a quick run)
+         python bench/bench_train_step.py --batch-size 256 --steps 6 --compare
 """
 
 from __future__ import annotations
@@ -43,18 +51,38 @@ def _profile_flops(concrete_fn) -> int:
     return int(model_analyzer.profile(concrete_fn.graph, options=opts).total_float_ops)
 
 
-def _matmul_gflops(n: int = 2048, reps: int = 4) -> float:
-    """float32 matmul throughput right now: the ceiling to compare against on a shared machine."""
-    a = tf.random.stateless_normal((n, n), seed=[1, 1])
-    b = tf.random.stateless_normal((n, n), seed=[1, 2])
-    f = tf.function(tf.matmul)
-    f(a, b).numpy()
+def _best_seconds(fn, *args, reps: int = 4) -> float:
+    fn(*args).numpy()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        f(a, b).numpy()
+        fn(*args).numpy()
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+def _matmul_gflops(dtype=tf.float32, n: int = 2048) -> float:
+    """Matmul throughput right now in ``dtype``: the ceiling to compare against on a shared
+    machine."""
+    a = tf.cast(tf.random.stateless_normal((n, n), seed=[1, 1]), dtype)
+    b = tf.cast(tf.random.stateless_normal((n, n), seed=[1, 2]), dtype)
+    return 2 * n**3 / _best_seconds(tf.function(tf.matmul), a, b) / 1e9
+
+
+# 3x3 convolutions of the CIFAR ResNet's first two stages (NHWC input, channels in = out).
+_CONV_SHAPES = ((32, 64), (16, 128))
+
+
+def _conv_gflops(dtype=tf.float32, batch: int = 256) -> float:
+    """Best 3x3 stride-1 convolution throughput in ``dtype`` over `_CONV_SHAPES`."""
+    conv = tf.function(lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"))
+    best = 0.0
+    for size, channels in _CONV_SHAPES:
+        x = tf.cast(tf.random.stateless_normal((batch, size, size, channels), [2, 1]), dtype)
+        w = tf.cast(tf.random.stateless_normal((3, 3, channels, channels), [2, 2]), dtype)
+        flops = 2 * batch * size * size * channels * channels * 9
+        best = max(best, flops / _best_seconds(conv, x, w) / 1e9)
+    return best
 
 
 def _optimizer(name: str, lr: float):
@@ -65,20 +93,22 @@ def _optimizer(name: str, lr: float):
     return keras.optimizers.SGD(lr, momentum=0.9)
 
 
-def _build(args, fused: bool):
+def _build(args, fused: bool, precision: str = "float32"):
     from tf_simclr.model import build_model
+    from tf_simclr.precision import policy_scope
 
     keras.utils.set_random_seed(0)
-    model = build_model(
-        resnet_depth=args.depth,
-        width_multiplier=args.width,
-        image_size=args.image_size,
-        num_classes=args.num_classes,
-        temperature=0.5,
-        fused_batch_norm=fused,
-    )
-    model.optimizer = _optimizer(args.optimizer, 0.1)
-    model.optimizer.build(model.trainable_variables)
+    with policy_scope(precision):
+        model = build_model(
+            resnet_depth=args.depth,
+            width_multiplier=args.width,
+            image_size=args.image_size,
+            num_classes=args.num_classes,
+            temperature=0.5,
+            fused_batch_norm=fused,
+        )
+        model.optimizer = _optimizer(args.optimizer, 0.1)
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -88,24 +118,80 @@ def _timed(step, batch):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _compare_bn(args, step, batch) -> dict:
-    """Interleave steps of the fused-BN model with a Keras-BN twin in this process, so both see
-    the same machine load; report per-pair time ratios (keras / fused)."""
-    other = tf.function(_build(args, fused=args.bn != "fused").train_step, jit_compile=args.jit)
-    other(batch)
-    other(batch)
+def _interleave(step_a, step_b, batch, steps: int) -> tuple[list, list]:
+    """Alternate steps of two warmed-up step functions so both see the same machine load;
+    per-pair (wall, cpu) time ratios b / a."""
     wall, cpu = [], []
-    for _ in range(args.steps):
-        a, b = _timed(step, batch), _timed(other, batch)
-        if args.bn != "fused":
-            a, b = b, a
+    for _ in range(steps):
+        a, b = _timed(step_a, batch), _timed(step_b, batch)
         wall.append(b[0] / a[0])
         cpu.append(b[1] / a[1])
+    return wall, cpu
+
+
+def _compare_bn(args, step, batch) -> dict:
+    """Interleave steps of the fused-BN model with a Keras-BN twin in this process; report
+    per-pair time ratios (keras / fused)."""
+    twin = _build(args, fused=args.bn != "fused", precision=args.precision)
+    other = tf.function(twin.train_step, jit_compile=args.jit)
+    other(batch)
+    other(batch)
+    fused_step, keras_step = (step, other) if args.bn == "fused" else (other, step)
+    wall, cpu = _interleave(fused_step, keras_step, batch, args.steps)
     return {
         "keras_bn_over_fused_bn_wall_ratios": [round(r, 3) for r in wall],
         "keras_bn_over_fused_bn_wall_median": float(np.median(wall)),
         "keras_bn_over_fused_bn_cpu_median": float(np.median(cpu)),
     }
+
+
+def _compare_precisions(args, batch) -> dict:
+    """float32 and mixed_bfloat16 steps of the same network and weights, interleaved step by
+    step in this process, with both dtypes' ceilings measured alongside."""
+    f32 = _build(args, fused=args.bn == "fused", precision="float32")
+    bf16 = _build(args, fused=args.bn == "fused", precision="mixed_bfloat16")
+    bf16.set_weights(f32.get_weights())
+    steps = {}
+    for name, model in (("float32", f32), ("mixed_bfloat16", bf16)):
+        steps[name] = tf.function(model.train_step, jit_compile=args.jit)
+        for _ in range(1 + args.warmup):
+            steps[name](batch)
+    ceilings = _ceilings(("float32", "mixed_bfloat16"))
+    times = {"float32": [], "mixed_bfloat16": []}
+    for _ in range(args.steps):
+        for name in times:
+            times[name].append(_timed(steps[name], batch)[0])
+    ratios = [a / b for a, b in zip(times["float32"], times["mixed_bfloat16"], strict=True)]
+    later = _ceilings(("float32", "mixed_bfloat16"))
+    for key, value in later.items():
+        ceilings[key] = max(ceilings[key], value)
+    result = {"float32_over_bfloat16_step_time_ratios": [round(r, 3) for r in ratios]}
+    result["bfloat16_speedup_median"] = float(np.median(ratios))
+    for name, t in times.items():
+        result[name] = {
+            "step_time_s_median": float(np.median(t)),
+            "images_per_s": args.batch_size / float(np.median(t)),
+            "matmul_gflops_now": ceilings[f"{name}_matmul"],
+            "conv3x3_gflops_now": ceilings[f"{name}_conv"],
+        }
+    return result
+
+
+def _dtype_of(precision: str):
+    return (
+        tf.bfloat16
+        if precision == "mixed_bfloat16"
+        else (tf.float16 if precision == "mixed_float16" else tf.float32)
+    )
+
+
+def _ceilings(precisions) -> dict:
+    out = {}
+    for precision in precisions:
+        dtype = _dtype_of(precision)
+        out[f"{precision}_matmul"] = _matmul_gflops(dtype)
+        out[f"{precision}_conv"] = _conv_gflops(dtype)
+    return out
 
 
 def main(argv=None):
@@ -120,6 +206,18 @@ def main(argv=None):
     p.add_argument("--jit", action="store_true", help="XLA-compile the step")
     p.add_argument("--optimizer", choices=("lars", "momentum"), default="lars")
     p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument(
+        "--precision",
+        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+        default="float32",
+        help="Keras dtype policy of the timed model",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="time float32 and mixed_bfloat16 steps interleaved in this process and print their "
+        "ratio (load-robust A/B); --precision is then ignored",
+    )
     p.add_argument("--intra-op-threads", type=int, default=0)
     p.add_argument("--inter-op-threads", type=int, default=0)
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP profiling")
@@ -136,7 +234,6 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
-    model = _build(args, fused=args.bn == "fused")
 
     b, s = args.batch_size, args.image_size
     batch = {
@@ -146,6 +243,40 @@ def main(argv=None):
             (b,), seed=[0, 3], maxval=args.num_classes, dtype=tf.int32
         ),
     }
+    about = {
+        "depth": args.depth,
+        "width": args.width,
+        "image_size": s,
+        "batch_size_pairs": b,
+        "views_per_step": 2 * b,
+        "bn": args.bn,
+        "jit": args.jit,
+        "optimizer": args.optimizer,
+        "steps": args.steps,
+        "tf_version": tf.__version__,
+        # "1" (tf_simclr's default) or "0" (stock TensorFlow on CPUs without AVX-512).
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+        "keras_version": keras.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "machine": platform.machine(),
+    }
+    if args.compare:
+        result = {"benchmark": "pretrain_train_step_precision_compare", **about}
+        result.update(_compare_precisions(args, batch))
+        if not args.no_flops:
+            model = _build(args, fused=args.bn == "fused")
+            step_3x = 3 * _forward_flops(model, b, s)
+            result["step_tflop_3x_forward"] = step_3x / 1e12
+            for name in ("float32", "mixed_bfloat16"):
+                entry = result[name]
+                entry["gflops"] = step_3x / entry["step_time_s_median"] / 1e9
+                entry["fraction_of_matmul_ceiling"] = entry["gflops"] / entry["matmul_gflops_now"]
+                entry["fraction_of_conv_ceiling"] = entry["gflops"] / entry["conv3x3_gflops_now"]
+        print(json.dumps(result, indent=2))
+        return result
+
+    model = _build(args, fused=args.bn == "fused", precision=args.precision)
     step = tf.function(model.train_step, jit_compile=args.jit)
 
     t0 = time.perf_counter()
@@ -156,7 +287,7 @@ def main(argv=None):
     first_step_s = time.perf_counter() - t0
     for _ in range(args.warmup):
         step(batch)
-    ceiling_before = _matmul_gflops()
+    ceilings = _ceilings((args.precision,))
     times, cpu_times = [], []
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -164,19 +295,12 @@ def main(argv=None):
         float(logs["loss"])  # block until done
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-
-    ceiling = max(ceiling_before, _matmul_gflops())
+    for key, value in _ceilings((args.precision,)).items():
+        ceilings[key] = max(ceilings[key], value)
     result = {
         "benchmark": "pretrain_train_step",
-        "depth": args.depth,
-        "width": args.width,
-        "image_size": s,
-        "batch_size_pairs": b,
-        "views_per_step": 2 * b,
-        "bn": args.bn,
-        "jit": args.jit,
-        "optimizer": args.optimizer,
-        "steps": args.steps,
+        **about,
+        "precision": args.precision,
         "step_time_s_median": float(np.median(times)),
         "step_time_s_min": float(np.min(times)),
         "step_times_s": [round(t, 4) for t in times],
@@ -188,37 +312,46 @@ def main(argv=None):
         "trace_s": round(trace_s, 2),
         "first_step_s": round(first_step_s, 2),
         "loss": float(logs["loss"]),
-        "tf_version": tf.__version__,
-        # "1" (tf_simclr's default) or "0" (stock TensorFlow on CPUs without AVX-512).
-        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
-        "keras_version": keras.__version__,
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
+        "matmul_gflops_now": ceilings[f"{args.precision}_matmul"],
+        "conv3x3_gflops_now": ceilings[f"{args.precision}_conv"],
     }
     if not args.no_flops:
-
-        @tf.function
-        def forward(images):
-            return model(images, training=True)["proj_head_output"]
-
-        fwd = _profile_flops(forward.get_concrete_function(tf.TensorSpec([2 * b, s, s, 3])))
-        step_3x = 3 * fwd
+        step_3x = 3 * _forward_flops(model, b, s)
+        gflops_best = step_3x / float(np.min(times)) / 1e9
         result.update(
-            forward_gflop_per_view=fwd / (2 * b) / 1e9,
+            forward_gflop_per_view=step_3x / 3 / (2 * b) / 1e9,
             step_tflop_3x_forward=step_3x / 1e12,
             step_tflop_profiled=_profile_flops(concrete) / 1e12,
             gflops=step_3x / float(np.median(times)) / 1e9,
-            gflops_best=step_3x / float(np.min(times)) / 1e9,
+            gflops_best=gflops_best,
             flop_count_method="tf.compat.v1 profiler float_operation; gflops uses 3x forward",
-            matmul_gflops_now=ceiling,
-            fraction_of_matmul_ceiling=step_3x / float(np.min(times)) / 1e9 / ceiling,
+            fraction_of_matmul_ceiling=gflops_best / result["matmul_gflops_now"],
+            fraction_of_conv_ceiling=gflops_best / result["conv3x3_gflops_now"],
         )
-    else:
-        result["matmul_gflops_now"] = ceiling
     if args.compare_bn:
         result.update(_compare_bn(args, step, batch))
     print(json.dumps(result, indent=2))
     return result
+
+
+def _forward_flops(model, batch_pairs: int, size: int) -> int:
+    @tf.function
+    def forward(images):
+        return model(images, training=True)["proj_head_output"]
+
+    spec = tf.TensorSpec([2 * batch_pairs, size, size, 3])
+    return _profile_flops(forward.get_concrete_function(spec))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

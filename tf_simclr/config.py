@@ -19,7 +19,8 @@ OPTIMIZERS = ("lars", "momentum", "adam", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# tf_simclr.precision.PRECISIONS (not imported: this module does not load TensorFlow).
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 LOSS_SCALES = ("paper", "reference")
 SUP_HEAD_OPTIMIZERS = ("momentum", "shared")
 BRIGHTNESS_MODES = ("multiplicative", "additive")
@@ -164,7 +165,12 @@ class Config:
     weight_decay: float = _setting(1e-4, "Weight decay (batch norm and biases excluded).")
     batch_norm_decay: float = _setting(0.9, "Batch-norm moving-average decay (momentum).")
     precision: str = _setting(
-        "float32", "Numeric policy (the loss is always float32).", choices=PRECISIONS
+        "float32",
+        "Training's numeric policy: 'auto' is mixed_bfloat16 where the hardware computes "
+        "bfloat16 (CPUs with AVX512_BF16 or AMX, TPUs, GPUs of compute capability >= 8.0) and "
+        "float32 elsewhere. Weights, batch-norm statistics, the loss, optimizer state and "
+        "checkpoints stay float32; evaluation and exports compute in float32.",
+        choices=PRECISIONS,
     )
 
     # Loss.

@@ -14,6 +14,7 @@ from tf_simclr import data as data_lib
 from tf_simclr import model as model_lib
 from tf_simclr import optim, resnet
 from tf_simclr.config import Config
+from tf_simclr.precision import policy_scope
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,34 @@ def model_num_classes(config: Config, dataset_classes: int | None) -> int | None
     return config.num_classes or dataset_classes
 
 
-def build_model(config: Config, num_classes: int, *, train_mode: str | None = None):
+def build_model(
+    config: Config,
+    num_classes: int,
+    *,
+    train_mode: str | None = None,
+    precision: str = "float32",
+):
     """The SimCLR model (ResNet encoder + heads) described by `config`; `num_classes` (the
-    dataset's) is used unless the config fixes the head's classes (--num_classes)."""
+    dataset's) is used unless the config fixes the head's classes (--num_classes).
+
+    ``precision`` is the Keras dtype policy its layers compute in (a `tf_simclr.precision`
+    policy, not "auto"): training passes its chosen one, evaluation and export use float32.
+    """
+    with policy_scope(precision):
+        return _build_model(config, num_classes, train_mode)
+
+
+def float32_twin(config: Config, model, num_classes: int):
+    """``model`` itself if it computes in float32, else a float32 copy with its weights
+    (evaluation and exports compute in float32 whatever precision training used)."""
+    if model.compute_dtype == "float32":
+        return model
+    twin = build_model(config, num_classes, train_mode=model.train_mode)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _build_model(config: Config, num_classes: int, train_mode: str | None):
     num_classes = model_num_classes(config, num_classes)
     encoder = resnet.build_resnet(
         config.resnet_depth,

@@ -11,6 +11,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tf_simclr.conv_grad import (
+    conv2d_with_matmul_filter_gradient,
+    matmul_filter_gradient_pays_off,
+)
+
 
 def strided_shape(input_shape, strides: int, channels: int | None) -> tuple:
     """[B, H, W, C] after a layer of stride `strides` with fixed padding: ceil(n / strides)
@@ -46,7 +51,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def _can_fuse(self, inputs, mask):
         if mask is not None or self.renorm or self.axis not in (-1, len(inputs.shape) - 1):
             return False
-        if len(inputs.shape) not in (2, 4) or inputs.dtype not in (tf.float32, tf.float16):
+        if len(inputs.shape) not in (2, 4) or inputs.dtype not in (
+            tf.float32,
+            tf.float16,
+            tf.bfloat16,
+        ):
             return False
         if self.synchronized:
             ctx = tf.distribute.get_replica_context()
@@ -181,8 +190,14 @@ class FixedPaddingConv2D(keras.layers.Layer):
         self.conv.build((b, h, w, c))
 
     def call(self, x):
+        output_shape = strided_shape(x.shape, self.strides, self.filters)
         if self.strides > 1 and self.kernel_size > 1:
             x = ops.pad(x, [[0, 0], self._pad, self._pad, [0, 0]])
+        if matmul_filter_gradient_pays_off(x.dtype, output_shape):
+            # Same variable and forward op as self.conv; only the kernel gradient differs.
+            padding = "SAME" if self.strides == 1 else "VALID"
+            kernel = tf.cast(self.conv.kernel, x.dtype)
+            return conv2d_with_matmul_filter_gradient(x, kernel, self.strides, padding)
         return self.conv(x)
 
     def compute_output_shape(self, input_shape):

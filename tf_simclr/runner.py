@@ -65,9 +65,15 @@ def run(config: Config) -> dict:
         _check_eval_split(config)  # before training, not after it
     start = time.perf_counter()
     state = train_lib.train(config, strategy)
-    result = {"step": state.step, "total_steps": state.total_steps}
+    result = {
+        "step": state.step,
+        "total_steps": state.total_steps,
+        "precision": state.model.dtype_policy.name,
+    }
+    # Evaluation and the export compute in float32 whatever precision training used.
+    trained = factory.float32_twin(config, state.model, state.num_classes)
     if config.mode == "train_then_eval":
-        result["metrics"] = evaluate_model(config, state.model, state.num_classes)
+        result["metrics"] = evaluate_model(config, trained, state.num_classes)
     result["train_seconds"] = time.perf_counter() - start
     result["images_per_second"] = state.images_per_second
     curves = history_lib.plot_history(
@@ -76,7 +82,7 @@ def run(config: Config) -> dict:
     if curves:
         result["curves"] = curves
     if config.export:
-        result["export_path"] = _export(config, state.model, state.step)
+        result["export_path"] = _export(config, trained, state.step)
     if _is_chief(config):  # workers share model_dir: only the chief writes there
         write_result(config, result)
     return result

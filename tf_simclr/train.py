@@ -18,6 +18,7 @@ import tensorflow as tf
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import distribute, factory, storage, warm_start
 from tf_simclr import history as history_lib
+from tf_simclr import precision as precision_lib
 from tf_simclr.config import Config
 
 # Kept importable from here, where they were defined before the loop was cut into modules.
@@ -53,11 +54,11 @@ class TrainState:
 
 
 def setup_runtime(config: Config) -> None:
-    """Seeds, optional op determinism and the mixed-precision policy."""
+    """Seeds and optional op determinism. (The training model gets its dtype policy from
+    `train`; nothing here sets Keras' global policy.)"""
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(config.precision)
 
 
 def _distribute(strategy: tf.distribute.Strategy, dataset_fn):
@@ -117,6 +118,9 @@ def _current_learning_rate(optimizer) -> float:
 def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     """Pretrain or fine-tune as configured; resume from model_dir if it holds checkpoints."""
     model_dir = config.model_dir
+    choice = precision_lib.choose_precision(config.precision, strategy=strategy)
+    log.info("Precision %s (%s).", choice.policy, choice.reason)
+    config = config.replace(precision=choice.policy)
     # Multi-worker: only the chief writes into model_dir; the other workers save checkpoints to a
     # temporary model_dir/worker_tmp_<i> and keep no logs. Waits on peers get a watchdog.
     role = distribute.WorkerRole(strategy, model_dir, collective_timeout=config.collective_timeout)
@@ -146,7 +150,7 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     checkpoint_every = config.checkpoint_every_for(num_train)
 
     with strategy.scope():
-        model = factory.build_model(config, info.num_classes)
+        model = factory.build_model(config, info.num_classes, precision=config.precision)
         optimizer = factory.build_optimizer(config, num_train)
         head_optimizer = factory.build_head_optimizer(config, model, num_train)
         head_ids = {id(v) for v in model.supervised_head_variables} if head_optimizer else set()
