@@ -25,18 +25,18 @@ import tensorflow as tf  # noqa: E402
 
 from tf_simclr.conv_grad import MAX_MATMUL_GRAD_POSITIONS, filter_gradient_by_matmuls  # noqa: E402
 
-# (input size after padding, in channels, out channels, stride, kernel): ResNet-18 at 32 px
-# (3x3 convs, stride-2 entry convs, 1x1 stride-2 shortcuts) and ResNet-50's 1x1 convs at 4x4.
+# (input size after padding, in channels, out channels, stride, kernel): every distinct conv
+# of ResNet-18 1x at 32 px (CIFAR stem) but the stem, then ResNet-50's 1x1 convs at 4x4.
 STAGES = (
     (34, 64, 64, 1, 3),
     (18, 128, 128, 1, 3),
     (10, 256, 256, 1, 3),
     (6, 512, 512, 1, 3),
-    (17, 64, 128, 2, 3),
-    (9, 128, 256, 2, 3),
-    (5, 256, 512, 2, 3),
-    (16, 64, 128, 2, 1),
-    (8, 128, 256, 2, 1),
+    (34, 64, 128, 2, 3),
+    (18, 128, 256, 2, 3),
+    (10, 256, 512, 2, 3),
+    (32, 64, 128, 2, 1),
+    (16, 128, 256, 2, 1),
     (8, 256, 512, 2, 1),
     (4, 2048, 512, 1, 1),
     (4, 512, 2048, 1, 1),

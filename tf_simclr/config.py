@@ -165,7 +165,7 @@ class Config:
     weight_decay: float = _setting(1e-4, "Weight decay (batch norm and biases excluded).")
     batch_norm_decay: float = _setting(0.9, "Batch-norm moving-average decay (momentum).")
     precision: str = _setting(
-        "float32",
+        "auto",
         "Training's numeric policy: 'auto' is mixed_bfloat16 where the hardware computes "
         "bfloat16 (CPUs with AVX512_BF16 or AMX, TPUs, GPUs of compute capability >= 8.0) and "
         "float32 elsewhere. Weights, batch-norm statistics, the loss, optimizer state and "

@@ -19,24 +19,42 @@ MAX_MATMUL_GRAD_POSITIONS = 64
 
 def filter_gradient_by_matmuls(x, dy, kernel_size: int, strides: int):
     """d(loss)/d(kernel) of a VALID convolution of ``x`` giving ``dy``'s shape, as
-    ``kernel_size**2`` matmuls over shifted, strided views of ``x`` (NHWC, kernel HWIO)."""
+    ``kernel_size**2`` matmuls over shifted views of ``x`` (NHWC, kernel HWIO).
+
+    Strided convolutions first split ``x`` into its ``strides**2`` phases (one reshape and
+    transpose), so every view is a contiguous slice: TF's strided slices are several times
+    slower than the matmuls they feed.
+    """
     in_channels, out_channels = x.shape[-1], dy.shape[-1]
-    # Static sizes where known: TF's strided slice is several times slower with tensor bounds.
+    # Static sizes where known: TF's slices are slower with tensor bounds.
     out_h = dy.shape[1] if dy.shape[1] is not None else tf.shape(dy)[1]
     out_w = dy.shape[2] if dy.shape[2] is not None else tf.shape(dy)[2]
     flat_dy = tf.reshape(dy, [-1, out_channels])
+    phases = _phases(x, strides)
     taps = []
     for i in range(kernel_size):
         for j in range(kernel_size):
-            window = x[
-                :,
-                i : i + strides * (out_h - 1) + 1 : strides,
-                j : j + strides * (out_w - 1) + 1 : strides,
-                :,
-            ]
+            phase = phases[i % strides][j % strides]
+            row, col = i // strides, j // strides
+            window = phase[:, row : row + out_h, col : col + out_w, :]
             flat_x = tf.reshape(window, [-1, in_channels])
             taps.append(tf.matmul(flat_x, flat_dy, transpose_a=True))
     return tf.reshape(tf.stack(taps), [kernel_size, kernel_size, in_channels, out_channels])
+
+
+def _phases(x, strides: int):
+    """``phases[a][b] == x[:, a::strides, b::strides, :]`` (zero-padded to a common size)."""
+    if strides == 1:
+        return [[x]]
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None:
+        return [[x[:, a::strides, b::strides, :] for b in range(strides)] for a in range(strides)]
+    pad_h, pad_w = -height % strides, -width % strides
+    x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+    rows, cols = (height + pad_h) // strides, (width + pad_w) // strides
+    split = tf.reshape(x, [-1, rows, strides, cols, strides, x.shape[-1]])
+    split = tf.transpose(split, [2, 4, 0, 1, 3, 5])
+    return [[split[a, b] for b in range(strides)] for a in range(strides)]
 
 
 def conv2d_with_matmul_filter_gradient(x, kernel, strides: int, padding: str):

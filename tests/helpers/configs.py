@@ -22,6 +22,9 @@ def tiny_config(model_dir, **changes):
         export=False,
         summaries=False,
         seed=3,
+        # Fixed, not "auto": the same numbers on CPUs with and without bfloat16 units
+        # (tests/test_precision.py covers the mixed policies).
+        precision="float32",
     )
     values.update(changes)
     return Config(**values)
