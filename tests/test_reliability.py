@@ -551,7 +551,7 @@ def test_package_never_unpickles_evals_or_executes_user_data():
     keras safe_mode=False or shell commands anywhere in the package, run.py or the examples:
     checkpoints and exports are read with TensorFlow's own formats, flags stay plain values."""
     files = [os.path.join(ROOT, "run.py")]
-    for sub in ("tf_simclr", "examples", "data"):
+    for sub in ("tf_simclr", "examples"):  # the embedded-data generator is in tf_simclr/
         for dirpath, _dirs, names in os.walk(os.path.join(ROOT, sub)):
             files += [os.path.join(dirpath, n) for n in names if n.endswith(".py")]
     assert len(files) > 10

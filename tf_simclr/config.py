@@ -91,7 +91,7 @@ class Config:
     # Data.
     dataset: str = _setting(
         "embedded",
-        "'embedded' (shipped in data/), a TFDS name (with --data_dir), a TFDS-format directory, or an image folder root/<split>/<class>/*.jpg.",
+        "'embedded' (shapes10, shipped inside the package), a TFDS name (with --data_dir), a TFDS-format directory, or an image folder root/<split>/<class>/*.jpg.",
     )
     data_dir: str | None = _setting(
         None, "TFDS data_dir holding prepared datasets (no downloads are attempted)."

@@ -20,11 +20,9 @@ from tf_simclr.data.folders import (
 
 DEFAULT_DATASET = "embedded"
 EMBEDDED_NAME = "shapes10"
-EMBEDDED_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "data",
-    "embedded",
-)
+# Inside the package (tf_simclr/data/embedded/), found relative to this file whatever the
+# working directory.
+EMBEDDED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
 
 
 @dataclasses.dataclass
@@ -217,7 +215,7 @@ def _open_raw(
         if vdir is None:
             raise FileNotFoundError(
                 f"The embedded dataset is missing from {EMBEDDED_DIR!r}. Regenerate it with "
-                "`python data/generate_embedded.py`."
+                "`python -m tf_simclr.data.generate_embedded`."
             )
         return _tfds_raw(_builder_from_dir(vdir), split, "embedded", "embedded", input_context, *sh)
     path = os.path.expanduser(dataset)
