@@ -1,4 +1,5 @@
-"""run.py: flags become a validated Config; bad flags give usage errors naming the flag."""
+"""The command line (tf_simclr.cli; run.py and `python -m tf_simclr` run it): flags become a
+validated Config, bad flags give usage errors naming the flag."""
 
 import os
 import subprocess
@@ -6,16 +7,27 @@ import sys
 
 import pytest
 
+from tf_simclr import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args, timeout=120):
+def _env(**changes):
+    """The test's environment without the TF_CPP_MIN_LOG_LEVEL conftest sets (a user's
+    setting turns the start-up filter off), plus `changes`."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(changes)
+    return env
+
+
+def _run(*args, timeout=120, cwd=ROOT, env=None):
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "run.py"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd,
+        env=env,
     )
 
 
@@ -34,13 +46,30 @@ def test_invalid_flags_give_usage_errors(flag, expected):
     assert "Traceback" not in proc.stderr
 
 
-def test_flags_map_onto_config_fields(tmp_path):
-    sys.path.insert(0, ROOT)
-    import run  # noqa: PLC0415
+def test_help_lists_the_flags():
+    proc = _run("--helpshort")  # absl exits 1 after printing it
+    assert "--temperature: NT-Xent temperature tau." in proc.stdout
 
-    run.FLAGS(
+
+def test_python_m_tf_simclr_is_the_same_command(tmp_path):
+    """From another directory, with the package importable (as after pip install)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf_simclr", "--temperature=0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_env(PYTHONPATH=ROOT),
+    )
+    assert proc.returncode != 0
+    assert "--temperature must be a positive number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_flags_map_onto_config_fields(tmp_path):
+    cli.FLAGS(
         [
-            "run.py",
+            "tf-simclr",
             "--temperature=0.2",
             "--resnet_depth=50",
             f"--model_dir={tmp_path}",
@@ -49,9 +78,9 @@ def test_flags_map_onto_config_fields(tmp_path):
         ]
     )
     try:
-        config = run.config_from_flags()
+        config = cli.config_from_flags()
     finally:
-        run.FLAGS.unparse_flags()
+        cli.FLAGS.unparse_flags()
     assert config.temperature == 0.2
     assert config.resnet_depth == 50
     assert config.use_blur is True
