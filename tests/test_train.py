@@ -1,6 +1,7 @@
 """End-to-end training on the embedded dataset: pretrain, evaluate, resume, fine-tune, faults."""
 
 import json
+import logging
 import os
 
 import keras
@@ -17,10 +18,12 @@ def _history_steps(model_dir):
     return [r["step"] for r in train.read_history(str(model_dir))]
 
 
-def test_pretrain_evaluates_writes_results_and_resumes(tmp_path):
+def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
     config = tiny_config(tmp_path, summaries=True)
-    result = runner.run(config)
+    with caplog.at_level(logging.INFO):
+        result = runner.run(config)
     assert result["step"] == 4
+    assert "knn_top1" not in caplog.text  # the metrics are printed once, by tf_simclr.report
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["config_hash"] == config.hash()
     metrics = saved["metrics"]
@@ -28,6 +31,9 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["knn_top1_gain"] == pytest.approx(
         metrics["knn_top1"] - metrics["random_init_knn_top1"]
+    )
+    assert metrics["linear_top5_gain"] == pytest.approx(
+        metrics["linear_top5"] - metrics["random_init_linear_top5"]
     )
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
     assert os.path.exists(tmp_path / "ckpt-4.index")

@@ -1,4 +1,4 @@
-"""The tf_simclr command line: absl flags -> Config -> tf_simclr.runner.run.
+"""The tf_simclr command line: absl flags -> Config -> tf_simclr.runner.run -> a results table.
 
     tf-simclr --mode=train_then_eval            # the embedded default dataset, a few minutes
     tf-simclr --helpfull                        # every flag
@@ -12,14 +12,17 @@ never imports it and never reads flags: everything it needs arrives in the Confi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
 import signal
 import sys
+import threading
 import typing
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from tf_simclr.config import (
     CONFIG_FILENAME,
@@ -29,6 +32,8 @@ from tf_simclr.config import (
     resolve,
     with_encoder_of_checkpoint,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _define_flags() -> None:
@@ -109,15 +114,81 @@ def describe_tf_error(err) -> str:
     return " ".join(kept) or str(err).strip()
 
 
+# What TensorFlow's C++ layer prints while it starts, before its logging is configured (so
+# TF_CPP_MIN_LOG_LEVEL does not reach it), that says nothing a user can act on.
+_STARTUP_NOISE = (
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
+    # The README says why results depend on the CPU; the notice repeats on every run.
+    re.compile(r"^I\d{4} [^\]]*\] oneDNN custom operations are on"),
+)
+# "No CUDA driver" on a CPU-only machine, and the failed cuInit that follows it. The cuInit
+# line alone (a driver that is there but broken) is kept: that is something to fix.
+_NO_CUDA_DRIVER = re.compile(r"^I\d{4} [^\]]*\] Could not find cuda drivers on your machine")
+_CUINIT_FAILED = re.compile(r"^E\d{4} [^\]]*\] failed call to cuInit")
+
+
+def filter_startup_noise(lines: typing.Iterable[str]) -> typing.Iterator[str]:
+    """The lines of TensorFlow's start-up output a user can act on (see _STARTUP_NOISE)."""
+    no_cuda_driver = False
+    for line in lines:
+        if _NO_CUDA_DRIVER.match(line):
+            no_cuda_driver = True
+            continue
+        if any(p.match(line) for p in _STARTUP_NOISE):
+            continue
+        if no_cuda_driver and _CUINIT_FAILED.match(line):
+            continue
+        yield line
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow and initialise its devices with stderr passed through
+    `filter_startup_noise` (at the file-descriptor level: the noise comes from C++); every
+    other line reaches stderr as it is written. Returns the tensorflow module."""
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (an embedding host)
+        stderr_fd = None
+    if stderr_fd is None or "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    sys.stderr.flush()
+    real_stderr = os.dup(stderr_fd)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, stderr_fd)
+    os.close(write_fd)
+
+    def forward() -> None:
+        # Line by line as they come, so nothing is lost if the import crashes the process.
+        with os.fdopen(read_fd, "rb") as pipe:
+            lines = (raw.decode("utf-8", "replace") for raw in pipe)
+            for line in filter_startup_noise(lines):
+                os.write(real_stderr, line.encode("utf-8"))
+
+    forwarder = threading.Thread(target=forward, name="tf-startup-stderr", daemon=True)
+    forwarder.start()
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # CUDA's cuInit runs here, inside the filter
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, stderr_fd)  # drops the pipe's last writer: the forwarder ends
+        forwarder.join(timeout=10)
+        os.close(real_stderr)
+    return tf
+
+
 def _interrupt(signum, _frame) -> None:
     # SIGTERM outside the training loop behaves like Ctrl-C (the loop installs its own handler
     # that finishes the step and saves first).
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, quiet_startup: bool = False) -> int:
     """The command behind `tf-simclr` (run by absl's app.run after it parsed the flags);
-    returns the exit code."""
+    returns the exit code. quiet_startup: filter TensorFlow's start-up noise from stderr."""
     if len(argv) > 1:
         raise app.UsageError(
             f"Unexpected arguments: {' '.join(argv[1:])} (flags use --name=value)."
@@ -125,17 +196,25 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    # TFDS and TF log through absl at INFO; keep the console to tf_simclr's own progress.
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    # TFDS and TensorFlow's checkpointing log through absl at INFO; keep the console to
+    # tf_simclr's own progress (--verbosity=0 shows them). Through absl's verbosity, not the
+    # logger's level: TensorFlow saves and restores that verbosity around SavedModel exports.
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         config = config_from_flags()
     except ConfigError as err:
         raise app.UsageError(str(err)) from err
 
-    import tensorflow as tf
+    if quiet_startup:
+        tf = import_tensorflow_quietly()
+    else:
+        import tensorflow as tf
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    log.info("TensorFlow %s, %s.", tf.__version__, f"{gpus} GPU(s)" if gpus else "CPU only")
 
-    from tf_simclr import distribute, runner
+    from tf_simclr import distribute, report, runner
     from tf_simclr.checkpoints import CheckpointError
     from tf_simclr.train import NonFiniteLossError, TrainingInterrupted
 
@@ -163,11 +242,8 @@ def main(argv: list[str]) -> int:
         logging.error("TensorFlow error: %s", describe_tf_error(err))
         logging.debug("Details:", exc_info=True)
         return 1
-    metrics = result.get("metrics")
-    if metrics:
-        print("Results:", file=sys.stderr)
-        for key, value in sorted(metrics.items()):
-            print(f"  {key:28s} {value:.4f}", file=sys.stderr)
+    sys.stderr.flush()  # the log lines before the table
+    print(report.format_report(result, config), flush=True)
     return 0
 
 
@@ -192,8 +268,10 @@ def _show_flags_in_help() -> None:
 def console_main() -> None:
     """Entry point of the `tf-simclr` command, `python -m tf_simclr` and `python run.py`."""
     # Before TensorFlow is imported, and only in the command (importing the library changes
-    # nothing).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # nothing): TensorFlow's C++ INFO and WARNING lines, unless the user chose a level.
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     _show_flags_in_help()
-    app.run(main)
+    app.run(functools.partial(main, quiet_startup=quiet))

@@ -25,6 +25,7 @@ SUP_HEAD_OPTIMIZERS = ("momentum", "shared")
 BRIGHTNESS_MODES = ("multiplicative", "additive")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 CONFIG_FILENAME = "config.json"
+RESULT_FILENAME = "result.json"  # written by tf_simclr.runner at the end of a run
 CONFIG_HISTORY_FILENAME = "config_history.jsonl"
 
 # The encoder and projection head a fine-tuning run takes from its --checkpoint.

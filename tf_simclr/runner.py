@@ -1,4 +1,4 @@
-"""Top-level workflows behind `run.py --mode=...`: train, eval, train_then_eval, preview, export."""
+"""Top-level workflows behind `tf-simclr --mode=...`: train, eval, train_then_eval, preview, export."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from tf_simclr import evaluate as eval_lib
 from tf_simclr import history as history_lib
 from tf_simclr import model as model_lib
 from tf_simclr import train as train_lib
-from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
+from tf_simclr.config import CONFIG_FILENAME, RESULT_FILENAME, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-RESULT_FILENAME = "result.json"
 CURVES_FILENAME = "training_curves.png"
 
 
@@ -67,7 +66,7 @@ def run(config: Config) -> dict:
     state = train_lib.train(config, strategy)
     result = {"step": state.step, "total_steps": state.total_steps}
     if config.mode == "train_then_eval":
-        result["metrics"] = evaluate_model(config, state.model, state.num_classes)
+        result.update(evaluate_model(config, state.model, state.num_classes))
     result["train_seconds"] = time.perf_counter() - start
     result["images_per_second"] = state.images_per_second
     curves = history_lib.plot_history(
@@ -147,7 +146,8 @@ def _feature_metrics(config: Config, model, num_classes: int, prefix: str = "") 
 
 
 def evaluate_model(config: Config, model, num_classes: int) -> dict:
-    """All evaluations that apply to the configured train_mode, plus the random-init baseline."""
+    """All evaluations that apply to the configured train_mode, plus the random-init baseline
+    and its gains. Returns {"metrics": {...}} (tf_simclr.report prints them)."""
     _check_enough_classes(num_classes, config.dataset)
     log.info("Evaluating on split %r.", config.eval_split)
     metrics = {}
@@ -168,18 +168,17 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
         key = "finetune" if config.train_mode == "finetune" else "sup_head"
         metrics.update({f"{key}_{k}": v for k, v in sup.items()})
     if config.train_mode == "pretrain" or not head_fits:
-        metrics.update(_feature_metrics(config, model, num_classes))
+        features = _feature_metrics(config, model, num_classes)
+        metrics.update(features)
         if config.random_init_baseline:
             baseline = factory.build_model(config, num_classes)
             # Its own seed, not a global reseed in the middle of the run.
             model_lib.reinitialize(baseline, seed=config.seed + 1)
             metrics.update(_feature_metrics(config, baseline, num_classes, prefix="random_init_"))
-            for name in ("knn_top1", "linear_top1"):
-                if name in metrics and "random_init_" + name in metrics:
+            for name in list(features):
+                if name.endswith(("_top1", "_top5")) and "random_init_" + name in metrics:
                     metrics[name + "_gain"] = metrics[name] - metrics["random_init_" + name]
-    for key, value in sorted(metrics.items()):
-        log.info("  %s = %.4f", key, value)
-    return metrics
+    return {"metrics": metrics}
 
 
 def evaluate_checkpoints(config: Config, strategy) -> dict:
@@ -215,11 +214,7 @@ def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
     checkpoint.restore(path).expect_partial()  # the optimizer state is not needed here
     step = int(path.rsplit("-", 1)[-1])
     log.info("Evaluating %s.", path)
-    result = {
-        "step": step,
-        "checkpoint": path,
-        "metrics": evaluate_model(config, model, num_classes),
-    }
+    result = {"step": step, "checkpoint": path, **evaluate_model(config, model, num_classes)}
     write_result(config, result)
     return result
 
