@@ -42,6 +42,7 @@ def _run(*args, timeout=120, cwd=ROOT, env=None):
         ("--temperature=0", "--temperature must be a positive number"),
         ("--optimizer=rmsprop", "--optimizer='rmsprop' is not valid; choose one of: lars"),
         ("--resnet_depth=20", "--resnet_depth=20 is not valid"),
+        ("--projector_embeddings=20000", "--projector_embeddings=20000 is too many"),
     ],
 )
 def test_invalid_flags_give_usage_errors(flag, expected):
@@ -54,6 +55,7 @@ def test_invalid_flags_give_usage_errors(flag, expected):
 def test_help_lists_the_flags():
     proc = _run("--helpshort")  # absl exits 1 after printing it
     assert "--temperature: NT-Xent temperature tau." in proc.stdout
+    assert "--neighbour_images:" in proc.stdout
 
 
 def test_python_m_tf_simclr_is_the_same_command(tmp_path):
@@ -80,6 +82,7 @@ def test_flags_map_onto_config_fields(tmp_path):
             f"--model_dir={tmp_path}",
             "--use_blur",
             "--data_dir=",
+            "--neighbour_images=3",
         ]
     )
     try:
@@ -91,6 +94,7 @@ def test_flags_map_onto_config_fields(tmp_path):
     assert config.use_blur is True
     assert config.data_dir is None
     assert config.model_dir == str(tmp_path)
+    assert config.neighbour_images == 3
 
 
 def test_flagfile_is_read(tmp_path):
@@ -178,6 +182,7 @@ def test_results_are_printed_once_as_a_table_to_stdout(tmp_path, monkeypatch, ca
     export.mkdir(parents=True)
     (tmp_path / "training_curves.png").write_bytes(b"png")
     (tmp_path / "events.out.tfevents.1.host").write_bytes(b"")
+    (tmp_path / "neighbours.png").write_bytes(b"png")
     result = {
         "step": 235,
         "total_steps": 235,
@@ -186,6 +191,8 @@ def test_results_are_printed_once_as_a_table_to_stdout(tmp_path, monkeypatch, ca
         "metrics": dict(_METRICS),
         "export_path": str(export),
         "curves": str(tmp_path / "training_curves.png"),
+        "neighbours": str(tmp_path / "neighbours.png"),
+        "projector": str(tmp_path / "projector_config.pbtxt"),  # not written: not listed
     }
     monkeypatch.setattr(runner, "run", lambda config: result)
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # keep pytest's capture
@@ -214,8 +221,11 @@ def test_results_are_printed_once_as_a_table_to_stdout(tmp_path, monkeypatch, ca
     }, out
     assert lines[8] == f"Outputs in {tmp_path}:"
     assert out.count("33.6%") == 1  # once
-    assert f"  exported module   {export}" in lines
-    assert f"  training curves   {tmp_path / 'training_curves.png'}" in lines
+    assert lines[9:12] == [
+        f"  exported module      {export}",
+        f"  training curves      {tmp_path / 'training_curves.png'}",
+        f"  nearest neighbours   {tmp_path / 'neighbours.png'}",
+    ]
     assert lines[-1] == f"TensorBoard: tensorboard --logdir {tmp_path}"
 
 

@@ -96,6 +96,8 @@ def format_report(result: dict, config: Config) -> str:
     files = [
         ("exported module", result.get("export_path")),
         ("training curves", result.get("curves")),
+        ("nearest neighbours", result.get("neighbours")),
+        ("projector embeddings", result.get("projector")),
         ("augmentation preview", result.get("preview")),
         # Train and eval runs write it (a preview leaves an older one alone).
         ("result", os.path.join(config.model_dir, RESULT_FILENAME) if "step" in result else None),
@@ -105,6 +107,6 @@ def format_report(result: dict, config: Config) -> str:
         width = max(len(what) for what, _ in files)
         lines.append(f"Outputs in {config.model_dir}:")
         lines += [f"  {what.ljust(width)}   {path}" for what, path in files]
-    if config.summaries and _has_event_files(config.model_dir):
+    if result.get("projector") or (config.summaries and _has_event_files(config.model_dir)):
         lines.append(f"TensorBoard: tensorboard --logdir {config.model_dir}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
-from tf_simclr import distribute, factory
+from tf_simclr import distribute, factory, visualize
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import history as history_lib
 from tf_simclr import model as model_lib
@@ -109,16 +109,28 @@ def _check_enough_classes(num_classes: int, dataset: str) -> None:
         )
 
 
-def _feature_metrics(config: Config, model, num_classes: int, prefix: str = "") -> dict:
-    """kNN and linear-probe accuracy of frozen final_avg_pool features."""
-    metrics = {}
+def _feature_metrics(
+    config: Config, model, num_classes: int, prefix: str = "", pictures: bool = False
+) -> tuple[dict, dict]:
+    """kNN and linear-probe accuracy of frozen final_avg_pool features. With `pictures`, the
+    same features also give the nearest-neighbour picture and the projector files (written
+    by the chief); returns (metrics, {"neighbours": path, "projector": path} as written)."""
+    metrics, files = {}, {}
     if not (config.knn_eval or config.linear_eval):
-        return metrics
+        return metrics, files
+    pictures = pictures and _is_chief(config)
+    num_queries = config.neighbour_images if pictures else 0
+    num_embeddings = config.projector_embeddings if pictures else 0
+    # The test split first: its first images are the picture's queries, whose neighbours are
+    # then found while the training features stream past.
+    first = visualize.FirstExamples(max(num_queries, num_embeddings))
+    test_data, info = factory.eval_dataset_and_info(config, config.eval_split)
+    test_x, test_y = eval_lib.extract_features(model, test_data, on_batch=[first])
+    search = visualize.NeighbourSearch(test_x[:num_queries]) if num_queries else None
     train_x, train_y = eval_lib.extract_features(
-        model, factory.eval_dataset(config, config.train_split)
-    )
-    test_x, test_y = eval_lib.extract_features(
-        model, factory.eval_dataset(config, config.eval_split)
+        model,
+        factory.eval_dataset(config, config.train_split),
+        on_batch=[search] if search else (),
     )
     if config.knn_eval:
         knn = eval_lib.knn_accuracy(
@@ -142,15 +154,32 @@ def _feature_metrics(config: Config, model, num_classes: int, prefix: str = "") 
             seed=config.seed,
         )
         metrics.update({prefix + k: v for k, v in linear.items()})
-    return metrics
+    images = first.thumbnails()
+    if search is not None:
+        files["neighbours"] = visualize.write_neighbours(
+            os.path.join(config.model_dir, visualize.NEIGHBOURS_FILENAME),
+            search,
+            images[: len(search.queries)],
+            test_y[: len(search.queries)],
+            train_y,
+        )
+        log.info("Wrote %s.", files["neighbours"])
+    if num_embeddings:
+        count = min(num_embeddings, len(test_x))
+        files["projector"] = visualize.write_projector(
+            config.model_dir, test_x[:count], test_y[:count], images[:count], info.class_names
+        )
+        log.info("Wrote %d embeddings for TensorBoard's projector.", count)
+    return metrics, files
 
 
 def evaluate_model(config: Config, model, num_classes: int) -> dict:
     """All evaluations that apply to the configured train_mode, plus the random-init baseline
-    and its gains. Returns {"metrics": {...}} (tf_simclr.report prints them)."""
+    and its gains. Returns {"metrics": {...}} and the paths of the pictures written
+    ("neighbours", "projector")."""
     _check_enough_classes(num_classes, config.dataset)
     log.info("Evaluating on split %r.", config.eval_split)
-    metrics = {}
+    metrics, files = {}, {}
     head_classes = getattr(getattr(model, "supervised_head", None), "units", None)
     head_fits = head_classes is None or head_classes == num_classes
     if not head_fits:
@@ -168,17 +197,18 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
         key = "finetune" if config.train_mode == "finetune" else "sup_head"
         metrics.update({f"{key}_{k}": v for k, v in sup.items()})
     if config.train_mode == "pretrain" or not head_fits:
-        features = _feature_metrics(config, model, num_classes)
+        features, files = _feature_metrics(config, model, num_classes, pictures=True)
         metrics.update(features)
         if config.random_init_baseline:
             baseline = factory.build_model(config, num_classes)
             # Its own seed, not a global reseed in the middle of the run.
             model_lib.reinitialize(baseline, seed=config.seed + 1)
-            metrics.update(_feature_metrics(config, baseline, num_classes, prefix="random_init_"))
+            random_init, _ = _feature_metrics(config, baseline, num_classes, "random_init_")
+            metrics.update(random_init)
             for name in list(features):
                 if name.endswith(("_top1", "_top5")) and "random_init_" + name in metrics:
                     metrics[name + "_gain"] = metrics[name] - metrics["random_init_" + name]
-    return {"metrics": metrics}
+    return {"metrics": metrics, **files}
 
 
 def evaluate_checkpoints(config: Config, strategy) -> dict:
