@@ -214,7 +214,8 @@ def _open_raw(
         vdir = _find_version_dir(os.path.join(EMBEDDED_DIR, EMBEDDED_NAME))
         if vdir is None:
             raise FileNotFoundError(
-                f"The embedded dataset is missing from {EMBEDDED_DIR!r}. Regenerate it with "
+                f"The embedded dataset is missing from {EMBEDDED_DIR!r} (an installation "
+                "without its package data?). Reinstall tf_simclr, or regenerate it with "
                 "`python -m tf_simclr.data.generate_embedded`."
             )
         return _tfds_raw(_builder_from_dir(vdir), split, "embedded", "embedded", input_context, *sh)
