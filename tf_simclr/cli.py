@@ -160,7 +160,8 @@ def import_tensorflow_quietly():
     os.close(write_fd)
 
     def forward() -> None:
-        # Line by line as they come, so nothing is lost if the import crashes the process.
+        # Line by line as they come (not at the end), so that if the import crashes the
+        # process, what it printed before has (almost always) reached the screen.
         with os.fdopen(read_fd, "rb") as pipe:
             lines = (raw.decode("utf-8", "replace") for raw in pipe)
             for line in filter_startup_noise(lines):
