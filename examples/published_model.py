@@ -13,8 +13,8 @@ the published SimCLR models" for where they are). Download one, then:
     python examples/published_model.py linear_eval --model_dir runs/r50_1x_sk0 \
         --data my_dataset/
 
-Fine-tuning the whole network on a folder is a run.py job:
-    python run.py --train_mode=finetune --checkpoint=runs/r50_1x_sk0 --dataset=my_dataset/ \
+Fine-tuning the whole network on a folder is a tf-simclr job:
+    tf-simclr --train_mode=finetune --checkpoint=runs/r50_1x_sk0 --dataset=my_dataset/ \
         --image_size=224 --model_dir=runs/finetuned
 
 Images are prepared as for the published ImageNet numbers: central crop keeping 87.5% of the

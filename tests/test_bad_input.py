@@ -621,13 +621,13 @@ def _listing(directory):
 
 
 def _cli_config(argv):
-    import run
+    from tf_simclr import cli
 
-    run.FLAGS(["run.py", *argv])
+    cli.FLAGS(["tf-simclr", *argv])
     try:
-        return run.config_from_flags()
+        return cli.config_from_flags()
     finally:
-        run.FLAGS.unparse_flags()
+        cli.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize("mode", ["eval", "export"])
@@ -736,7 +736,7 @@ def test_damaged_files_of_a_model_dir_are_named(tmp_path, caplog):
 
 
 def test_tensorflow_errors_keep_their_cause_and_path():
-    import run
+    from tf_simclr import cli
 
     @tf.function
     def check(x):
@@ -745,13 +745,13 @@ def test_tensorflow_errors_keep_their_cause_and_path():
 
     with pytest.raises(tf.errors.InvalidArgumentError) as graph_error:
         check(tf.constant([3.0]))
-    text = run.describe_tf_error(graph_error.value)
+    text = cli.describe_tf_error(graph_error.value)
     assert "images must be in [0, 1]" in text and "Graph execution error" not in text
     assert "File " not in text
     ds = tf.data.Dataset.from_tensor_slices(["/no/such/image.jpg"]).map(tf.io.read_file)
     with pytest.raises(tf.errors.NotFoundError) as data_error:
         list(ds)
-    assert "/no/such/image.jpg; No such file or directory" in run.describe_tf_error(
+    assert "/no/such/image.jpg; No such file or directory" in cli.describe_tf_error(
         data_error.value
     )
 

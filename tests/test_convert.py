@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import run
 from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import convert, factory, reference, runner
+from tf_simclr import cli, convert, factory, reference, runner
 from tf_simclr.export import SimCLRHubLayer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,11 +137,11 @@ def test_training_checkpoint_brings_optimizer_state_and_step(reference_fixtures,
 
 
 def _cli_config(argv):
-    run.FLAGS(["run.py", *argv])
+    cli.FLAGS(["tf-simclr", *argv])
     try:
-        return run.config_from_flags()
+        return cli.config_from_flags()
     finally:
-        run.FLAGS.unparse_flags()
+        cli.FLAGS.unparse_flags()
 
 
 def test_eval_and_export_over_the_converted_model_dir(reference_fixtures, r18_dst, tmp_path):
@@ -170,7 +169,7 @@ def test_eval_and_export_over_the_converted_model_dir(reference_fixtures, r18_ds
 
 
 def test_architecture_flag_conflicting_with_the_converted_run_is_refused(r18_dst):
-    with pytest.raises(run.ConfigError, match=r"--resnet_depth=50 \(the run has 18\)"):
+    with pytest.raises(cli.ConfigError, match=r"--resnet_depth=50 \(the run has 18\)"):
         _cli_config([f"--model_dir={r18_dst}", "--mode=eval", "--resnet_depth=50"])
 
 

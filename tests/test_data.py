@@ -3,7 +3,6 @@
 import io
 import logging
 import os
-import sys
 import time
 
 import numpy as np
@@ -15,7 +14,6 @@ from tf_simclr import data as D
 from tf_simclr import preview
 
 CIFAR_DIR = "/work/shared/data/cifar10-jpeg"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _png(arr, mode=None):
@@ -73,9 +71,22 @@ def test_embedded_source_info_and_examples():
     assert set(labels) == set(range(10))
 
 
+def test_embedded_dataset_lives_inside_the_package():
+    """Found relative to the package (so an installed tf_simclr has it), not to the cwd."""
+    import tf_simclr
+
+    package = os.path.dirname(os.path.abspath(tf_simclr.__file__))
+    assert D.EMBEDDED_DIR == os.path.join(package, "data", "embedded")
+    version_dir = os.path.join(D.EMBEDDED_DIR, "shapes10", "1.0.0")
+    assert os.path.isfile(os.path.join(version_dir, "dataset_info.json"))
+    from tf_simclr.data import generate_embedded as G
+
+    # The generator writes to the same place by default.
+    assert G.argument_parser().parse_args([]).out == D.EMBEDDED_DIR
+
+
 def test_embedded_generator_is_deterministic():
-    sys.path.insert(0, os.path.join(REPO, "data"))
-    import generate_embedded as G
+    from tf_simclr.data import generate_embedded as G
 
     a = G.make_image(np.random.default_rng(5), 3)
     b = G.make_image(np.random.default_rng(5), 3)

@@ -458,7 +458,8 @@ def test_unwritable_model_dir_is_refused_before_training(tmp_path, fake_steps):
 
 
 # ------------------------------------------------------------------------------------------
-# run.py: every failure is one clear line and an exit code, never a traceback
+# The command line (tf_simclr.cli, run.py): every failure is one clear line and an exit code,
+# never a traceback
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "error, code, expected",
@@ -476,10 +477,10 @@ def test_unwritable_model_dir_is_refused_before_training(tmp_path, fake_steps):
         ),
     ],
 )
-def test_run_py_turns_errors_into_one_line_and_an_exit_code(
+def test_cli_turns_errors_into_one_line_and_an_exit_code(
     tmp_path, monkeypatch, caplog, error, code, expected
 ):
-    import run
+    from tf_simclr import cli
 
     def fail(config):
         raise error
@@ -487,12 +488,12 @@ def test_run_py_turns_errors_into_one_line_and_an_exit_code(
     monkeypatch.setattr(runner, "run", fail)
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # keep pytest's capture
     previous = signal.getsignal(signal.SIGTERM)
-    run.FLAGS(["run.py", f"--model_dir={tmp_path}", "--mode=train"])
+    cli.FLAGS(["tf-simclr", f"--model_dir={tmp_path}", "--mode=train"])
     try:
         with caplog.at_level(logging.WARNING):
-            assert run.main(["run.py"]) == code
+            assert cli.main(["tf-simclr"]) == code
     finally:
-        run.FLAGS.unparse_flags()
+        cli.FLAGS.unparse_flags()
         signal.signal(signal.SIGTERM, previous)
     assert expected in caplog.text
     assert "Traceback" not in caplog.text
@@ -551,7 +552,7 @@ def test_package_never_unpickles_evals_or_executes_user_data():
     keras safe_mode=False or shell commands anywhere in the package, run.py or the examples:
     checkpoints and exports are read with TensorFlow's own formats, flags stay plain values."""
     files = [os.path.join(ROOT, "run.py")]
-    for sub in ("tf_simclr", "examples", "data"):
+    for sub in ("tf_simclr", "examples"):  # the embedded-data generator is in tf_simclr
         for dirpath, _dirs, names in os.walk(os.path.join(ROOT, sub)):
             files += [os.path.join(dirpath, n) for n in names if n.endswith(".py")]
     assert len(files) > 10

@@ -1,6 +1,7 @@
 """End-to-end training on the embedded dataset: pretrain, evaluate, resume, fine-tune, faults."""
 
 import json
+import logging
 import os
 
 import keras
@@ -8,19 +9,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.configs import tiny_config
+from PIL import Image
 
 from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import runner, train
+from tf_simclr import factory, runner, train
 
 
 def _history_steps(model_dir):
     return [r["step"] for r in train.read_history(str(model_dir))]
 
 
-def test_pretrain_evaluates_writes_results_and_resumes(tmp_path):
-    config = tiny_config(tmp_path, summaries=True)
-    result = runner.run(config)
+def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
+    config = tiny_config(tmp_path, summaries=True, neighbour_images=3, projector_embeddings=200)
+    with caplog.at_level(logging.INFO):
+        result = runner.run(config)
     assert result["step"] == 4
+    assert "knn_top1" not in caplog.text  # the metrics are printed once, by tf_simclr.report
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["config_hash"] == config.hash()
     metrics = saved["metrics"]
@@ -29,7 +33,15 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path):
     assert metrics["knn_top1_gain"] == pytest.approx(
         metrics["knn_top1"] - metrics["random_init_knn_top1"]
     )
+    assert metrics["linear_top5_gain"] == pytest.approx(
+        metrics["linear_top5"] - metrics["random_init_linear_top5"]
+    )
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    # The pictures of the trained model's evaluation (their contents: tests/test_visualize.py).
+    assert result["neighbours"] == str(tmp_path / "neighbours.png") == saved["neighbours"]
+    with Image.open(result["neighbours"]) as picture:
+        assert picture.height > 3 * 16 * 4  # 3 rows of 16 px test images shown at 4x
+    _check_projector(config, result["projector"], rows=200)
     assert os.path.exists(tmp_path / "ckpt-4.index")
     assert _history_steps(tmp_path) == [2, 4]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
@@ -49,6 +61,25 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path):
     assert state.checkpoint_path.endswith("ckpt-6")
     assert int(state.optimizer.iterations.numpy()) == 6
     assert _history_steps(tmp_path) == [2, 4, 6]
+
+
+def _check_projector(config, path, rows):
+    """The projector holds `rows` test-set features, labelled as the test split's first
+    `rows` examples (the order the evaluation reads them in)."""
+    from google.protobuf import text_format
+    from tensorboard.plugins import projector
+
+    (embedding,) = text_format.Parse(open(path).read(), projector.ProjectorConfig()).embeddings
+    directory = os.path.dirname(path)
+    features = np.loadtxt(os.path.join(directory, embedding.tensor_path), delimiter="\t")
+    labels = [
+        int(line.split("\t")[0])
+        for line in open(os.path.join(directory, embedding.metadata_path)).read().splitlines()[1:]
+    ]
+    test = factory.eval_dataset(config, config.eval_split)
+    expected = np.concatenate([batch["label"].numpy() for batch in test])[:rows]
+    assert features.shape == (rows, 64)  # final_avg_pool of ResNet-18 at width 1/8
+    assert labels == expected.tolist()
 
 
 def test_checkpoints_hold_every_weight_and_optimizer_variable(tmp_path):

@@ -26,6 +26,7 @@ SUP_HEAD_OPTIMIZERS = ("momentum", "shared")
 BRIGHTNESS_MODES = ("multiplicative", "additive")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 CONFIG_FILENAME = "config.json"
+RESULT_FILENAME = "result.json"  # written by tf_simclr.runner at the end of a run
 CONFIG_HISTORY_FILENAME = "config_history.jsonl"
 
 # The encoder and projection head a fine-tuning run takes from its --checkpoint.
@@ -50,6 +51,9 @@ ARCHITECTURE_FIELDS = (
 )
 # What to do now, never inherited from a saved run.
 _INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
+# 100 x 100 thumbnails of at most 64 px (tf_simclr.visualize) keep the projector's sprite
+# within the 8192 px TensorBoard accepts.
+MAX_PROJECTOR_EMBEDDINGS = 10_000
 
 
 def _setting(default, help: str, *, choices: tuple | None = None):
@@ -92,7 +96,7 @@ class Config:
     # Data.
     dataset: str = _setting(
         "embedded",
-        "'embedded' (shipped in data/), a TFDS name (with --data_dir), a TFDS-format directory, or an image folder root/<split>/<class>/*.jpg.",
+        "'embedded' (shapes10, shipped inside the package), a TFDS name (with --data_dir), a TFDS-format directory, or an image folder root/<split>/<class>/*.jpg.",
     )
     data_dir: str | None = _setting(
         None, "TFDS data_dir holding prepared datasets (no downloads are attempted)."
@@ -239,6 +243,15 @@ class Config:
     eval_timeout: int = _setting(
         0, "mode=eval: wait this many seconds for each new checkpoint (0: latest once)."
     )
+    # Pictures from the features the kNN and linear evaluations extract anyway (pretraining).
+    neighbour_images: int = _setting(
+        8,
+        "Test images in neighbours.png, each next to its 8 nearest training images by the learned features (0: no picture).",
+    )
+    projector_embeddings: int = _setting(
+        1000,
+        "Test-set features written, with their images and labels, for TensorBoard's projector (0: none; at most 10000).",
+    )
 
     # Runtime.
     strategy: str = _setting(
@@ -311,8 +324,16 @@ class Config:
             "num_proj_layers",
             "collective_timeout",
             "num_classes",
+            "neighbour_images",
+            "projector_embeddings",
         ):
             _non_negative(name, getattr(self, name))
+        if self.projector_embeddings > MAX_PROJECTOR_EMBEDDINGS:
+            raise ConfigError(
+                f"--projector_embeddings={self.projector_embeddings} is too many: TensorBoard's "
+                f"sprite of their images would exceed 8192 px; use {MAX_PROJECTOR_EMBEDDINGS} "
+                "or fewer."
+            )
         if (
             self.train_steps == 0
             and self.train_epochs == 0
@@ -470,6 +491,8 @@ class Config:
             "summaries",
             "log_every_steps",
             "collective_timeout",  # how long to wait for peers does not change the model
+            "neighbour_images",  # pictures of the evaluation, not the model
+            "projector_embeddings",
         }
         payload = {k: v for k, v in sorted(self.to_dict().items()) if k not in ignored}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

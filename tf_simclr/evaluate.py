@@ -7,7 +7,7 @@ config.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -21,11 +21,13 @@ def extract_features(
     *,
     feature_key: str = "final_avg_pool",
     max_batches: int | None = None,
+    on_batch: Sequence[Callable[[np.ndarray, dict], None]] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run `model(images, training=False)` over {"image", "label"} batches.
 
     Returns (features [N, D] float32, labels [N] int64). `model` may return a tensor or a dict
-    holding `feature_key`.
+    holding `feature_key`. Each function of `on_batch` is called with every batch's features
+    and the batch itself (e.g. the collectors of tf_simclr.visualize), in order.
     """
 
     @tf.function(reduce_retracing=True)
@@ -43,7 +45,10 @@ def extract_features(
     for i, batch in enumerate(dataset):
         if max_batches is not None and i >= max_batches:
             break
-        features.append(embed(batch["image"]).numpy())
+        batch_features = embed(batch["image"]).numpy()
+        for observe in on_batch:
+            observe(batch_features, batch)
+        features.append(batch_features)
         labels.append(batch["label"].numpy())
     if not features:
         raise ValueError("The evaluation dataset is empty: check --eval_split / --dataset.")

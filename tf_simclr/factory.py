@@ -256,8 +256,13 @@ def eval_dataset(config: Config, split: str):
     """Single pass over `split` with evaluation preprocessing. With --eval_steps, over a
     class-stratified subset of eval_steps * eval_batch_size examples (not the first batches,
     which in a class-sorted image folder hold only the first classes)."""
+    return eval_dataset_and_info(config, split)[0]
+
+
+def eval_dataset_and_info(config: Config, split: str):
+    """`eval_dataset` and the source's DatasetInfo (class names, sizes)."""
     subset = config.eval_steps * config.eval_batch_size if config.eval_steps > 0 else None
-    dataset, _ = data_lib.build_eval_dataset(
+    return data_lib.build_eval_dataset(
         config.dataset,
         data_dir=config.data_dir,
         split=split,
@@ -267,4 +272,3 @@ def eval_dataset(config: Config, split: str):
         max_examples=subset,
         seed=config.seed,
     )
-    return dataset

@@ -1,4 +1,4 @@
-"""Top-level workflows behind `run.py --mode=...`: train, eval, train_then_eval, preview, export."""
+"""Top-level workflows behind `tf-simclr --mode=...`: train, eval, train_then_eval, preview, export."""
 
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
-from tf_simclr import distribute, factory
+from tf_simclr import distribute, factory, visualize
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import history as history_lib
 from tf_simclr import model as model_lib
 from tf_simclr import train as train_lib
-from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
+from tf_simclr.config import CONFIG_FILENAME, RESULT_FILENAME, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-RESULT_FILENAME = "result.json"
 CURVES_FILENAME = "training_curves.png"
 
 
@@ -73,7 +72,7 @@ def run(config: Config) -> dict:
     # Evaluation and the export compute in float32 whatever precision training used.
     trained = factory.float32_twin(config, state.model, state.num_classes)
     if config.mode == "train_then_eval":
-        result["metrics"] = evaluate_model(config, trained, state.num_classes)
+        result.update(evaluate_model(config, trained, state.num_classes))
     result["train_seconds"] = time.perf_counter() - start
     result["images_per_second"] = state.images_per_second
     curves = history_lib.plot_history(
@@ -116,16 +115,28 @@ def _check_enough_classes(num_classes: int, dataset: str) -> None:
         )
 
 
-def _feature_metrics(config: Config, model, num_classes: int, prefix: str = "") -> dict:
-    """kNN and linear-probe accuracy of frozen final_avg_pool features."""
-    metrics = {}
+def _feature_metrics(
+    config: Config, model, num_classes: int, prefix: str = "", pictures: bool = False
+) -> tuple[dict, dict]:
+    """kNN and linear-probe accuracy of frozen final_avg_pool features. With `pictures`, the
+    same features also give the nearest-neighbour picture and the projector files (written
+    by the chief); returns (metrics, {"neighbours": path, "projector": path} as written)."""
+    metrics, files = {}, {}
     if not (config.knn_eval or config.linear_eval):
-        return metrics
+        return metrics, files
+    pictures = pictures and _is_chief(config)
+    num_queries = config.neighbour_images if pictures else 0
+    num_embeddings = config.projector_embeddings if pictures else 0
+    # The test split first: its first images are the picture's queries, whose neighbours are
+    # then found while the training features stream past.
+    first = visualize.FirstExamples(max(num_queries, num_embeddings))
+    test_data, info = factory.eval_dataset_and_info(config, config.eval_split)
+    test_x, test_y = eval_lib.extract_features(model, test_data, on_batch=[first])
+    search = visualize.NeighbourSearch(test_x[:num_queries]) if num_queries else None
     train_x, train_y = eval_lib.extract_features(
-        model, factory.eval_dataset(config, config.train_split)
-    )
-    test_x, test_y = eval_lib.extract_features(
-        model, factory.eval_dataset(config, config.eval_split)
+        model,
+        factory.eval_dataset(config, config.train_split),
+        on_batch=[search] if search else (),
     )
     if config.knn_eval:
         knn = eval_lib.knn_accuracy(
@@ -149,14 +160,32 @@ def _feature_metrics(config: Config, model, num_classes: int, prefix: str = "") 
             seed=config.seed,
         )
         metrics.update({prefix + k: v for k, v in linear.items()})
-    return metrics
+    images = first.thumbnails()
+    if search is not None:
+        files["neighbours"] = visualize.write_neighbours(
+            os.path.join(config.model_dir, visualize.NEIGHBOURS_FILENAME),
+            search,
+            images[: len(search.queries)],
+            test_y[: len(search.queries)],
+            train_y,
+        )
+        log.info("Wrote %s.", files["neighbours"])
+    if num_embeddings:
+        count = min(num_embeddings, len(test_x))
+        files["projector"] = visualize.write_projector(
+            config.model_dir, test_x[:count], test_y[:count], images[:count], info.class_names
+        )
+        log.info("Wrote %d embeddings for TensorBoard's projector.", count)
+    return metrics, files
 
 
 def evaluate_model(config: Config, model, num_classes: int) -> dict:
-    """All evaluations that apply to the configured train_mode, plus the random-init baseline."""
+    """All evaluations that apply to the configured train_mode, plus the random-init baseline
+    and its gains. Returns {"metrics": {...}} and the paths of the pictures written
+    ("neighbours", "projector")."""
     _check_enough_classes(num_classes, config.dataset)
     log.info("Evaluating on split %r.", config.eval_split)
-    metrics = {}
+    metrics, files = {}, {}
     head_classes = getattr(getattr(model, "supervised_head", None), "units", None)
     head_fits = head_classes is None or head_classes == num_classes
     if not head_fits:
@@ -174,18 +203,18 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
         key = "finetune" if config.train_mode == "finetune" else "sup_head"
         metrics.update({f"{key}_{k}": v for k, v in sup.items()})
     if config.train_mode == "pretrain" or not head_fits:
-        metrics.update(_feature_metrics(config, model, num_classes))
+        features, files = _feature_metrics(config, model, num_classes, pictures=True)
+        metrics.update(features)
         if config.random_init_baseline:
             baseline = factory.build_model(config, num_classes)
             # Its own seed, not a global reseed in the middle of the run.
             model_lib.reinitialize(baseline, seed=config.seed + 1)
-            metrics.update(_feature_metrics(config, baseline, num_classes, prefix="random_init_"))
-            for name in ("knn_top1", "linear_top1"):
-                if name in metrics and "random_init_" + name in metrics:
+            random_init, _ = _feature_metrics(config, baseline, num_classes, "random_init_")
+            metrics.update(random_init)
+            for name in list(features):
+                if name.endswith(("_top1", "_top5")) and "random_init_" + name in metrics:
                     metrics[name + "_gain"] = metrics[name] - metrics["random_init_" + name]
-    for key, value in sorted(metrics.items()):
-        log.info("  %s = %.4f", key, value)
-    return metrics
+    return {"metrics": metrics, **files}
 
 
 def evaluate_checkpoints(config: Config, strategy) -> dict:
@@ -221,11 +250,7 @@ def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
     checkpoint.restore(path).expect_partial()  # the optimizer state is not needed here
     step = int(path.rsplit("-", 1)[-1])
     log.info("Evaluating %s.", path)
-    result = {
-        "step": step,
-        "checkpoint": path,
-        "metrics": evaluate_model(config, model, num_classes),
-    }
+    result = {"step": step, "checkpoint": path, **evaluate_model(config, model, num_classes)}
     write_result(config, result)
     return result
 

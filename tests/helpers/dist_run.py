@@ -2,7 +2,7 @@
 
 Usage: python tests/helpers/dist_run.py WEIGHTS.npz --mode=train --strategy=multi_worker ... (run.py flags)
 
-Runs run.py's own main (flags -> Config -> runner.run -> train), records the TrainState that
+Runs the command line's own main (tf_simclr.cli: flags -> Config -> runner.run -> train), records the TrainState that
 train() returns and, once main returns 0, saves every model variable (by path, exact values),
 the final step (`_step`) and the trainable variables' paths (`_trainable`) to WEIGHTS.npz.
 Exits with main's status, so a worker that gives up on its peers exits with run.py's code.
@@ -19,7 +19,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 
-import run  # noqa: E402  (defines the flags)
+from tf_simclr import cli  # noqa: E402  (defines the flags)
 from tf_simclr import train as train_lib  # noqa: E402
 
 _states = []
@@ -36,7 +36,7 @@ train_lib.train = _recording_train  # runner calls train_lib.train through the m
 
 
 def main(argv):
-    code = run.main(argv)
+    code = cli.main(argv)
     if code == 0 and _states:
         model = _states[-1].model
         weights = {v.path: np.asarray(v.numpy()) for v in model.weights}

@@ -2,7 +2,8 @@
 
 Sources (``load_source``): a TFDS dataset by name (prepared in ``data_dir``; nothing is
 downloaded), a TFDS-format directory, an image folder ``root/<split>/<class>/*.jpg``, or
-``"embedded"``: the small dataset shipped in the repository's ``data/`` directory.
+``"embedded"``: the small dataset shipped inside the package (``tf_simclr/data/embedded/``,
+``EMBEDDED_DIR``; written by ``python -m tf_simclr.data.generate_embedded``).
 
 Pipelines: ``build_pretrain_dataset`` (two augmented views per image), ``build_eval_dataset``
 (central crop, single pass) and ``build_finetune_dataset`` (crop + flip, optional label

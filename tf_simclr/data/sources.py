@@ -20,11 +20,9 @@ from tf_simclr.data.folders import (
 
 DEFAULT_DATASET = "embedded"
 EMBEDDED_NAME = "shapes10"
-EMBEDDED_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "data",
-    "embedded",
-)
+# Inside the package (tf_simclr/data/embedded/), found relative to this file whatever the
+# working directory.
+EMBEDDED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
 
 
 @dataclasses.dataclass
@@ -216,8 +214,9 @@ def _open_raw(
         vdir = _find_version_dir(os.path.join(EMBEDDED_DIR, EMBEDDED_NAME))
         if vdir is None:
             raise FileNotFoundError(
-                f"The embedded dataset is missing from {EMBEDDED_DIR!r}. Regenerate it with "
-                "`python data/generate_embedded.py`."
+                f"The embedded dataset is missing from {EMBEDDED_DIR!r} (an installation "
+                "without its package data?). Reinstall tf_simclr, or regenerate it with "
+                "`python -m tf_simclr.data.generate_embedded`."
             )
         return _tfds_raw(_builder_from_dir(vdir), split, "embedded", "embedded", input_context, *sh)
     path = os.path.expanduser(dataset)

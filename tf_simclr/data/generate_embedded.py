@@ -8,10 +8,11 @@ rotation and stroke thickness, a few small distractor dots, and mild pixel noise
 convolutional features mostly see the colours, so they cluster the data badly; the augmentations
 SimCLR learns invariances to (crop, colour jitter, grayscale) leave the shape as the signal.
 
-Run from the repository root:
+From any directory (the default output is the package's own copy, tf_simclr/data/embedded/):
 
-    python data/generate_embedded.py            # writes data/embedded/shapes10/1.0.0/
-    python data/generate_embedded.py --check    # also prints nearest-neighbour baselines
+    python -m tf_simclr.data.generate_embedded          # writes embedded/shapes10/1.0.0/
+    python -m tf_simclr.data.generate_embedded --check  # also prints nearest-neighbour baselines
+    python -m tf_simclr.data.generate_embedded --out=/tmp/shapes  # somewhere else
 
 The output depends only on the seed and the code: NumPy's PCG64 generator drives every random
 choice and Pillow draws the shapes at 4x resolution before an antialiased downsample.
@@ -22,11 +23,11 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
-import sys
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from tf_simclr.data.sources import EMBEDDED_DIR
 
 CLASS_NAMES = (
     "disk",
@@ -212,7 +213,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def generate(out_root: str) -> str:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    """Write shapes10 as a TFDS-format directory under out_root; returns its version dir."""
     from tf_simclr.data import write_tfds_dataset
 
     splits = {}
@@ -277,13 +278,21 @@ def _knn_check():
     del tf
 
 
-def main(argv=None):
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m tf_simclr.data.generate_embedded`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
+        "--out",
+        default=EMBEDDED_DIR,
+        help="root of the TFDS-format output (default: the package's copy, %(default)s)",
     )
     parser.add_argument("--check", action="store_true", help="print kNN baselines too")
     parser.add_argument("--check-only", action="store_true", help="only print kNN baselines")
+    return parser
+
+
+def main(argv=None):
+    parser = argument_parser()
     args = parser.parse_args(argv)
     if not args.check_only:
         path = generate(args.out)

@@ -1,0 +1,278 @@
+"""The tf_simclr command line: absl flags -> Config -> tf_simclr.runner.run -> a results table.
+
+    tf-simclr --mode=train_then_eval            # the embedded default dataset, a few minutes
+    tf-simclr --helpfull                        # every flag
+    tf-simclr --flagfile=recipes/cifar10.flags  # a recipe
+
+`python -m tf_simclr` and, in a checkout, `python run.py` are the same command. Importing this
+module defines one absl flag per Config field (in absl's global FLAGS); the rest of the library
+never imports it and never reads flags: everything it needs arrives in the Config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import typing
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from tf_simclr.config import (
+    CONFIG_FILENAME,
+    Config,
+    ConfigError,
+    help_text,
+    resolve,
+    with_encoder_of_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _define_flags() -> None:
+    """One absl flag per Config field, with the field's help (tf_simclr.config)."""
+    hints = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        name, default = field.name, field.default
+        text = help_text(field)
+        kind = hints[name]
+        if kind is bool:
+            flags.DEFINE_bool(name, default, text)
+        elif kind is int:
+            flags.DEFINE_integer(name, default, text)
+        elif kind is float:
+            flags.DEFINE_float(name, default, text)
+        elif kind == (float | None):
+            flags.DEFINE_float(name, default, text)
+        else:
+            flags.DEFINE_string(name, default, text)
+
+
+_define_flags()
+FLAGS = flags.FLAGS
+
+
+_EMPTY_IS_NONE = (
+    "checkpoint",
+    "data_dir",
+    "augmentations",
+    "label_ids_file",
+    "tpu_name",
+    "tpu_zone",
+    "gcp_project",
+)
+
+
+def _given_flags() -> dict:
+    """The Config fields set on the command line (or in a --flagfile), with '' as None."""
+    given = {}
+    for field in dataclasses.fields(Config):
+        if FLAGS[field.name].present:
+            value = getattr(FLAGS, field.name)
+            given[field.name] = None if field.name in _EMPTY_IS_NONE and value == "" else value
+    return given
+
+
+def config_from_flags() -> Config:
+    """Turn parsed flags into a validated Config (raises ConfigError).
+
+    Over a model_dir that holds a run (config.json), the run's settings are the base and the
+    flags given override them; a given architecture flag that differs is an error. Fine-tuning
+    takes the encoder settings its --checkpoint was trained with, unless given.
+    """
+    given = _given_flags()
+    model_dir = os.path.expanduser(given.get("model_dir") or Config.model_dir)
+    saved = None
+    if os.path.isfile(os.path.join(model_dir, CONFIG_FILENAME)):
+        saved = Config.load(model_dir)
+    elif given.get("train_mode") == "finetune" and given.get("checkpoint"):
+        given = with_encoder_of_checkpoint(given)
+    return resolve(given, saved, source=f"--model_dir={model_dir}")
+
+
+def describe_tf_error(err) -> str:
+    """The informative part of a TensorFlow error: its cause and the file or op it names,
+    without the Python trace of where the op was defined and the internal node markers."""
+    kept = []
+    for line in str(getattr(err, "message", err)).splitlines():
+        text = line.strip()
+        if not text or line.startswith((" ", "\t")) or text.startswith("Detected at node"):
+            continue  # the definition trace ("  File ...") and node markers ("\t [[...]]")
+        if text == "Graph execution error:":
+            continue
+        text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+        text = re.sub(r"\s*\[Op:[^\]]*\](\s*name:\s*\S*)?\s*$", "", text)
+        if text:
+            kept.append(text)
+    return " ".join(kept) or str(err).strip()
+
+
+# What TensorFlow's C++ layer prints while it starts, before its logging is configured (so
+# TF_CPP_MIN_LOG_LEVEL does not reach it), that says nothing a user can act on.
+_STARTUP_NOISE = (
+    re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
+    # The README says why results depend on the CPU; the notice repeats on every run.
+    re.compile(r"^I\d{4} [^\]]*\] oneDNN custom operations are on"),
+)
+# "No CUDA driver" on a CPU-only machine, and the failed cuInit that follows it. The cuInit
+# line alone (a driver that is there but broken) is kept: that is something to fix.
+_NO_CUDA_DRIVER = re.compile(r"^I\d{4} [^\]]*\] Could not find cuda drivers on your machine")
+_CUINIT_FAILED = re.compile(r"^E\d{4} [^\]]*\] failed call to cuInit")
+
+
+def filter_startup_noise(lines: typing.Iterable[str]) -> typing.Iterator[str]:
+    """The lines of TensorFlow's start-up output a user can act on (see _STARTUP_NOISE)."""
+    no_cuda_driver = False
+    for line in lines:
+        if _NO_CUDA_DRIVER.match(line):
+            no_cuda_driver = True
+            continue
+        if any(p.match(line) for p in _STARTUP_NOISE):
+            continue
+        if no_cuda_driver and _CUINIT_FAILED.match(line):
+            continue
+        yield line
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow and initialise its devices with stderr passed through
+    `filter_startup_noise` (at the file-descriptor level: the noise comes from C++); every
+    other line reaches stderr as it is written. Returns the tensorflow module."""
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (an embedding host)
+        stderr_fd = None
+    if stderr_fd is None or "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    sys.stderr.flush()
+    real_stderr = os.dup(stderr_fd)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, stderr_fd)
+    os.close(write_fd)
+
+    def forward() -> None:
+        # Line by line as they come (not at the end), so that if the import crashes the
+        # process, what it printed before has (almost always) reached the screen.
+        with os.fdopen(read_fd, "rb") as pipe:
+            lines = (raw.decode("utf-8", "replace") for raw in pipe)
+            for line in filter_startup_noise(lines):
+                os.write(real_stderr, line.encode("utf-8"))
+
+    forwarder = threading.Thread(target=forward, name="tf-startup-stderr", daemon=True)
+    forwarder.start()
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # CUDA's cuInit runs here, inside the filter
+    finally:
+        sys.stderr.flush()
+        os.dup2(real_stderr, stderr_fd)  # drops the pipe's last writer: the forwarder ends
+        forwarder.join(timeout=10)
+        os.close(real_stderr)
+    return tf
+
+
+def _interrupt(signum, _frame) -> None:
+    # SIGTERM outside the training loop behaves like Ctrl-C (the loop installs its own handler
+    # that finishes the step and saves first).
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str], *, quiet_startup: bool = False) -> int:
+    """The command behind `tf-simclr` (run by absl's app.run after it parsed the flags);
+    returns the exit code. quiet_startup: filter TensorFlow's start-up noise from stderr."""
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"Unexpected arguments: {' '.join(argv[1:])} (flags use --name=value)."
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # TFDS and TensorFlow's checkpointing log through absl at INFO; keep the console to
+    # tf_simclr's own progress (--verbosity=0 shows them). Through absl's verbosity, not the
+    # logger's level: TensorFlow saves and restores that verbosity around SavedModel exports.
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        config = config_from_flags()
+    except ConfigError as err:
+        raise app.UsageError(str(err)) from err
+
+    if quiet_startup:
+        tf = import_tensorflow_quietly()
+    else:
+        import tensorflow as tf
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    log.info("TensorFlow %s, %s.", tf.__version__, f"{gpus} GPU(s)" if gpus else "CPU only")
+
+    from tf_simclr import distribute, report, runner
+    from tf_simclr.checkpoints import CheckpointError
+    from tf_simclr.train import NonFiniteLossError, TrainingInterrupted
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = runner.run(config)
+    except TrainingInterrupted as err:
+        logging.warning("%s", err)
+        return 130
+    except distribute.WorkerLostError as err:
+        logging.error("%s", err)
+        return distribute.WORKER_LOST_EXIT_CODE
+    except KeyboardInterrupt as err:
+        logging.warning(
+            "Interrupted (%s). Complete checkpoints in %s are kept (an unfinished save is "
+            "skipped on resume). Rerun the same command to resume.",
+            err.args[0] if err.args else "SIGINT",
+            config.model_dir,
+        )
+        return 130
+    except (NonFiniteLossError, CheckpointError, FileNotFoundError, ValueError, OSError) as err:
+        logging.error("%s", err)
+        return 1
+    except tf.errors.OpError as err:
+        logging.error("TensorFlow error: %s", describe_tf_error(err))
+        logging.debug("Details:", exc_info=True)
+        return 1
+    sys.stderr.flush()  # the log lines before the table
+    print(report.format_report(result, config), flush=True)
+    return 0
+
+
+_USAGE = """tf-simclr: SimCLR pretraining, fine-tuning, evaluation and export.
+
+  tf-simclr --mode=train_then_eval      # the embedded default dataset, a few minutes
+  tf-simclr --mode=preview              # preview.png: images and their augmented views
+  tf-simclr --helpfull                  # every flag
+"""
+
+
+def _show_flags_in_help() -> None:
+    # absl's --help lists the flags of the main module (sys.argv[0]): the script that called
+    # console_main, while the flags are defined here.
+    for field in dataclasses.fields(Config):
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[field.name])
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and not main_module.__doc__:  # pip's console-script wrapper
+        main_module.__doc__ = _USAGE
+
+
+def console_main() -> None:
+    """Entry point of the `tf-simclr` command, `python -m tf_simclr` and `python run.py`."""
+    # Before TensorFlow is imported, and only in the command (importing the library changes
+    # nothing): TensorFlow's C++ INFO and WARNING lines, unless the user chose a level.
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    _show_flags_in_help()
+    app.run(functools.partial(main, quiet_startup=quiet))

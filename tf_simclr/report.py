@@ -1,0 +1,113 @@
+"""The summary a run ends with: its metrics as one table (with the gains over random weights)
+and where its outputs are. `tf-simclr` prints it to stdout; library users can print
+`format_report(runner.run(config), config)` the same way."""
+
+from __future__ import annotations
+
+import os
+
+from tf_simclr.config import RESULT_FILENAME, Config
+
+# Row order and names of the metrics tf_simclr.runner reports; any other metric follows
+# under its own name.
+_METRIC_LABELS = {
+    "linear_top1": "linear probe top-1",
+    "linear_top5": "linear probe top-5",
+    "knn_top1": "kNN top-1",
+    "knn_top5": "kNN top-5",
+    "sup_head_top1": "supervised head top-1",
+    "sup_head_top5": "supervised head top-5",
+    "finetune_top1": "fine-tuned top-1",
+    "finetune_top5": "fine-tuned top-5",
+    "linear_train_loss": "linear probe final loss",
+}
+_BASELINE = "random_init_"
+_GAIN = "_gain"
+
+
+def _is_accuracy(name: str) -> bool:
+    return name.endswith(("_top1", "_top5"))
+
+
+def _value(name: str, value: float) -> str:
+    return f"{100 * value:.1f}%" if _is_accuracy(name) else f"{value:.4f}"
+
+
+def metrics_table(metrics: dict[str, float], *, knn_k: int | None = None) -> list[str]:
+    """Lines of a table: one row per metric; with a random-init baseline in `metrics`
+    ("random_init_<name>"), its value and the gain ("<name>_gain", in points) alongside."""
+    names = [n for n in metrics if not n.startswith(_BASELINE) and not n.endswith(_GAIN)]
+    order = list(_METRIC_LABELS)
+    names.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
+    with_baseline = any(_BASELINE + n in metrics for n in names)
+    header = ["metric", "trained"] + (["random init", "gain"] if with_baseline else [])
+    rows = []
+    for name in names:
+        label = _METRIC_LABELS.get(name, name)
+        if knn_k is not None and name.startswith("knn_"):
+            label += f" (k={knn_k})"
+        row = [label, _value(name, metrics[name])]
+        if with_baseline:
+            baseline = metrics.get(_BASELINE + name)
+            gain = metrics.get(name + _GAIN)
+            row.append("" if baseline is None else _value(name, baseline))
+            row.append("" if gain is None else f"{100 * gain:+.1f} points")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  " + "   ".join([first, *rest]).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def _has_event_files(model_dir: str) -> bool:
+    try:
+        return any(n.startswith("events.out.tfevents") for n in os.listdir(model_dir))
+    except OSError:  # not a local directory (gs://...): TensorBoard may still read it
+        return True
+
+
+def format_report(result: dict, config: Config) -> str:
+    """The end-of-run summary of `result` (what tf_simclr.runner.run returned)."""
+    lines = []
+    if "step" in result:
+        line = f"Step {result['step']}"
+        if result.get("total_steps"):
+            line += f" of {result['total_steps']}"
+        if result.get("train_seconds") is not None:
+            line += f"; training and evaluation took {_duration(result['train_seconds'])}"
+        if result.get("images_per_second"):
+            line += f" (training {result['images_per_second']:.0f} images/s"
+            line += f" in {result['precision']})" if result.get("precision") else ")"
+        lines.append(line + ".")
+    metrics = result.get("metrics")
+    if metrics:
+        lines.append(f"Results on split {config.eval_split!r} of {config.dataset}:")
+        lines += metrics_table(metrics, knn_k=config.knn_k if config.knn_eval else None)
+    files = [
+        ("exported module", result.get("export_path")),
+        ("training curves", result.get("curves")),
+        ("nearest neighbours", result.get("neighbours")),
+        ("projector embeddings", result.get("projector")),
+        ("augmentation preview", result.get("preview")),
+        # Train and eval runs write it (a preview leaves an older one alone).
+        ("result", os.path.join(config.model_dir, RESULT_FILENAME) if "step" in result else None),
+    ]
+    files = [(what, path) for what, path in files if path and os.path.exists(path)]
+    if files:
+        width = max(len(what) for what, _ in files)
+        lines.append(f"Outputs in {config.model_dir}:")
+        lines += [f"  {what.ljust(width)}   {path}" for what, path in files]
+    if result.get("projector") or (config.summaries and _has_event_files(config.model_dir)):
+        lines.append(f"TensorBoard: tensorboard --logdir {config.model_dir}")
+    return "\n".join(lines)
