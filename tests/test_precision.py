@@ -243,3 +243,10 @@ def test_auto_precision_is_chosen_and_logged_by_training(tmp_path, monkeypatch, 
     assert state.model.compute_dtype == "float32"
     assert "Precision float32 (auto: this CPU has no bfloat16 units" in caplog.text
     assert Config.load(str(tmp_path)).precision == "float32"  # what ran is recorded
+
+
+def test_optimizers_are_built_for_every_precision_setting(tmp_path):
+    """auto (resolved later, by training) and bfloat16 need no loss scaling; float16 does."""
+    for setting, scaled in (("auto", False), ("mixed_bfloat16", False), ("mixed_float16", True)):
+        opt = factory.build_optimizer(tiny_config(tmp_path, precision=setting), 1000)
+        assert isinstance(opt, keras.optimizers.LossScaleOptimizer) == scaled, setting

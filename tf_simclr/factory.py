@@ -130,7 +130,8 @@ def build_optimizer(config: Config, num_train_examples: int, *, learning_rate=No
         learning_rate=learning_rate,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
-        mixed_precision=config.precision,
+        # "auto" never chooses float16, the one policy that needs a loss-scaling wrapper.
+        mixed_precision=None if config.precision == "auto" else config.precision,
     )
     return optimizer
 
