@@ -3,7 +3,7 @@ and `python -m tf_simclr` (the code is tf_simclr/cli.py).
 
 python run.py --mode=train_then_eval            # the embedded default dataset, a few minutes
 python run.py --helpfull                        # every flag
-python run.py --flagfile=recipes/cifar10.flags  # a recipe
+python run.py --flagfile=my_run.flags  # flags read from a file (recipes: README)
 """
 
 from tf_simclr.cli import console_main

@@ -2,7 +2,7 @@
 
     tf-simclr --mode=train_then_eval            # the embedded default dataset, a few minutes
     tf-simclr --helpfull                        # every flag
-    tf-simclr --flagfile=recipes/cifar10.flags  # a recipe
+    tf-simclr --flagfile=my_run.flags           # flags read from a file (recipes: README)
 
 `python -m tf_simclr` and, in a checkout, `python run.py` are the same command. Importing this
 module defines one absl flag per Config field (in absl's global FLAGS); the rest of the library
