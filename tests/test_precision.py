@@ -250,3 +250,28 @@ def test_optimizers_are_built_for_every_precision_setting(tmp_path):
     for setting, scaled in (("auto", False), ("mixed_bfloat16", False), ("mixed_float16", True)):
         opt = factory.build_optimizer(tiny_config(tmp_path, precision=setting), 1000)
         assert isinstance(opt, keras.optimizers.LossScaleOptimizer) == scaled, setting
+
+
+def test_a_bfloat16_run_exports_a_float32_module(tmp_path):
+    """The runner trains in bfloat16 but exports (and evaluates) the float32 twin: the
+    reloaded module computes exactly what a float32 model with the checkpoint's weights does."""
+    from tf_simclr import checkpoints as ckpt_lib
+    from tf_simclr import runner
+
+    config = tiny_config(
+        tmp_path, precision="mixed_bfloat16", mode="train", train_steps=2, export=True
+    )
+    result = runner.run(config)
+    assert result["precision"] == "mixed_bfloat16"
+    assert Config.load(str(tmp_path)).precision == "mixed_bfloat16"
+    module = tf.saved_model.load(result["export_path"])
+    images = tf.random.stateless_uniform((3, 16, 16, 3), seed=[5, 6])
+    exported = module(images, training=False)
+    model = factory.build_model(config, 10)
+    latest = ckpt_lib.latest_valid_checkpoint(str(tmp_path))
+    ckpt_lib.training_checkpoint(model).restore(latest).expect_partial()
+    assert latest.endswith("ckpt-2")
+    want = model(images, training=False)
+    for name in ("final_avg_pool", "proj_head_output", "logits_sup"):
+        assert exported[name].dtype == tf.float32
+        np.testing.assert_allclose(exported[name], want[name], rtol=1e-5, atol=1e-6)
