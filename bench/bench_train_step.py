@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from default_run import cpu_model  # noqa: E402  (bench/, the script's own folder)
 
 
 def _profile_flops(concrete_fn) -> int:
@@ -120,13 +121,17 @@ def _timed(step, batch):
 
 def _interleave(step_a, step_b, batch, steps: int) -> tuple[list, list]:
     """Alternate steps of two warmed-up step functions so both see the same machine load;
-    per-pair (wall, cpu) time ratios b / a."""
-    wall, cpu = [], []
+    the (wall, cpu) seconds of each one's steps, pair by pair."""
+    times_a, times_b = [], []
     for _ in range(steps):
-        a, b = _timed(step_a, batch), _timed(step_b, batch)
-        wall.append(b[0] / a[0])
-        cpu.append(b[1] / a[1])
-    return wall, cpu
+        times_a.append(_timed(step_a, batch))
+        times_b.append(_timed(step_b, batch))
+    return times_a, times_b
+
+
+def _ratios(numerators, denominators, index: int) -> list[float]:
+    """Per-pair ratios of wall (index 0) or cpu (index 1) seconds."""
+    return [n[index] / d[index] for n, d in zip(numerators, denominators, strict=True)]
 
 
 def _compare_bn(args, step, batch) -> dict:
@@ -137,7 +142,8 @@ def _compare_bn(args, step, batch) -> dict:
     other(batch)
     other(batch)
     fused_step, keras_step = (step, other) if args.bn == "fused" else (other, step)
-    wall, cpu = _interleave(fused_step, keras_step, batch, args.steps)
+    fused_times, keras_times = _interleave(fused_step, keras_step, batch, args.steps)
+    wall, cpu = _ratios(keras_times, fused_times, 0), _ratios(keras_times, fused_times, 1)
     return {
         "keras_bn_over_fused_bn_wall_ratios": [round(r, 3) for r in wall],
         "keras_bn_over_fused_bn_wall_median": float(np.median(wall)),
@@ -156,18 +162,16 @@ def _compare_precisions(args, batch) -> dict:
         steps[name] = tf.function(model.train_step, jit_compile=args.jit)
         for _ in range(1 + args.warmup):
             steps[name](batch)
-    ceilings = _ceilings(("float32", "mixed_bfloat16"))
-    times = {"float32": [], "mixed_bfloat16": []}
-    for _ in range(args.steps):
-        for name in times:
-            times[name].append(_timed(steps[name], batch)[0])
-    ratios = [a / b for a, b in zip(times["float32"], times["mixed_bfloat16"], strict=True)]
-    later = _ceilings(("float32", "mixed_bfloat16"))
-    for key, value in later.items():
-        ceilings[key] = max(ceilings[key], value)
+    ceilings = _ceilings(steps)
+    f32_times, bf16_times = _interleave(
+        steps["float32"], steps["mixed_bfloat16"], batch, args.steps
+    )
+    ratios = _ratios(f32_times, bf16_times, 0)
+    ceilings = _ceilings(steps, previous=ceilings)
     result = {"float32_over_bfloat16_step_time_ratios": [round(r, 3) for r in ratios]}
     result["bfloat16_speedup_median"] = float(np.median(ratios))
-    for name, t in times.items():
+    for name, timed in (("float32", f32_times), ("mixed_bfloat16", bf16_times)):
+        t = [wall for wall, _ in timed]
         result[name] = {
             "step_time_s_median": float(np.median(t)),
             "images_per_s": args.batch_size / float(np.median(t)),
@@ -177,20 +181,16 @@ def _compare_precisions(args, batch) -> dict:
     return result
 
 
-def _dtype_of(precision: str):
-    return (
-        tf.bfloat16
-        if precision == "mixed_bfloat16"
-        else (tf.float16 if precision == "mixed_float16" else tf.float32)
-    )
-
-
-def _ceilings(precisions) -> dict:
+def _ceilings(precisions, previous: dict | None = None) -> dict:
+    """Matmul and conv ceilings in each policy's compute dtype right now; with ``previous``
+    (measured before the timed steps), the better of the two readings."""
     out = {}
     for precision in precisions:
-        dtype = _dtype_of(precision)
+        dtype = tf.as_dtype(keras.DTypePolicy(precision).compute_dtype)
         out[f"{precision}_matmul"] = _matmul_gflops(dtype)
         out[f"{precision}_conv"] = _conv_gflops(dtype)
+    if previous:
+        out = {key: max(value, previous[key]) for key, value in out.items()}
     return out
 
 
@@ -258,7 +258,7 @@ def main(argv=None):
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
         "keras_version": keras.__version__,
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
     }
     if args.compare:
@@ -295,8 +295,7 @@ def main(argv=None):
         float(logs["loss"])  # block until done
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-    for key, value in _ceilings((args.precision,)).items():
-        ceilings[key] = max(ceilings[key], value)
+    ceilings = _ceilings((args.precision,), previous=ceilings)
     result = {
         "benchmark": "pretrain_train_step",
         **about,
@@ -341,17 +340,6 @@ def _forward_flops(model, batch_pairs: int, size: int) -> int:
 
     spec = tf.TensorSpec([2 * batch_pairs, size, size, 3])
     return _profile_flops(forward.get_concrete_function(spec))
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
