@@ -92,7 +92,7 @@ def config_from_flags() -> Config:
     saved = None
     if os.path.isfile(os.path.join(model_dir, CONFIG_FILENAME)):
         saved = Config.load(model_dir)
-    elif given.get("train_mode") == "finetune" and given.get("checkpoint"):
+    elif given.get("train_mode") in ("finetune", "distill") and given.get("checkpoint"):
         given = with_encoder_of_checkpoint(given)
     return resolve(given, saved, source=f"--model_dir={model_dir}")
 

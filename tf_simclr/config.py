@@ -13,8 +13,11 @@ import math
 import os
 from typing import Any
 
-MODES = ("train", "eval", "train_then_eval", "preview", "export")
-TRAIN_MODES = ("pretrain", "finetune")
+MODES = ("train", "eval", "train_then_eval", "preview", "export", "semi_supervised")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
+# The train modes whose supervised head is trained through the network (on labels or on a
+# teacher's predictions).
+SUPERVISED_TRAIN_MODES = ("finetune", "distill")
 OPTIMIZERS = ("lars", "momentum", "adam", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
@@ -83,14 +86,39 @@ class Config:
     # What to do.
     mode: str = _setting("train_then_eval", "What to do.", choices=MODES)
     train_mode: str = _setting(
-        "pretrain", "Contrastive pretraining or supervised fine-tuning.", choices=TRAIN_MODES
+        "pretrain",
+        "Contrastive pretraining, supervised fine-tuning, or distillation of --teacher into a "
+        "student on all training images.",
+        choices=TRAIN_MODES,
     )
     model_dir: str = _setting(
         "/tmp/tf_simclr",
         "Directory for checkpoints, summaries, config.json, result.json and exports.",
     )
     checkpoint: str | None = _setting(
-        None, "Fine-tuning: pretraining checkpoint prefix (or model_dir) to start from."
+        None,
+        "Fine-tuning (and distillation, optionally): the checkpoint prefix, model_dir or "
+        "export whose weights the network starts from.",
+    )
+    random_init: bool = _setting(
+        False,
+        "Fine-tuning: start from random weights instead of --checkpoint (the supervised "
+        "baseline trained from scratch on the same labels).",
+    )
+    teacher: str | None = _setting(
+        None,
+        "Distillation: the frozen teacher, a tf_simclr model_dir or checkpoint prefix with a "
+        "supervised head (a fine-tuned run, or a model converted by tf_simclr.convert), or an "
+        "exported module model_dir/saved_model/<step>.",
+    )
+    distill_temperature: float = _setting(
+        1.0, "Distillation: temperature softening both the teacher's and the student's logits."
+    )
+    distill_alpha: float = _setting(
+        0.0,
+        "Distillation: weight of the supervised loss on the labelled examples (--label_fraction"
+        " / --label_ids_file, or all); the distillation loss gets 1 - alpha (0: pure "
+        "distillation).",
     )
 
     # Data.
@@ -182,6 +210,19 @@ class Config:
     hidden_norm: bool = _setting(True, "L2-normalise projections before the contrastive loss.")
     loss_scale: str = _setting(
         "paper", "The paper's loss, or the reference code's 2x.", choices=LOSS_SCALES
+    )
+
+    # --mode=semi_supervised (tf_simclr.semi_supervised): the stages after pretraining.
+    semi_finetune_epochs: int = _setting(
+        30,
+        "semi_supervised: epochs over the labelled examples of fine-tuning and of the "
+        "supervised baseline trained from scratch.",
+    )
+    semi_finetune_learning_rate: float = _setting(
+        0.5, "semi_supervised: base learning rate of the fine-tuning stage."
+    )
+    semi_distill_epochs: int = _setting(
+        0, "semi_supervised: epochs of distillation over all training images (0: --train_epochs)."
     )
 
     # Model.
@@ -285,6 +326,8 @@ class Config:
             self.model_dir = os.path.expanduser(self.model_dir)
         if isinstance(self.checkpoint, str):
             self.checkpoint = os.path.expanduser(self.checkpoint)
+        if isinstance(self.teacher, str):
+            self.teacher = os.path.expanduser(self.teacher)
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -337,11 +380,7 @@ class Config:
         if (
             self.train_steps == 0
             and self.train_epochs == 0
-            and self.mode
-            in (
-                "train",
-                "train_then_eval",
-            )
+            and self.mode in ("train", "train_then_eval", "semi_supervised")
         ):
             raise ConfigError("Set --train_epochs or --train_steps to a positive number.")
         for name in ("learning_rate", "sup_head_learning_rate", "temperature", "knn_temperature"):
@@ -366,12 +405,16 @@ class Config:
             )
         if self.label_fraction is not None and self.label_ids_file:
             raise ConfigError("Give either --label_fraction or --label_ids_file, not both.")
-        if (
+        if self.mode == "semi_supervised":
+            self._validate_semi_supervised()
+        elif (
             self.label_fraction is not None or self.label_ids_file
-        ) and self.train_mode != "finetune":
+        ) and self.train_mode not in SUPERVISED_TRAIN_MODES:
             raise ConfigError(
-                "--label_fraction/--label_ids_file only apply to --train_mode=finetune."
+                "--label_fraction/--label_ids_file only apply to --train_mode=finetune (the "
+                "labels it trains on) and distill (those its --distill_alpha term uses)."
             )
+        self._validate_distillation()
         if self.train_mode == "pretrain" and self.train_batch_size < 2:
             raise ConfigError(
                 f"--train_batch_size={self.train_batch_size} gives the contrastive loss no "
@@ -383,7 +426,7 @@ class Config:
                 "--linear_eval_epochs=0 would report the accuracy of an untrained probe: give a "
                 "positive number of epochs, or --nolinear_eval to skip the linear probe."
             )
-        evaluates = self.mode in ("eval", "train_then_eval") and (
+        evaluates = self.mode in ("eval", "train_then_eval", "semi_supervised") and (
             self.knn_eval or self.linear_eval or self.random_init_baseline
         )
         if evaluates and self.eval_split == self.train_split:
@@ -403,8 +446,10 @@ class Config:
             )
         if not -1 <= self.fine_tune_after_block <= 4:
             raise ConfigError("--fine_tune_after_block must be in [-1, 4] (-1 trains all blocks).")
-        if self.fine_tune_after_block != -1 and self.train_mode != "finetune":
-            raise ConfigError("--fine_tune_after_block only applies to --train_mode=finetune.")
+        if self.fine_tune_after_block != -1 and self.train_mode not in SUPERVISED_TRAIN_MODES:
+            raise ConfigError(
+                "--fine_tune_after_block only applies to --train_mode=finetune or distill."
+            )
         if self.strategy == "tpu" and not (self.tpu_name or os.environ.get("TPU_NAME")):
             raise ConfigError(
                 "--strategy=tpu (or --use_tpu) needs --tpu_name (name or grpc address)."
@@ -418,10 +463,15 @@ class Config:
             )
         if self.checkpoint and self.train_mode == "pretrain":
             raise ConfigError(
-                "--checkpoint only applies to --train_mode=finetune (the pretrained weights to "
+                "--checkpoint only applies to --train_mode=finetune or distill (the weights to "
                 "start from). Pretraining resumes from the checkpoints in --model_dir by itself, "
                 "and eval/export read --model_dir: drop --checkpoint or add "
                 "--train_mode=finetune."
+            )
+        if self.random_init and (self.train_mode != "finetune" or self.checkpoint):
+            raise ConfigError(
+                "--random_init trains the supervised head and encoder from random weights: it "
+                "needs --train_mode=finetune and no --checkpoint."
             )
         if (
             self.use_blur
@@ -434,13 +484,59 @@ class Config:
                 f"{self.augmentations} is given: add 'blur' to that list (or drop --use_blur)."
             )
 
+    def _validate_semi_supervised(self) -> None:
+        if self.label_fraction is None and not self.label_ids_file:
+            raise ConfigError(
+                "--mode=semi_supervised needs the labelled subset: --label_fraction (e.g. 0.1) "
+                "or --label_ids_file."
+            )
+        if self.train_mode != "pretrain" or self.checkpoint or self.teacher or self.random_init:
+            raise ConfigError(
+                "--mode=semi_supervised runs every stage itself (pretrain, fine-tune, distil, "
+                "the supervised baseline): drop --train_mode, --checkpoint, --teacher and "
+                "--random_init."
+            )
+        if not (
+            math.isfinite(self.semi_finetune_learning_rate) and self.semi_finetune_learning_rate > 0
+        ):
+            raise ConfigError("--semi_finetune_learning_rate must be a positive number.")
+        _positive("semi_finetune_epochs", self.semi_finetune_epochs)
+        _non_negative("semi_distill_epochs", self.semi_distill_epochs)
+
+    def _validate_distillation(self) -> None:
+        if self.train_mode == "distill" and not self.teacher:
+            raise ConfigError(
+                "--train_mode=distill needs --teacher: the model_dir, checkpoint or export of "
+                "a network with a supervised head (e.g. a --train_mode=finetune run)."
+            )
+        if self.teacher and self.train_mode != "distill":
+            raise ConfigError(
+                f"--teacher only applies to --train_mode=distill (got --train_mode="
+                f"{self.train_mode}): add --train_mode=distill or drop --teacher."
+            )
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ConfigError(
+                f"--distill_temperature must be a positive number, got {self.distill_temperature}."
+            )
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError(
+                f"--distill_alpha must be in [0, 1] (0: pure distillation, 1: labels only), got "
+                f"{self.distill_alpha}."
+            )
+        if self.distill_alpha == 1.0 and self.train_mode == "distill":
+            raise ConfigError(
+                "--distill_alpha=1 ignores the teacher: that is fine-tuning on the labelled "
+                "examples (--train_mode=finetune). Use a value below 1."
+            )
+
     # -- derived values ---------------------------------------------------------------------
     def augmentation_spec(self) -> str:
         """The augmentation composition: explicit --augmentations, else the recipe's
-        (pretraining: crop, flip, colour; fine-tuning: crop and flip; blur with --use_blur)."""
+        (pretraining: crop, flip, colour; fine-tuning and distillation: crop and flip; blur
+        with --use_blur)."""
         if self.augmentations:
             return self.augmentations
-        base = "crop,flip" if self.train_mode == "finetune" else "crop,flip,color"
+        base = "crop,flip" if self.train_mode in SUPERVISED_TRAIN_MODES else "crop,flip,color"
         return base + ",blur" if self.use_blur else base
 
     def train_steps_for(self, num_train_examples: int) -> int:

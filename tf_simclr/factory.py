@@ -85,6 +85,8 @@ def _build_model(config: Config, num_classes: int, train_mode: str | None):
         head_weight_decay=head_l2_coefficient(config),
         fused_batch_norm=config.fused_batch_norm,
         ft_update_unused_head_bn=config.ft_update_unused_head_bn,
+        distill_temperature=config.distill_temperature,
+        distill_alpha=config.distill_alpha,
     )
     # Build the variables now so checkpoints restore eagerly and counts are known.
     model(tf.zeros([1, config.image_size, config.image_size, 3]), training=False)
@@ -116,7 +118,7 @@ def head_l2_coefficient(config: Config) -> float:
     instead. That applies when the main optimizer trains the head: fine-tuning, and
     pretraining with --sup_head_optimizer=shared.
     """
-    shared = config.train_mode == "finetune" or config.sup_head_optimizer == "shared"
+    shared = config.train_mode in ("finetune", "distill") or config.sup_head_optimizer == "shared"
     return config.weight_decay if config.optimizer == "lars" and shared else 0.0
 
 
@@ -172,7 +174,7 @@ def dataset_info(config: Config, split: str | None = None):
 
 def num_train_examples(config: Config) -> int:
     """Examples per training epoch: the train split, or its labelled subset when fine-tuning
-    on a label fraction / id file."""
+    on a label fraction / id file (distillation trains on every example)."""
     labelled_subset = config.train_mode == "finetune"
     return data_lib.count_examples(
         config.dataset,
@@ -231,6 +233,45 @@ def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int 
 
     def dataset_fn(input_context: tf.distribute.InputContext | None = None):
         dataset, _ = data_lib.build_finetune_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            split=config.train_split,
+            batch_size=global_batch_size,
+            image_size=config.image_size,
+            seed=config.seed,
+            label_fraction=config.label_fraction,
+            label_ids_file=config.label_ids_file,
+            augmentations=config.augmentation_spec(),
+            color_jitter_strength=config.color_jitter_strength,
+            brightness=config.brightness,
+            input_context=input_context,
+            cache=_cache_setting(config),
+            strict=config.strict_data,
+            start_batch=_start_batch(start_step, input_context),
+            label_cache=label_cache,
+        )
+        return dataset
+
+    return dataset_fn
+
+
+def training_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
+    """The training pipeline of config.train_mode (see the three functions it picks from)."""
+    build = {
+        "pretrain": pretrain_dataset_fn,
+        "finetune": finetune_dataset_fn,
+        "distill": distill_dataset_fn,
+    }[config.train_mode]
+    return build(config, global_batch_size, start_step=start_step)
+
+
+def distill_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
+    """A function of an InputContext giving this replica's distillation dataset: every
+    training image, labels kept only on the labelled subset."""
+    label_cache = data_lib.LabelCache()
+
+    def dataset_fn(input_context: tf.distribute.InputContext | None = None):
+        dataset, _ = data_lib.build_distill_dataset(
             config.dataset,
             data_dir=config.data_dir,
             split=config.train_split,

@@ -79,8 +79,8 @@ def plot_history(history: list[dict], path: str) -> str | None:
 
     steps = np.array([r["step"] for r in history])
     panels = [
-        ("loss", ["loss", "contrastive_loss", "sup_loss"]),
-        ("accuracy", ["contrastive_acc", "sup_acc"]),
+        ("loss", ["loss", "contrastive_loss", "sup_loss", "distill_loss"]),
+        ("accuracy", ["contrastive_acc", "sup_acc", "teacher_agreement"]),
         ("learning rate", ["learning_rate"]),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5))

@@ -22,13 +22,16 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tf_simclr import distill as distill_lib
 from tf_simclr import loss as loss_lib
 from tf_simclr import validation
 from tf_simclr.distribute import replica_share
 from tf_simclr.heads import DEFAULT_NUM_PROJ_LAYERS, PROJ_HEAD_MODES, ProjectionHead  # noqa: F401
 from tf_simclr.resnet import freeze_up_to_block, layer_groups
 
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
+# Modes whose supervised head is trained through the network.
+SUPERVISED_TRAIN_MODES = ("finetune", "distill")
 SUPERVISED_HEAD_NAME = "head_supervised"
 
 
@@ -108,19 +111,27 @@ class SimCLRModel(keras.Model):
         sup_head_input_norm: bool = True,
         fused_batch_norm: bool = True,
         ft_update_unused_head_bn: bool = False,
+        distill_temperature: float = 1.0,
+        distill_alpha: float = 0.0,
         name: str = "simclr",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}.")
-        if fine_tune_after_block != -1 and train_mode != "finetune":
+        supervised = train_mode in SUPERVISED_TRAIN_MODES
+        if fine_tune_after_block != -1 and not supervised:
             raise ValueError(
-                "fine_tune_after_block only applies to train_mode='finetune'; "
+                "fine_tune_after_block only applies to train_mode='finetune' or 'distill'; "
                 f"got fine_tune_after_block={fine_tune_after_block} with train_mode={train_mode!r}."
             )
-        if train_mode == "finetune" and not num_classes:
-            raise ValueError("train_mode='finetune' needs num_classes >= 1.")
+        if supervised and not num_classes:
+            raise ValueError(f"train_mode={train_mode!r} needs num_classes >= 1.")
+        if distill_temperature <= 0 or not 0 <= distill_alpha <= 1:
+            raise ValueError(
+                "distill_temperature must be > 0 and distill_alpha in [0, 1]; got "
+                f"{distill_temperature} and {distill_alpha}."
+            )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.encoder = encoder
@@ -154,6 +165,8 @@ class SimCLRModel(keras.Model):
         self.head_weight_decay = head_weight_decay
         self.fused_batch_norm = fused_batch_norm
         self.ft_update_unused_head_bn = ft_update_unused_head_bn
+        self.distill_temperature = distill_temperature
+        self.distill_alpha = distill_alpha
         # Kept for get_config (the encoder is serialised separately).
         object.__setattr__(
             self,
@@ -178,11 +191,13 @@ class SimCLRModel(keras.Model):
                 sup_head_input_norm=sup_head_input_norm,
                 fused_batch_norm=fused_batch_norm,
                 ft_update_unused_head_bn=ft_update_unused_head_bn,
+                distill_temperature=distill_temperature,
+                distill_alpha=distill_alpha,
             ),
         )
 
         self.supervised_head = None
-        if num_classes and (train_mode == "finetune" or lineareval_while_pretraining):
+        if num_classes and (supervised or lineareval_while_pretraining):
             self.supervised_head = keras.layers.Dense(
                 num_classes,
                 use_bias=True,
@@ -211,7 +226,7 @@ class SimCLRModel(keras.Model):
 
         # Not Keras-tracked: these layers are already tracked through encoder / heads.
         object.__setattr__(self, "_frozen_layers", [])
-        if train_mode == "finetune":
+        if supervised:
             freeze_up_to_block(encoder, fine_tune_after_block)
             if fine_tune_after_block == 4:
                 self._frozen_layers.append(encoder)
@@ -228,6 +243,8 @@ class SimCLRModel(keras.Model):
             "sup_loss",
             "sup_acc",
             "weight_decay_loss",
+            "distill_loss",
+            "teacher_agreement",
         )
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
@@ -274,7 +291,7 @@ class SimCLRModel(keras.Model):
     def _unused_head_layers(self) -> list:
         """Fine-tuning: the projection-head layers above ft_proj_selector (no gradient reaches
         them: the supervised head sits below)."""
-        if self.train_mode != "finetune":
+        if self.train_mode not in SUPERVISED_TRAIN_MODES:
             return []
         head = self.projection_head
         return [
@@ -393,7 +410,9 @@ class SimCLRModel(keras.Model):
         Pretraining batches are {"view1", "view2"[, "label"]}: NT-Xent over both views plus, with
         a supervised head and labels, the cross-entropy of the head (on stop-gradient features)
         for both views' labels and its L2 term (``head_weight_decay``). Fine-tuning batches are
-        {"image", "label"} (or a tuple): the cross-entropy and the L2 term.
+        {"image", "label"} (or a tuple): the cross-entropy and the L2 term. Distillation
+        batches add "teacher_logits" (the frozen teacher's, for the same images; labels < 0
+        mark unlabelled images): `tf_simclr.distill.objective_terms` and the L2 term.
         """
         replicas = _num_replicas()
         shares, rates = {}, {}
@@ -426,13 +445,28 @@ class SimCLRModel(keras.Model):
         else:
             images, labels = self._labelled_images(data)
             outs = self(images, training=training)
-        if "logits_sup" in outs and labels is not None:
+        if self.train_mode == "distill":
+            if not isinstance(data, dict) or "teacher_logits" not in data:
+                raise ValueError(
+                    "Distillation batches need 'teacher_logits' (the frozen teacher's logits "
+                    "of the same images) beside 'image' and 'label'."
+                )
+            shares, rates = distill_lib.objective_terms(
+                outs["logits_sup"],
+                data["teacher_logits"],
+                labels,
+                temperature=self.distill_temperature,
+                alpha=self.distill_alpha,
+            )
+            if self.head_weight_decay:
+                shares["weight_decay_loss"] = replica_share(self._head_l2())
+        elif "logits_sup" in outs and labels is not None:
             sup, acc = self._supervised_loss(outs["logits_sup"], labels)
             shares["sup_loss"] = replica_share(sup)  # a local mean: each replica's part of it
             rates["sup_acc"] = acc
             if self.head_weight_decay:
                 shares["weight_decay_loss"] = replica_share(self._head_l2())
-        elif self.train_mode == "finetune":
+        elif self.train_mode in SUPERVISED_TRAIN_MODES:
             raise ValueError("Fine-tuning needs a supervised head (num_classes >= 1).")
         total = ops.sum(ops.stack([ops.cast(v, "float32") for v in shares.values()]))
         if self.losses:  # Keras regularisers, if a user encoder has any
@@ -444,6 +478,10 @@ class SimCLRModel(keras.Model):
         names averaged over replicas: the rates) of the metrics `compute_objective` reports for
         labelled batches."""
         shares, rates = ["loss"], []
+        if self.train_mode == "distill":
+            shares += ["distill_loss"] + (["sup_loss"] if self.distill_alpha > 0 else [])
+            shares += ["weight_decay_loss"] if self.head_weight_decay else []
+            return shares, ["teacher_agreement"]
         if self.train_mode == "pretrain":
             shares.append("contrastive_loss")
             rates += ["contrastive_acc", "contrastive_entropy"]

@@ -19,6 +19,10 @@ _METRIC_LABELS = {
     "sup_head_top5": "supervised head top-5",
     "finetune_top1": "fine-tuned top-1",
     "finetune_top5": "fine-tuned top-5",
+    "student_top1": "distilled student top-1",
+    "student_top5": "distilled student top-5",
+    "teacher_top1": "teacher top-1",
+    "teacher_top5": "teacher top-5",
     "linear_train_loss": "linear probe final loss",
 }
 _BASELINE = "random_init_"
@@ -90,6 +94,14 @@ def format_report(result: dict, config: Config) -> str:
             line += f" (training {result['images_per_second']:.0f} images/s"
             line += f" in {result['precision']})" if result.get("precision") else ")"
         lines.append(line + ".")
+    if "table" in result:
+        from tf_simclr.semi_supervised import table_lines
+
+        lines.append(
+            f"Semi-supervised recipe, {result.get('labelled_examples')} labelled training "
+            f"images; top-1 on split {config.eval_split!r} of {config.dataset}:"
+        )
+        lines += table_lines(result)
     metrics = result.get("metrics")
     if metrics:
         lines.append(f"Results on split {config.eval_split!r} of {config.dataset}:")
@@ -100,8 +112,14 @@ def format_report(result: dict, config: Config) -> str:
         ("nearest neighbours", result.get("neighbours")),
         ("projector embeddings", result.get("projector")),
         ("augmentation preview", result.get("preview")),
+        ("semi-supervised chart", result.get("chart")),
         # Train and eval runs write it (a preview leaves an older one alone).
-        ("result", os.path.join(config.model_dir, RESULT_FILENAME) if "step" in result else None),
+        (
+            "result",
+            os.path.join(config.model_dir, RESULT_FILENAME)
+            if "step" in result or "table" in result
+            else None,
+        ),
     ]
     files = [(what, path) for what, path in files if path and os.path.exists(path)]
     if files:

@@ -1,4 +1,5 @@
-"""Top-level workflows behind `tf-simclr --mode=...`: train, eval, train_then_eval, preview, export."""
+"""Top-level workflows behind `tf-simclr --mode=...`: train, eval, train_then_eval, preview,
+export, and semi_supervised (tf_simclr.semi_supervised runs its stages through `run`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
+from tf_simclr import distill as distill_lib
 from tf_simclr import distribute, factory, visualize
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import history as history_lib
@@ -44,6 +46,13 @@ def run(config: Config) -> dict:
         check_saved_architecture(config)
     if config.mode == "preview":
         return {"preview": preview(config)}
+    if config.mode == "semi_supervised":
+        from tf_simclr import semi_supervised
+
+        result = semi_supervised.run_recipe(config, run_stage=run)
+        if _is_chief(config):
+            write_result(config, result)
+        return result
     if config.strategy == "multi_worker" and config.export and not distribute.is_chief_task():
         config = config.replace(export=False)  # workers share model_dir: the chief exports
     strategy = distribute.make_strategy(
@@ -196,12 +205,20 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
             config.dataset,
             num_classes,
         )
-    if head_fits and (config.train_mode == "finetune" or config.lineareval_while_pretraining):
+    supervised = config.train_mode in ("finetune", "distill")
+    if head_fits and (supervised or config.lineareval_while_pretraining):
         sup = eval_lib.classification_accuracy(
             model, factory.eval_dataset(config, config.eval_split)
         )
-        key = "finetune" if config.train_mode == "finetune" else "sup_head"
+        key = {"finetune": "finetune", "distill": "student"}.get(config.train_mode, "sup_head")
         metrics.update({f"{key}_{k}": v for k, v in sup.items()})
+    if config.train_mode == "distill":
+        # The teacher on the same split, in float32 like the student's evaluation.
+        teacher = distill_lib.load_teacher(config.teacher, image_size=config.image_size)
+        scores = eval_lib.classification_accuracy(
+            teacher, factory.eval_dataset(config, config.eval_split)
+        )
+        metrics.update({f"teacher_{k}": v for k, v in scores.items()})
     if config.train_mode == "pretrain" or not head_fits:
         features, files = _feature_metrics(config, model, num_classes, pictures=True)
         metrics.update(features)

@@ -74,11 +74,14 @@ def _distribute(strategy: tf.distribute.Strategy, dataset_fn):
     return strategy.experimental_distribute_dataset(dataset_fn(None))
 
 
-def make_step_fn(model, optimizer, head_optimizer=None):
+def make_step_fn(model, optimizer, head_optimizer=None, teacher=None):
     """The per-replica training step: `SimCLRModel.training_step` (the objective `fit()` uses
-    too), returning every metric of the batch (see `SimCLRModel.objective_metric_names`)."""
+    too), returning every metric of the batch (see `SimCLRModel.objective_metric_names`).
+    With a `teacher` (distillation), its logits of the batch's images join the batch first."""
 
     def step_fn(batch):
+        if teacher is not None:
+            batch = {**batch, "teacher_logits": teacher.logits(batch["image"])}
         return model.training_step(batch, optimizer, head_optimizer).metrics()
 
     return step_fn
@@ -105,6 +108,37 @@ def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: 
         return dict(zip(metric_names, means, strict=True)), last_loss
 
     return train_loop
+
+
+def _load_teacher(config: Config, info):
+    """Distillation's frozen teacher, refused unless it predicts the dataset's classes."""
+    from tf_simclr import distill
+
+    teacher = distill.load_teacher(
+        config.teacher, image_size=config.image_size, precision=config.precision
+    )
+    if teacher.num_classes != info.num_classes:
+        raise distill.TeacherError(
+            f"--teacher={config.teacher} predicts {teacher.num_classes} classes but "
+            f"{config.dataset} has {info.num_classes}: its predictions are another label space. "
+            "Fine-tune a teacher on this dataset first (--train_mode=finetune "
+            "--checkpoint=<pretrained> --dataset=...), and distil that one."
+        )
+    return teacher
+
+
+def _build_student(config: Config, num_classes: int):
+    """The network to train; for distillation, a build failure names the student's flags."""
+    try:
+        return factory.build_model(config, num_classes, precision=config.precision)
+    except (ValueError, TypeError) as err:
+        if config.train_mode != "distill":
+            raise
+        raise ValueError(
+            f"The student (--resnet_depth={config.resnet_depth} --width_multiplier="
+            f"{config.width_multiplier} --sk_ratio={config.sk_ratio} --image_size="
+            f"{config.image_size}) cannot be built: {err}"
+        ) from err
 
 
 def _current_learning_rate(optimizer) -> float:
@@ -150,7 +184,8 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     checkpoint_every = config.checkpoint_every_for(num_train)
 
     with strategy.scope():
-        model = factory.build_model(config, info.num_classes, precision=config.precision)
+        teacher = _load_teacher(config, info) if config.train_mode == "distill" else None
+        model = _build_student(config, info.num_classes)
         optimizer = factory.build_optimizer(config, num_train)
         head_optimizer = factory.build_head_optimizer(config, model, num_train)
         head_ids = {id(v) for v in model.supervised_head_variables} if head_optimizer else set()
@@ -167,7 +202,9 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     ckpt_lib.remove_interrupted_saves(role.write_dir)
     if restored:
         log.info("Resuming from %s at step %d.", restored, int(global_step.numpy()))
-    elif config.train_mode == "finetune":
+    elif config.random_init:
+        log.info("Training from random weights (--random_init): no --checkpoint.")
+    elif config.train_mode == "finetune" or config.checkpoint:
         warm_start.restore_initial_weights(config, model)
     role.check_same_step(strategy, int(global_step.numpy()), restored)  # multi-worker only
     storage.check_free_space(
@@ -190,14 +227,10 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
 
     # The data stream resumes where the checkpoint left it, so a resumed run sees the same
     # batches (and augmentations) as an uninterrupted one.
-    dataset_fn = (
-        factory.pretrain_dataset_fn(config, config.train_batch_size, start_step=step)
-        if config.train_mode == "pretrain"
-        else factory.finetune_dataset_fn(config, config.train_batch_size, start_step=step)
-    )
+    dataset_fn = factory.training_dataset_fn(config, config.train_batch_size, start_step=step)
     dist_dataset = _distribute(strategy, dataset_fn)
     iterator = iter(dist_dataset)
-    step_fn = make_step_fn(model, optimizer, head_optimizer)
+    step_fn = make_step_fn(model, optimizer, head_optimizer, teacher)
     shares, rates = model.objective_metric_names()
     train_loop = _make_train_loop(strategy, step_fn, global_step, shares + rates)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 import tensorflow as tf
 
@@ -88,19 +87,7 @@ def restore_initial_weights(config: Config, model) -> None:
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         counts = _restore_from_exported_module(config, model, path)
     else:
-        # "model_dir/ckpt-500.index" (or a data file) names the checkpoint ckpt-500.
-        path = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
-        if os.path.isdir(path):
-            if not ckpt_lib.list_checkpoints(path):
-                raise FileNotFoundError(f"--checkpoint={path} is a directory without ckpt-* files.")
-            path = ckpt_lib.latest_valid_checkpoint(path)  # skips damaged ones, saying so
-        elif not os.path.exists(path + ".index"):
-            raise FileNotFoundError(
-                f"--checkpoint={path} is not a checkpoint (no {path}.index). Give a checkpoint "
-                "prefix such as model_dir/ckpt-500, or a model_dir."
-            )
-        else:
-            ckpt_lib.validate_checkpoint(path)
+        path = ckpt_lib.resolve_checkpoint(path)
         values = ckpt_lib.read_model_weights(path, [w.path for w in model.weights])
         _check_same_encoder(path, model, values)
         counts = ckpt_lib.assign_weights_by_path(

@@ -6,8 +6,9 @@ downloaded), a TFDS-format directory, an image folder ``root/<split>/<class>/*.j
 ``EMBEDDED_DIR``; written by ``python -m tf_simclr.data.generate_embedded``).
 
 Pipelines: ``build_pretrain_dataset`` (two augmented views per image), ``build_eval_dataset``
-(central crop, single pass) and ``build_finetune_dataset`` (crop + flip, optional label
-fraction), all thin wrappers of ``build_dataset``. Every pipeline yields dicts of float32
+(central crop, single pass), ``build_finetune_dataset`` (crop + flip, optional label
+fraction) and ``build_distill_dataset`` (every example, labels only on the labelled subset),
+all thin wrappers of ``build_dataset``. Every pipeline yields dicts of float32
 images in [0, 1] and int32 labels; training pipelines repeat, shuffle and drop the last partial
 batch. Randomness is stateless and derived from ``seed``, so a pipeline is reproducible.
 ``count_examples`` counts a split, or its labelled subset, without building a pipeline.
@@ -29,11 +30,13 @@ from tf_simclr.data.labels import (
     LabelCache,
     count_examples,
     label_fraction_indices,
+    labelled_subset_indices,
     read_label_ids_file,
     stratified_subset,
 )
 from tf_simclr.data.pipelines import (
     build_dataset,
+    build_distill_dataset,
     build_eval_dataset,
     build_finetune_dataset,
     build_pretrain_dataset,
@@ -60,6 +63,7 @@ __all__ = [
     "DatasetInfo",
     "LabelCache",
     "build_dataset",
+    "build_distill_dataset",
     "build_eval_dataset",
     "build_finetune_dataset",
     "build_pretrain_dataset",
@@ -68,6 +72,7 @@ __all__ = [
     "count_examples",
     "image_folder_root",
     "label_fraction_indices",
+    "labelled_subset_indices",
     "list_image_folder",
     "load_source",
     "main",

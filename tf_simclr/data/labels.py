@@ -106,6 +106,28 @@ def _subset_indices(
     )
 
 
+def labelled_subset_indices(
+    dataset, data_dir, split, label_fraction, label_ids_file, seed, strict=False
+) -> np.ndarray | None:
+    """Sorted positions (in stored order) of the labelled subset that fine-tuning keeps for
+    these arguments (None: the whole split)."""
+    return _subset_indices(dataset, data_dir, split, label_fraction, label_ids_file, seed, strict)
+
+
+def labelled_subset_ids(
+    dataset, data_dir, split, label_fraction, label_ids_file, seed, strict, label_cache=None
+) -> list[str] | None:
+    """Ids of the labelled subset of a split, as `_subset_indices` chooses it (None: all)."""
+    if not _wants_labelled_subset(label_fraction, label_ids_file):
+        return None
+    raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
+    key = (dataset, data_dir, split)
+    label_cache = LabelCache() if label_cache is None else label_cache
+    positions = _labelled_positions(raw, key, label_fraction, label_ids_file, seed, label_cache)
+    _, ids = label_cache.labels_and_ids(raw, key)
+    return [ids[i] for i in positions]
+
+
 def count_examples(
     dataset: str = DEFAULT_DATASET,
     *,

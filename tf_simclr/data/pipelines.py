@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_simclr import augment
-from tf_simclr.data.labels import LabelCache, _eval_subset, _subset_indices
+from tf_simclr.data.labels import LabelCache, _eval_subset, _subset_indices, labelled_subset_ids
 from tf_simclr.data.sources import (
     DEFAULT_DATASET,
     DatasetInfo,
@@ -158,6 +158,7 @@ def build_dataset(
     strict: bool = False,
     start_batch: int = 0,
     choose_examples: Callable[[], np.ndarray | None] | None = None,
+    labelled_ids: Callable[[], Sequence[str] | None] | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """The input pipeline behind every ``build_*_dataset``.
 
@@ -171,7 +172,8 @@ def build_dataset(
 
     ``choose_examples`` gives the positions of the examples to keep (None: all); it runs after
     the other arguments are checked, since it may read every label of the split.
-    ``info.num_examples[split]`` is then the number kept.
+    ``info.num_examples[split]`` is then the number kept. ``labelled_ids`` gives the ids of
+    the examples whose labels are kept (None: all); every other example gets label -1.
     """
     if num_views not in (1, 2):
         raise ValueError(f"num_views must be 1 or 2, got {num_views!r}.")
@@ -179,6 +181,7 @@ def build_dataset(
     _check_size(image_size)
     per_replica = _per_replica_batch(batch_size, input_context)
     indices = choose_examples() if choose_examples is not None else None
+    keep_labels = labelled_ids() if labelled_ids is not None else None
     ds, info = load_source(
         dataset,
         data_dir=data_dir,
@@ -188,7 +191,10 @@ def build_dataset(
         indices=indices,
         shuffle_files=training,
         seed=seed if training else None,
+        with_ids=keep_labels is not None,
     )
+    if keep_labels is not None:
+        ds = _map(ds, _label_only(keep_labels))
     if indices is not None:
         info = dataclasses.replace(info, num_examples={**info.num_examples, split: len(indices)})
     if training:
@@ -324,6 +330,53 @@ def build_finetune_dataset(
     )
 
 
+def build_distill_dataset(
+    dataset: str = DEFAULT_DATASET,
+    *,
+    split: str = "train",
+    batch_size: int = 256,
+    image_size: int = 32,
+    seed: int = 0,
+    label_fraction: float | None = None,
+    label_ids_file: str | None = None,
+    augmentations: str | Sequence[str] = "crop,flip",
+    color_jitter_strength: float | None = None,
+    brightness: str = "multiplicative",
+    data_dir: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    cache: bool | str = "auto",
+    shuffle_buffer: int = 10_000,
+    strict: bool = False,
+    start_batch: int = 0,
+    label_cache: LabelCache | None = None,
+) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """Distillation batches {"image", "label"} over EVERY example of the split (the teacher
+    labels them all), augmented like `build_finetune_dataset`. With ``label_fraction`` or
+    ``label_ids_file`` only the labelled subset (the one fine-tuning would keep for the same
+    ``seed``) keeps its labels; the others have label -1."""
+    return build_dataset(
+        dataset,
+        training=True,
+        num_views=1,
+        split=split,
+        batch_size=batch_size,
+        image_size=image_size,
+        augmentations=augmentations,
+        color_jitter_strength=color_jitter_strength,
+        brightness=brightness,
+        seed=seed,
+        data_dir=data_dir,
+        input_context=input_context,
+        cache=cache,
+        shuffle_buffer=shuffle_buffer,
+        strict=strict,
+        start_batch=start_batch,
+        labelled_ids=lambda: labelled_subset_ids(
+            dataset, data_dir, split, label_fraction, label_ids_file, seed, strict, label_cache
+        ),
+    )
+
+
 def build_eval_dataset(
     dataset: str = DEFAULT_DATASET,
     *,
@@ -370,6 +423,23 @@ def build_eval_dataset(
         strict=strict,
         choose_examples=chosen,
     )
+
+
+def _label_only(ids: Sequence[str]):
+    """A map keeping the label of the examples with these ids and setting the others' to -1."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(ids), tf.string), tf.ones([len(ids)], tf.int64)
+        ),
+        default_value=0,
+    )
+
+    def hide(d):
+        keep = table.lookup(d["id"]) > 0
+        label = tf.where(keep, tf.cast(d["label"], tf.int64), tf.constant(-1, tf.int64))
+        return {"image": d["image"], "label": label}
+
+    return hide
 
 
 def _check_size(image_size: int) -> None:

@@ -1,0 +1,230 @@
+"""SimCLRv2's distillation: a frozen teacher's class distribution as the student's target.
+
+The loss (SimCLRv2, Eq. 2 and 3) is the cross-entropy between the teacher's and the student's
+class distributions, both softened by a temperature tau:
+
+    L = alpha * L_sup + (1 - alpha) * L_distill,
+    L_distill = mean_i [ -sum_y softmax(t_i / tau)_y * log softmax(s_i / tau)_y ],
+
+over every image of the batch, and L_sup the cross-entropy with the labels of the batch's
+labelled images (label >= 0). The paper writes the weights the other way round (its alpha
+weighs the distillation term); here alpha = 0 is pure distillation, the paper's main setting.
+
+`load_teacher` opens what --teacher names (a tf_simclr model_dir or checkpoint, a converted
+published model, or an exported module) as a frozen `Teacher` that maps images to logits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from tf_simclr import checkpoints as ckpt_lib
+from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+# Labels of the images outside the labelled subset in a distillation batch.
+UNLABELLED = -1
+
+
+class TeacherError(ValueError):
+    """--teacher does not name a usable teacher; the message says why and what to give."""
+
+
+def soft_targets(teacher_logits, temperature: float) -> tf.Tensor:
+    """The teacher's class distribution softened by `temperature` (rows sum to one)."""
+    return tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature, axis=-1)
+
+
+def distillation_loss(teacher_logits, student_logits, temperature: float) -> tf.Tensor:
+    """Per-example cross-entropy between the softened teacher and student distributions [B]
+    (no gradient reaches the teacher)."""
+    targets = tf.stop_gradient(soft_targets(teacher_logits, temperature))
+    log_student = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / temperature, axis=-1)
+    return -tf.reduce_sum(targets * log_student, axis=-1)
+
+
+def _sum_over_replicas(value) -> tf.Tensor:
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def objective_terms(
+    student_logits, teacher_logits, labels, *, temperature: float, alpha: float
+) -> tuple[dict, dict]:
+    """(shares, rates) of one replica's distillation batch, as `SimCLRModel.compute_objective`
+    reports them: "distill_loss" and, with alpha > 0, "sup_loss" are this replica's shares of
+    the global batch means (summed over replicas they give the loss of the whole batch, with the
+    supervised mean over all labelled images of all replicas); "teacher_agreement" is the
+    fraction of images whose top class the student shares with the teacher."""
+    per_example = distillation_loss(teacher_logits, student_logits, temperature)
+    count = tf.cast(tf.shape(per_example)[0], tf.float32)
+    global_count = _sum_over_replicas(count)
+    shares = {"distill_loss": (1.0 - alpha) * tf.reduce_sum(per_example) / global_count}
+    if alpha > 0:
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        labelled = labels >= 0
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.maximum(labels, 0), logits=tf.cast(student_logits, tf.float32)
+        )
+        labelled_sum = tf.reduce_sum(tf.where(labelled, ce, 0.0))
+        # A batch without labelled images contributes no supervised term (not a 0/0).
+        labelled_count = tf.maximum(
+            _sum_over_replicas(tf.reduce_sum(tf.cast(labelled, tf.float32))), 1.0
+        )
+        shares["sup_loss"] = alpha * labelled_sum / labelled_count
+    agree = tf.equal(tf.argmax(student_logits, axis=-1), tf.argmax(teacher_logits, axis=-1))
+    rates = {"teacher_agreement": tf.reduce_mean(tf.cast(agree, tf.float32))}
+    return shares, rates
+
+
+@dataclass
+class Teacher:
+    """A frozen network mapping images (float32 in [0, 1], [B, H, W, 3]) to class logits.
+
+    Called like a SimCLRModel: ``teacher(images, training=False)`` returns {"logits_sup": ...},
+    so the evaluation helpers score it the same way. It always runs in inference mode.
+    """
+
+    logits_fn: Callable[[tf.Tensor], tf.Tensor]
+    num_classes: int
+    source: str
+    variables: list
+    image_size: int | None = None  # images are resized to this side first (None: as given)
+
+    def logits(self, images) -> tf.Tensor:
+        images = tf.cast(images, tf.float32)
+        if self.image_size is not None and images.shape[1] != self.image_size:
+            images = tf.image.resize(images, [self.image_size, self.image_size])
+        return tf.stop_gradient(tf.cast(self.logits_fn(images), tf.float32))
+
+    def __call__(self, images, training=False):
+        del training  # a teacher is always frozen
+        return {"logits_sup": self.logits(images)}
+
+
+def _head_classes(prefix: str) -> int | None:
+    """Classes of the supervised head stored in a tf_simclr checkpoint (None: it has none)."""
+    from tf_simclr.model import SUPERVISED_HEAD_NAME
+
+    reader = tf.train.load_checkpoint(prefix)
+    shapes = reader.get_variable_to_shape_map()
+    for path in ckpt_lib.stored_model_weight_paths(prefix):
+        if SUPERVISED_HEAD_NAME + "/kernel" in path:
+            return int(shapes[ckpt_lib.checkpoint_key(path)][-1])
+    return None
+
+
+def _not_a_model(path: str, why: str) -> TeacherError:
+    return TeacherError(
+        f"--teacher={path} is not a model: {why}. Give a tf_simclr model_dir (config.json and "
+        "ckpt-N files, e.g. a --train_mode=finetune run or one written by "
+        "`python -m tf_simclr.convert`), a checkpoint prefix model_dir/ckpt-N, or an exported "
+        "module model_dir/saved_model/<step>."
+    )
+
+
+def _no_head(path: str) -> TeacherError:
+    return TeacherError(
+        f"--teacher={path} has no supervised head, so it predicts no classes to distil. "
+        "Fine-tune it first (--train_mode=finetune --checkpoint=...) and use that run as "
+        "the teacher."
+    )
+
+
+def _teacher_from_checkpoint(path: str, precision: str) -> Teacher:
+    from tf_simclr import factory
+
+    run_dir = next(
+        (
+            d
+            for d in (path, os.path.dirname(path))
+            if d and os.path.isfile(os.path.join(d, CONFIG_FILENAME))
+        ),
+        None,
+    )
+    if run_dir is None:
+        raise _not_a_model(path, f"there is no {CONFIG_FILENAME} beside it (or it does not exist)")
+    try:
+        config = Config.load(run_dir)
+    except ConfigError as err:
+        raise _not_a_model(path, str(err)) from err
+    try:
+        prefix = ckpt_lib.resolve_checkpoint(path, flag="--teacher")
+    except FileNotFoundError as err:
+        raise _not_a_model(path, str(err)) from err
+    classes = _head_classes(prefix)
+    if not classes:
+        raise _no_head(path)
+    # The teacher's own architecture; nothing of it trains (no freezing, no unused-BN updates).
+    config = config.replace(
+        num_classes=classes,
+        fine_tune_after_block=-1,
+        ft_update_unused_head_bn=False,
+        checkpoint=None,
+        teacher=None,
+        train_mode="finetune" if config.train_mode == "distill" else config.train_mode,
+        label_fraction=None,
+        label_ids_file=None,
+        random_init=False,
+    )
+    model = factory.build_model(config, classes, precision=precision)
+    ckpt_lib.check_checkpoint_fits(prefix, model)
+    ckpt_lib.training_checkpoint(model).restore(prefix).expect_partial()
+    model.trainable = False
+
+    def logits_fn(images):
+        return model(images, training=False)["logits_sup"]
+
+    log.info(
+        "Teacher: %s (ResNet-%d x%g, %d classes, %s).",
+        prefix,
+        config.resnet_depth,
+        config.width_multiplier,
+        classes,
+        config.train_mode,
+    )
+    return Teacher(logits_fn, classes, prefix, list(model.weights), image_size=config.image_size)
+
+
+def _teacher_from_export(path: str, image_size: int) -> Teacher:
+    try:
+        module = tf.saved_model.load(path)
+    except (tf.errors.OpError, OSError, ValueError) as err:
+        raise _not_a_model(path, f"its SavedModel cannot be loaded ({err})") from err
+    if not callable(module):
+        raise _not_a_model(path, "the SavedModel has no __call__ function")
+
+    def logits_fn(images):
+        outputs = module(images, training=False)
+        if not isinstance(outputs, dict):
+            raise _not_a_model(path, "its SavedModel does not return named outputs")
+        if "logits_sup" not in outputs:
+            raise _no_head(path)
+        return outputs["logits_sup"]
+
+    probe = logits_fn(tf.zeros([1, image_size, image_size, 3]))
+    classes = int(probe.shape[-1])
+    log.info("Teacher: exported module %s (%d classes).", path, classes)
+    return Teacher(logits_fn, classes, path, list(module.variables))
+
+
+def load_teacher(path: str, *, image_size: int, precision: str = "float32") -> Teacher:
+    """The frozen teacher --teacher names. A tf_simclr model_dir or checkpoint is rebuilt from
+    its config.json (its own architecture and image size) in `precision`; an exported module
+    is loaded as it is (float32). Raises TeacherError naming what is wrong with `path`."""
+    if not path:
+        raise TeacherError("--train_mode=distill needs --teacher.")
+    path = os.path.expanduser(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return _teacher_from_export(path, image_size)
+    if os.path.isfile(path) and not path.endswith(".index"):
+        raise _not_a_model(path, "it is a file")
+    return _teacher_from_checkpoint(path, precision)

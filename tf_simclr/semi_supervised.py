@@ -1,0 +1,257 @@
+"""`--mode=semi_supervised`: SimCLRv2's recipe in one command, and the table that judges it.
+
+Stages, each an ordinary tf_simclr run in its own subfolder of model_dir (so each resumes,
+exports and can be evaluated on its own):
+
+1. ``pretrain/``: contrastive pretraining on every training image, without labels (then the
+   usual kNN / linear-probe evaluation with all labels).
+2. ``finetune/``: the pretrained network fine-tuned on the labelled subset
+   (--label_fraction or --label_ids_file), from projection-head layer --ft_proj_selector.
+3. ``distill/``: a student of the same architecture, from random weights, distilled from the
+   fine-tuned network on every training image (--distill_temperature, --distill_alpha).
+4. ``supervised/``: the same architecture trained from scratch on the labelled subset only.
+
+The table compares, on the eval split: the supervised baseline, the pretrained encoder's
+linear probe trained on the same labelled subset, the fine-tuned network and the distilled
+student. A stage whose folder already holds the result of the same settings is not rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+
+from tf_simclr import checkpoints as ckpt_lib
+from tf_simclr import data as data_lib
+from tf_simclr import evaluate as eval_lib
+from tf_simclr import factory
+from tf_simclr.config import RESULT_FILENAME, Config
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "finetune", "distill", "supervised")
+TABLE_FILENAME = "semi_supervised.png"
+# (row key, label, stage, metric of that stage's result)
+ROWS = (
+    ("supervised", "supervised from scratch", "supervised", "finetune_top1"),
+    ("linear_probe", "pretrained, linear probe", "pretrain", "labelled_linear_top1"),
+    ("finetuned", "pretrained, fine-tuned (teacher)", "finetune", "finetune_top1"),
+    ("distilled", "distilled student", "distill", "student_top1"),
+)
+
+
+def stage_configs(config: Config) -> dict[str, Config]:
+    """The Config of each stage, derived from the recipe's `config`."""
+    root = config.model_dir
+    labels = dict(label_fraction=config.label_fraction, label_ids_file=config.label_ids_file)
+    no_labels = dict(label_fraction=None, label_ids_file=None)
+    # The recipe's own settings are reset in the stages, so changing one of them reruns only
+    # the stages it shapes (a stage is skipped when its result has the same config hash).
+    defaults = Config.__dataclass_fields__
+    recipe_fields = ("semi_finetune_epochs", "semi_finetune_learning_rate", "semi_distill_epochs")
+    common = dict(
+        mode="train_then_eval",
+        checkpoint=None,
+        teacher=None,
+        random_init=False,
+        **{name: defaults[name].default for name in recipe_fields},
+    )
+    supervised_schedule = dict(
+        train_epochs=config.semi_finetune_epochs,
+        train_steps=0,
+        # A few epochs of few labelled images: warm up over at most a tenth of them.
+        warmup_epochs=min(config.warmup_epochs, 0.1 * config.semi_finetune_epochs),
+    )
+
+    def stage(name: str, **changes) -> Config:
+        return config.replace(**{**common, "model_dir": os.path.join(root, name), **changes})
+
+    return {
+        "pretrain": stage("pretrain", **no_labels, train_mode="pretrain"),
+        "finetune": stage(
+            "finetune",
+            **labels,
+            **supervised_schedule,
+            train_mode="finetune",
+            checkpoint=os.path.join(root, "pretrain"),
+            learning_rate=config.semi_finetune_learning_rate,
+        ),
+        "distill": stage(
+            "distill",
+            **labels,
+            train_mode="distill",
+            teacher=os.path.join(root, "finetune"),
+            train_epochs=config.semi_distill_epochs or config.train_epochs,
+        ),
+        "supervised": stage(
+            "supervised", **labels, **supervised_schedule, train_mode="finetune", random_init=True
+        ),
+    }
+
+
+def _finished_result(config: Config) -> dict | None:
+    """The result.json a finished run of exactly these settings left in its model_dir."""
+    path = os.path.join(config.model_dir, RESULT_FILENAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None
+    done = result.get("config_hash") == config.hash() and result.get("step") == result.get(
+        "total_steps"
+    )
+    return result if done and "metrics" in result else None
+
+
+def labelled_linear_probe(pretrain: Config, labelled: Config) -> dict[str, float]:
+    """Linear probe of the pretrained encoder (newest checkpoint of `pretrain`) trained on the
+    labelled subset `labelled` names and scored on the eval split."""
+    info = factory.dataset_info(pretrain)
+    model = factory.build_model(pretrain, info.num_classes)
+    prefix = ckpt_lib.latest_valid_checkpoint(pretrain.model_dir)
+    ckpt_lib.check_checkpoint_fits(prefix, model)
+    ckpt_lib.training_checkpoint(model).restore(prefix).expect_partial()
+    indices = data_lib.labelled_subset_indices(
+        labelled.dataset,
+        labelled.data_dir,
+        labelled.train_split,
+        labelled.label_fraction,
+        labelled.label_ids_file,
+        labelled.seed,
+        labelled.strict_data,
+    )
+    train_data, _ = data_lib.build_eval_dataset(
+        pretrain.dataset,
+        data_dir=pretrain.data_dir,
+        split=pretrain.train_split,
+        batch_size=pretrain.eval_batch_size,
+        image_size=pretrain.image_size,
+        strict=pretrain.strict_data,
+        indices=indices,
+    )
+    train_x, train_y = eval_lib.extract_features(model, train_data)
+    test_x, test_y = eval_lib.extract_features(
+        model, factory.eval_dataset(pretrain, pretrain.eval_split)
+    )
+    probe = eval_lib.linear_eval(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        num_classes=info.num_classes,
+        epochs=pretrain.linear_eval_epochs,
+        seed=pretrain.seed,
+    )
+    return {"labelled_" + k: v for k, v in probe.items()} | {"labelled_examples": len(train_x)}
+
+
+def run_recipe(config: Config, run_stage: Callable[[Config], dict]) -> dict:
+    """Run (or pick up) every stage with `run_stage` (tf_simclr.runner.run) and return
+    {"stages": {stage: result}, "table": {row: top-1}, "chart": path}."""
+    os.makedirs(config.model_dir, exist_ok=True)
+    config.save()
+    configs = stage_configs(config)
+    results = {}
+    for number, stage in enumerate(STAGES, 1):
+        stage_config = configs[stage]
+        done = _finished_result(stage_config)
+        if done is not None:
+            log.info(
+                "Stage %d/%d, %s: done before (%s).",
+                number,
+                len(STAGES),
+                stage,
+                stage_config.model_dir,
+            )
+            results[stage] = done
+        else:
+            log.info("Stage %d/%d, %s, in %s.", number, len(STAGES), stage, stage_config.model_dir)
+            results[stage] = run_stage(stage_config)
+        metrics = results[stage].setdefault("metrics", {})
+        if stage == "pretrain" and "labelled_linear_top1" not in metrics:
+            metrics.update(labelled_linear_probe(stage_config, configs["finetune"]))
+            _rewrite_result(stage_config, results[stage])
+    table = {
+        key: results[stage]["metrics"][metric]
+        for key, _, stage, metric in ROWS
+        if metric in results[stage].get("metrics", {})
+    }
+    teacher = results["distill"]["metrics"].get("teacher_top1")
+    result = {
+        "stages": {s: _summary(r) for s, r in results.items()},
+        "table": table,
+        "teacher_top1_in_distill_run": teacher,
+        "labelled_examples": results["pretrain"]["metrics"].get("labelled_examples"),
+        "label_fraction": config.label_fraction,
+    }
+    result["chart"] = write_chart(
+        os.path.join(config.model_dir, TABLE_FILENAME), table, title=_title(config)
+    )
+    return result
+
+
+def _rewrite_result(config: Config, result: dict) -> None:
+    from tf_simclr.runner import write_result
+
+    write_result(config, {k: v for k, v in result.items() if k != "config_hash"})
+
+
+def _summary(result: dict) -> dict:
+    keep = ("step", "total_steps", "train_seconds", "images_per_second", "precision", "metrics")
+    return {k: result[k] for k in keep if k in result}
+
+
+def _title(config: Config) -> str:
+    labels = (
+        f"{100 * config.label_fraction:g}% of the labels"
+        if config.label_fraction is not None
+        else f"labels of {os.path.basename(config.label_ids_file)}"
+    )
+    return f"{config.dataset}, {labels}: test top-1"
+
+
+def table_lines(result: dict) -> list[str]:
+    """The recipe's table as text lines (for the end-of-run report)."""
+    table = result.get("table", {})
+    rows = [(label, table[key]) for key, label, _, _ in ROWS if key in table]
+    if not rows:
+        return []
+    width = max(len(label) for label, _ in rows)
+    lines = [f"  {'network'.ljust(width)}   top-1"]
+    lines += [f"  {label.ljust(width)}   {100 * value:5.1f}%" for label, value in rows]
+    return lines
+
+
+def write_chart(path: str, table: dict[str, float], *, title: str) -> str | None:
+    """A PNG bar chart of the table's top-1 accuracies (written atomically)."""
+    rows = [(label, table[key]) for key, label, _, _ in ROWS if key in table]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = [label for label, _ in rows]
+    values = [100 * value for _, value in rows]
+    bars = ax.barh(
+        labels[::-1],
+        values[::-1],
+        color=["#4c72b0", "#55a868", "#c44e52", "#8172b2"][: len(rows)][::-1],
+    )
+    for bar, value in zip(bars, values[::-1], strict=True):
+        ax.text(
+            bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, f"{value:.1f}%", va="center"
+        )
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
