@@ -56,6 +56,16 @@ def test_mirrored_loss_and_gradients_equal_single_device(dist_results, replicas)
 
 
 @pytest.mark.parametrize("replicas", [2, 4])
+def test_mirrored_distillation_terms_equal_single_device(dist_results, replicas):
+    """SimCLRv2's distillation and supervised terms, summed over replicas (labelled images on
+    some replicas only), equal the one-device value of the global batch."""
+    r = dist_results[f"mirrored_{replicas}"]
+    assert r["distill_distill_loss"] > 0.1 and r["distill_sup_loss"] > 0.1
+    assert r["distill_distill_loss_diff"] < TOL
+    assert r["distill_sup_loss_diff"] < TOL
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
 def test_mirrored_lars_steps_equal_single_device(dist_results, replicas):
     r = dist_results[f"mirrored_{replicas}"]
     assert r["lars_iterations"] == 2

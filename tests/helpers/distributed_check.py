@@ -193,6 +193,46 @@ def check_replicas(replicas):
 for n in (2, 4):
     check_replicas(n)
 
+
+def check_distillation(replicas):
+    """SimCLRv2 distillation terms: the replica shares summed equal the one-device value on
+    the global batch, with the labelled images spread unevenly over the replicas."""
+    from tf_simclr.distill import objective_terms
+
+    tf.distribute.MirroredStrategy._collective_key_base = 5000 * replicas
+    strategy = make_strategy("mirrored", num_cpu_devices=replicas)
+    rng = np.random.default_rng(5)
+    student = rng.normal(size=(GLOBAL_B, 6)).astype(np.float32)
+    teacher = rng.normal(size=(GLOBAL_B, 6)).astype(np.float32) * 2
+    # Labelled rows only in the first half: some replicas hold none.
+    labels = np.where(np.arange(GLOBAL_B) < GLOBAL_B // 2, rng.integers(0, 6, GLOBAL_B), -1)
+    labels = labels.astype(np.int32)
+    kw = dict(temperature=2.0, alpha=0.3)
+    ref, _ = objective_terms(student, teacher, labels, **kw)
+    local = GLOBAL_B // replicas
+
+    def fn(s, t, y):
+        start = tf.distribute.get_replica_context().replica_id_in_sync_group * local
+        rows = slice(start, start + local)
+        shares, _ = objective_terms(s[rows], t[rows], y[rows], **kw)
+        return shares
+
+    @tf.function
+    def run(s, t, y):
+        return strategy.run(fn, args=(s, t, y))
+
+    got = run(tf.constant(student), tf.constant(teacher), tf.constant(labels))
+    out = {}
+    for name in ("distill_loss", "sup_loss"):
+        total = float(reduce_per_replica(strategy, got[name], "sum"))
+        out[f"distill_{name}_diff"] = abs(total - float(ref[name]))
+        out[f"distill_{name}"] = float(ref[name])
+    results[f"mirrored_{replicas}"].update(out)
+
+
+for n in (2, 4):
+    check_distillation(n)
+
 # make_strategy / check_batch_divisible behaviour.
 results["default_replicas"] = make_strategy("default").num_replicas_in_sync
 try:
