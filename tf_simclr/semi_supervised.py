@@ -13,7 +13,8 @@ exports and can be evaluated on its own):
 
 The table compares, on the eval split: the supervised baseline, the pretrained encoder's
 linear probe trained on the same labelled subset, the fine-tuned network and the distilled
-student. A stage whose folder already holds the result of the same settings is not rerun.
+student. A stage whose folder already holds the result of the same settings is not rerun; one
+whose folder holds a run of other settings is refused, naming them.
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import factory
-from tf_simclr.config import RESULT_FILENAME, Config
+from tf_simclr.config import (
+    CONFIG_FILENAME,
+    RESULT_FILENAME,
+    Config,
+    ConfigError,
+    changed_settings,
+)
 
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "finetune", "distill", "supervised")
+# The stage each one starts from (the baseline starts from nothing).
+BUILT_ON = {"finetune": "pretrain", "distill": "finetune"}
 TABLE_FILENAME = "semi_supervised.png"
 # (row key, label, stage, metric of that stage's result)
 ROWS = (
@@ -65,8 +74,15 @@ def stage_configs(config: Config) -> dict[str, Config]:
         warmup_epochs=min(config.warmup_epochs, 0.1 * config.semi_finetune_epochs),
     )
 
+    distillation = {
+        name: defaults[name].default for name in ("distill_temperature", "distill_alpha")
+    }
+
     def stage(name: str, **changes) -> Config:
-        return config.replace(**{**common, "model_dir": os.path.join(root, name), **changes})
+        # Distillation's settings shape the distill stage only.
+        only_there = {} if name == "distill" else distillation
+        path = os.path.join(root, name)
+        return config.replace(**{**common, **only_there, "model_dir": path, **changes})
 
     return {
         "pretrain": stage("pretrain", **no_labels, train_mode="pretrain"),
@@ -91,6 +107,10 @@ def stage_configs(config: Config) -> dict[str, Config]:
     }
 
 
+class StageMismatchError(ConfigError):
+    """A stage's folder holds a run of other settings (or one older than the stage before)."""
+
+
 def _finished_result(config: Config) -> dict | None:
     """The result.json a finished run of exactly these settings left in its model_dir."""
     path = os.path.join(config.model_dir, RESULT_FILENAME)
@@ -103,6 +123,35 @@ def _finished_result(config: Config) -> dict | None:
         "total_steps"
     )
     return result if done and "metrics" in result else None
+
+
+def _built_on(stage: str) -> list[str]:
+    """The stages that start, directly or not, from `stage`."""
+    direct = [later for later, base in BUILT_ON.items() if base == stage]
+    return direct + [s for d in direct for s in _built_on(d)]
+
+
+def _check_stage_folder(stage: str, config: Config) -> None:
+    """Refuse to run a stage over a folder that holds a run of other settings: the training
+    loop would resume (or find finished) that run, and the table would report it."""
+    if not os.path.isfile(os.path.join(config.model_dir, CONFIG_FILENAME)):
+        return
+    saved = Config.load(config.model_dir)
+    changes = {
+        name: values
+        for name, values in changed_settings(saved, config).items()
+        # The saved one is the policy "auto" resolved to.
+        if not (name == "precision" and config.precision == "auto")
+    }
+    if changes:
+        listed = "; ".join(
+            f"--{k}: {old!r} there, {new!r} now" for k, (old, new) in changes.items()
+        )
+        raise StageMismatchError(
+            f"Stage {stage}: {config.model_dir} holds a run with other settings ({listed}). "
+            "Delete that folder to rerun the stage (and the stages after it) with the new "
+            "settings, or give a new --model_dir."
+        )
 
 
 def labelled_linear_probe(pretrain: Config, labelled: Config) -> dict[str, float]:
@@ -167,6 +216,14 @@ def run_recipe(config: Config, run_stage: Callable[[Config], dict]) -> dict:
             )
             results[stage] = done
         else:
+            _check_stage_folder(stage, stage_config)
+            for later in _built_on(stage):
+                if _finished_result(configs[later]) is not None:
+                    raise StageMismatchError(
+                        f"Stage {stage} is to run, but {configs[later].model_dir} holds a "
+                        f"finished {later} stage built on the earlier {stage} stage. Delete "
+                        "it too, or give a new --model_dir."
+                    )
             log.info("Stage %d/%d, %s, in %s.", number, len(STAGES), stage, stage_config.model_dir)
             results[stage] = run_stage(stage_config)
         metrics = results[stage].setdefault("metrics", {})

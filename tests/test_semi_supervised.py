@@ -1,0 +1,140 @@
+"""--mode=semi_supervised: the four stages in their folders, the table they give, the chart, and
+a rerun that picks up finished stages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import pytest
+from helpers.configs import tiny_config
+from PIL import Image
+
+from tf_simclr import data as data_lib
+from tf_simclr import report, runner, semi_supervised
+from tf_simclr.config import Config, ConfigError
+
+FRACTION = 0.02  # 10 labelled images per class of the embedded dataset's 5,000
+
+
+def _recipe(root, **changes):
+    values = dict(
+        mode="semi_supervised",
+        label_fraction=FRACTION,
+        train_steps=2,
+        semi_finetune_epochs=1,
+        knn_eval=False,
+        random_init_baseline=False,
+        eval_steps=1,
+        eval_batch_size=200,
+        linear_eval_epochs=2,
+    )
+    values.update(changes)
+    return tiny_config(root, **values)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("semi")
+    config = _recipe(root / "run")
+    return config, runner.run(config)
+
+
+def _stage_result(config, stage):
+    with open(os.path.join(config.model_dir, stage, "result.json")) as f:
+        return json.load(f)
+
+
+def test_each_stage_runs_in_its_folder_with_the_recipes_settings(recipe):
+    config, _ = recipe
+    root = config.model_dir
+    saved = {s: Config.load(os.path.join(root, s)) for s in semi_supervised.STAGES}
+    assert saved["pretrain"].train_mode == "pretrain" and saved["pretrain"].label_fraction is None
+    finetune = saved["finetune"]
+    assert finetune.train_mode == "finetune" and finetune.label_fraction == FRACTION
+    assert finetune.checkpoint == os.path.join(root, "pretrain")
+    assert finetune.learning_rate == config.semi_finetune_learning_rate
+    assert saved["distill"].teacher == os.path.join(root, "finetune")
+    assert saved["distill"].train_mode == "distill" and saved["distill"].checkpoint is None
+    assert saved["supervised"].random_init and saved["supervised"].checkpoint is None
+    # Fine-tuning and the baseline run the same schedule over the same labelled images.
+    labelled = data_lib.count_examples("embedded", label_fraction=FRACTION, seed=config.seed)
+    assert labelled == 100
+    for stage in ("finetune", "supervised"):
+        result = _stage_result(config, stage)
+        assert result["total_steps"] == config.replace(
+            train_steps=0, train_epochs=1
+        ).train_steps_for(labelled)
+
+
+def test_the_table_holds_each_stages_own_result(recipe):
+    config, result = recipe
+    table = result["table"]
+    assert set(table) == {"supervised", "linear_probe", "finetuned", "distilled"}
+    assert table["supervised"] == _stage_result(config, "supervised")["metrics"]["finetune_top1"]
+    assert table["finetuned"] == _stage_result(config, "finetune")["metrics"]["finetune_top1"]
+    distill = _stage_result(config, "distill")["metrics"]
+    assert table["distilled"] == distill["student_top1"]
+    assert result["teacher_top1_in_distill_run"] == distill["teacher_top1"]
+    pretrain = _stage_result(config, "pretrain")["metrics"]
+    assert table["linear_probe"] == pretrain["labelled_linear_top1"]
+    # The probe saw the labelled images only; the usual probe of the pretrain stage saw all.
+    assert pretrain["labelled_examples"] == result["labelled_examples"] == 100
+    with open(os.path.join(config.model_dir, "result.json")) as f:
+        assert json.load(f)["table"] == table
+    with Image.open(result["chart"]) as chart:
+        assert chart.size[0] > 300 and chart.size[1] > 150
+    text = report.format_report(result, config)
+    assert "100 labelled training images" in text
+    for label, key in [
+        ("supervised from scratch", "supervised"),
+        ("distilled student", "distilled"),
+    ]:
+        assert f"{label}" in text and f"{100 * table[key]:5.1f}%" in text
+
+
+def test_a_rerun_skips_finished_stages_and_changed_settings_are_refused_until_deleted(
+    recipe, caplog
+):
+    config, first = recipe
+    with caplog.at_level(logging.INFO, logger="tf_simclr.semi_supervised"):
+        again = runner.run(config)
+    assert again["table"] == first["table"]
+    assert caplog.text.count("done before") == 4
+    # The distill folder holds a finished run at temperature 1: training would find it done
+    # and the table would report it as the temperature-2 student.
+    changed = config.replace(distill_temperature=2.0)
+    distill_dir = os.path.join(config.model_dir, "distill")
+    with pytest.raises(
+        semi_supervised.StageMismatchError, match="--distill_temperature: 1.0 there, 2.0 now"
+    ):
+        runner.run(changed)
+    shutil.rmtree(distill_dir)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tf_simclr.semi_supervised"):
+        result = runner.run(changed)
+    assert caplog.text.count("done before") == 3
+    assert "Stage 3/4, distill, in" in caplog.text
+    assert Config.load(distill_dir).distill_temperature == 2.0
+    assert (
+        result["table"]["distilled"] == _stage_result(config, "distill")["metrics"]["student_top1"]
+    )
+    # A stage rerun under a finished later stage would leave that one stale: refused.
+    shutil.rmtree(os.path.join(config.model_dir, "finetune"))
+    with pytest.raises(semi_supervised.StageMismatchError, match="holds a finished distill stage"):
+        runner.run(changed)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(label_fraction=None), "needs the labelled subset"),
+        (dict(train_mode="finetune", checkpoint="/x"), "runs every stage itself"),
+        (dict(semi_finetune_epochs=0), "semi_finetune_epochs"),
+    ],
+)
+def test_recipe_flags_are_checked(tmp_path, changes, match):
+    with pytest.raises(ConfigError, match=match):
+        _recipe(tmp_path, **changes)
