@@ -20,6 +20,7 @@ _METRIC_LABELS = {
     "finetune_top1": "fine-tuned top-1",
     "finetune_top5": "fine-tuned top-5",
     "linear_train_loss": "linear probe final loss",
+    "linear_weight_decay": "linear probe weight decay (chosen)",
 }
 _BASELINE = "random_init_"
 _GAIN = "_gain"
@@ -30,6 +31,8 @@ def _is_accuracy(name: str) -> bool:
 
 
 def _value(name: str, value: float) -> str:
+    if name.endswith("weight_decay"):
+        return f"{value:g}"
     return f"{100 * value:.1f}%" if _is_accuracy(name) else f"{value:.4f}"
 
 
@@ -90,6 +93,10 @@ def format_report(result: dict, config: Config) -> str:
             line += f" (training {result['images_per_second']:.0f} images/s"
             line += f" in {result['precision']})" if result.get("precision") else ")"
         lines.append(line + ".")
+    if config.evaluates_checkpoint() and result.get("checkpoint"):
+        lines.append(
+            f"Frozen features of {result['checkpoint']}, images at {config.image_size} px."
+        )
     metrics = result.get("metrics")
     if metrics:
         lines.append(f"Results on split {config.eval_split!r} of {config.dataset}:")
