@@ -281,25 +281,6 @@ def latest_valid_checkpoint(directory: str) -> str:
     )
 
 
-def resolve_checkpoint(path: str, flag: str = "--checkpoint") -> str:
-    """The intact checkpoint prefix that `path` names: a prefix (model_dir/ckpt-500, also with
-    its .index or data-file suffix), or a directory (its newest intact checkpoint). Errors name
-    `flag` and what was expected."""
-    # "model_dir/ckpt-500.index" (or a data file) names the checkpoint ckpt-500.
-    path = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
-    if os.path.isdir(path):
-        if not list_checkpoints(path):
-            raise FileNotFoundError(f"{flag}={path} is a directory without ckpt-* files.")
-        return latest_valid_checkpoint(path)  # skips damaged ones, saying so
-    if not os.path.exists(path + ".index"):
-        raise FileNotFoundError(
-            f"{flag}={path} is not a checkpoint (no {path}.index). Give a checkpoint prefix "
-            "such as model_dir/ckpt-500, or a model_dir."
-        )
-    validate_checkpoint(path)
-    return path
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else repr(err)

@@ -84,15 +84,16 @@ def config_from_flags() -> Config:
     """Turn parsed flags into a validated Config (raises ConfigError).
 
     Over a model_dir that holds a run (config.json), the run's settings are the base and the
-    flags given override them; a given architecture flag that differs is an error. Fine-tuning
-    takes the encoder settings its --checkpoint was trained with, unless given.
+    flags given override them; a given architecture flag that differs is an error. A new run
+    with --checkpoint (fine-tuning, or --mode=eval on another dataset) takes the encoder
+    settings and image size that model was trained with, unless given.
     """
     given = _given_flags()
     model_dir = os.path.expanduser(given.get("model_dir") or Config.model_dir)
     saved = None
     if os.path.isfile(os.path.join(model_dir, CONFIG_FILENAME)):
         saved = Config.load(model_dir)
-    elif given.get("train_mode") in ("finetune", "distill") and given.get("checkpoint"):
+    elif given.get("checkpoint"):  # fine-tuning or evaluating (transfer) another run's model
         given = with_encoder_of_checkpoint(given)
     return resolve(given, saved, source=f"--model_dir={model_dir}")
 

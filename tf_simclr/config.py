@@ -32,7 +32,8 @@ CONFIG_FILENAME = "config.json"
 RESULT_FILENAME = "result.json"  # written by tf_simclr.runner at the end of a run
 CONFIG_HISTORY_FILENAME = "config_history.jsonl"
 
-# The encoder and projection head a fine-tuning run takes from its --checkpoint.
+# The encoder and projection head a run with --checkpoint (fine-tuning, transfer evaluation)
+# takes from it; image_size too, unless given.
 ENCODER_FIELDS = (
     "resnet_depth",
     "width_multiplier",
@@ -97,8 +98,7 @@ class Config:
     )
     checkpoint: str | None = _setting(
         None,
-        "Fine-tuning (and distillation, optionally): the checkpoint prefix, model_dir or "
-        "export whose weights the network starts from.",
+        "A pretrained model: a model_dir, a ckpt-N prefix or an export model_dir/saved_model/<step>. Fine-tuning (and, optionally, distillation's student) starts from it; --mode=eval evaluates its frozen features on --dataset (transfer).",
     )
     random_init: bool = _setting(
         False,
@@ -132,7 +132,9 @@ class Config:
     train_split: str = _setting("train", "Split to train on.")
     eval_split: str = _setting("test", "Split to evaluate on.")
     cache_dataset: bool = _setting(False, "Cache decoded images in memory (small datasets).")
-    image_size: int = _setting(32, "Input side in pixels; <= 32 selects the CIFAR stem.")
+    image_size: int = _setting(
+        32, "Input side in pixels; <= 32 selects the CIFAR stem (--checkpoint: its run's)."
+    )
     augmentations: str | None = _setting(
         None,
         "Comma-separated operators, e.g. crop,flip,color,blur (default from the recipe: crop,flip,color plus blur with --use_blur).",
@@ -461,12 +463,21 @@ class Config:
             raise ConfigError(
                 f"--use_tpu contradicts --strategy={self.strategy}: give only one of them."
             )
-        if self.checkpoint and self.train_mode == "pretrain":
+        if self.checkpoint and self.train_mode == "pretrain" and self.mode != "eval":
+            does = {
+                "export": "exports the newest checkpoint in --model_dir",
+                "preview": "uses no model",
+            }.get(self.mode, "pretrains, resuming from the checkpoints in --model_dir by itself")
             raise ConfigError(
                 "--checkpoint only applies to --train_mode=finetune or distill (the weights to "
-                "start from). Pretraining resumes from the checkpoints in --model_dir by itself, "
-                "and eval/export read --model_dir: drop --checkpoint or add "
-                "--train_mode=finetune."
+                "start from) and to --mode=eval (that model's frozen features, evaluated on "
+                f"--dataset); --mode={self.mode} {does}. Drop --checkpoint, add "
+                "--train_mode=finetune, or use --mode=eval."
+            )
+        if self.evaluates_checkpoint() and self.eval_timeout:
+            raise ConfigError(
+                "--eval_timeout waits for new checkpoints in --model_dir, but --mode=eval "
+                "--checkpoint evaluates the one model --checkpoint names: drop one of them."
             )
         if self.random_init and (self.train_mode != "finetune" or self.checkpoint):
             raise ConfigError(
@@ -530,6 +541,11 @@ class Config:
             )
 
     # -- derived values ---------------------------------------------------------------------
+    def evaluates_checkpoint(self) -> bool:
+        """--mode=eval --checkpoint=PRETRAINED: the frozen features of that model evaluated on
+        --dataset (transfer; tf_simclr.runner), the results written into --model_dir."""
+        return self.mode == "eval" and bool(self.checkpoint) and self.train_mode == "pretrain"
+
     def augmentation_spec(self) -> str:
         """The augmentation composition: explicit --augmentations, else the recipe's
         (pretraining: crop, flip, colour; fine-tuning and distillation: crop and flip; blur
@@ -681,8 +697,9 @@ def run_config_of_checkpoint(path: str) -> Config | None:
 
 
 def with_encoder_of_checkpoint(given: dict[str, Any]) -> dict[str, Any]:
-    """`given` plus the encoder settings (ENCODER_FIELDS) of the run its --checkpoint comes
-    from, for those not given; a given one that differs raises ConfigError naming both."""
+    """`given` plus the encoder settings (ENCODER_FIELDS, and image_size) of the run its
+    --checkpoint comes from, for those not given; a given one that differs (an image_size that
+    selects the other stem) raises ConfigError naming both."""
     source = run_config_of_checkpoint(given["checkpoint"])
     if source is None:
         return given
@@ -691,16 +708,22 @@ def with_encoder_of_checkpoint(given: dict[str, Any]) -> dict[str, Any]:
         for name in ENCODER_FIELDS
         if name in given and given[name] != getattr(source, name)
     ]
+    size = given.get("image_size", source.image_size)
+    if (size <= 32) != (source.image_size <= 32):  # the stem is part of the encoder
+        conflicts.append(
+            f"--image_size={size} (the checkpoint's run has {source.image_size}, the "
+            f"{'CIFAR' if source.image_size <= 32 else 'ImageNet'} stem: images are resized to "
+            "any size on the same side of 32 px)"
+        )
     if conflicts:
         raise ConfigError(
             f"--checkpoint={given['checkpoint']} was trained with another encoder: "
-            f"{'; '.join(conflicts)}. Drop these flags to fine-tune that encoder."
+            f"{'; '.join(conflicts)}. Drop these flags to use that encoder."
         )
     values = dict(given)
     for name in ENCODER_FIELDS:
         values.setdefault(name, getattr(source, name))
-    if "image_size" not in values and (source.image_size <= 32) != (Config.image_size <= 32):
-        values["image_size"] = source.image_size  # keep the stem it was trained with
+    values["image_size"] = size  # the encoder's input size: the pretraining run's by default
     return values
 
 

@@ -156,9 +156,11 @@ def _teacher_from_checkpoint(path: str, precision: str) -> Teacher:
         config = Config.load(run_dir)
     except ConfigError as err:
         raise _not_a_model(path, str(err)) from err
+    from tf_simclr.warm_start import resolve_checkpoint
+
     try:
-        prefix = ckpt_lib.resolve_checkpoint(path, flag="--teacher")
-    except FileNotFoundError as err:
+        _, prefix = resolve_checkpoint(path, flag="--teacher")
+    except (FileNotFoundError, ValueError) as err:
         raise _not_a_model(path, str(err)) from err
     classes = _head_classes(prefix)
     if not classes:

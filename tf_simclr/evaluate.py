@@ -14,6 +14,12 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
+LINEAR_WEIGHT_DECAY = 1e-4  # the linear probe's L2 weight decay unless one is chosen
+# Transfer evaluation (runner, --mode=eval --checkpoint) chooses the probe's weight decay from
+# these on a held-out HOLDOUT_FRACTION of the training split, then refits on all of it.
+WEIGHT_DECAY_CANDIDATES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+HOLDOUT_FRACTION = 0.2
+
 
 def extract_features(
     model: Callable,
@@ -132,6 +138,101 @@ def knn_accuracy(
     return _topk_metrics("knn_", scores, test_labels)
 
 
+def _check_epochs(epochs) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(
+            f"epochs must be a positive integer, got {epochs!r}: an untrained probe's accuracy "
+            "means nothing."
+        )
+
+
+class _ProbeTrainer:
+    """Softmax regression on standardised features of width `dim`, trained with SGD + momentum
+    on a cosine schedule with an L2 term weight_decay * ||W||^2 / 2. Its variables and its
+    training loop (one tf.function trace) are built once; each `fit` starts afresh, for any
+    number of examples, epochs and weight decay."""
+
+    def __init__(self, dim: int, num_classes: int, *, batch_size: int, learning_rate: float):
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weights = tf.Variable(tf.zeros([dim, num_classes]))
+        self.bias = tf.Variable(tf.zeros([num_classes]))
+        self.velocity = [
+            tf.Variable(tf.zeros_like(self.weights)),
+            tf.Variable(tf.zeros_like(self.bias)),
+        ]
+        self._train = tf.function(
+            self._train_loop,
+            input_signature=[
+                tf.TensorSpec([None, dim], tf.float32),
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([], tf.int32),  # epochs
+                tf.TensorSpec([], tf.float32),  # weight decay
+                tf.TensorSpec([], tf.int32),  # seed
+            ],
+        )
+
+    def _train_loop(self, x_all, y_all, epochs, weight_decay, seed):
+        batch_size = self.batch_size
+        n = tf.shape(x_all)[0]
+        steps_per_epoch = tf.maximum(1, (n + batch_size - 1) // batch_size)
+        total_steps = tf.cast(tf.maximum(1, epochs * steps_per_epoch), tf.float32)
+        params = [self.weights, self.bias]
+        loss = tf.constant(0.0)
+        for epoch in tf.range(epochs):
+            order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=[seed, epoch])
+            for batch in tf.range(steps_per_epoch):
+                idx = order[batch * batch_size : (batch + 1) * batch_size]
+                x = tf.gather(x_all, idx)
+                y = tf.gather(y_all, idx)
+                step = tf.cast(epoch * steps_per_epoch + batch, tf.float32)
+                lr = 0.5 * self.learning_rate * (1.0 + tf.cos(np.pi * step / total_steps))
+                with tf.GradientTape() as tape:
+                    logits = tf.matmul(x, self.weights) + self.bias
+                    loss = tf.reduce_mean(
+                        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+                    ) + 0.5 * weight_decay * tf.reduce_sum(self.weights**2)
+                grads = tape.gradient(loss, params)
+                for var, vel, grad in zip(params, self.velocity, grads, strict=True):
+                    vel.assign(0.9 * vel + grad)
+                    var.assign_sub(lr * vel)
+        return loss
+
+    def fit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        epochs: int,
+        weight_decay: float,
+        seed: int,
+    ) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+        """Train from a fresh start (weights drawn with `seed`); returns (features -> logits,
+        the final batch's loss)."""
+        mean = features.mean(axis=0, keepdims=True)
+        std = features.std(axis=0, keepdims=True) + 1e-6
+        rng = tf.random.Generator.from_seed(seed)
+        self.weights.assign(rng.normal(self.weights.shape, stddev=0.01))
+        for variable in (self.bias, *self.velocity):
+            variable.assign(tf.zeros_like(variable))
+        final_loss = float(
+            self._train(
+                tf.constant(((features - mean) / std).astype(np.float32)),
+                tf.constant(labels, tf.int32),
+                tf.constant(epochs, tf.int32),
+                tf.constant(weight_decay, tf.float32),
+                tf.constant(seed, tf.int32),
+            )
+        )
+        w, b = self.weights.numpy(), self.bias.numpy()
+
+        def logits(x: np.ndarray) -> np.ndarray:
+            return (((x - mean) / std).astype(np.float32) @ w) + b
+
+        return logits, final_loss
+
+
 def linear_eval(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -142,61 +243,97 @@ def linear_eval(
     epochs: int = 100,
     batch_size: int = 256,
     learning_rate: float = 0.1,
-    weight_decay: float = 1e-4,
+    weight_decay: float = LINEAR_WEIGHT_DECAY,
     seed: int = 0,
 ) -> dict[str, float]:
     """Linear probe on frozen features: softmax regression trained with SGD + momentum and a
     cosine schedule on standardised features. Returns top-1 / top-5 test accuracy."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(
-            f"epochs must be a positive integer, got {epochs!r}: an untrained probe's accuracy "
-            "means nothing."
-        )
+    _check_epochs(epochs)
     if len(train_features) == 0 or len(test_features) == 0:
         raise ValueError(
             f"linear_eval needs training and test features, got {len(train_features)} and "
             f"{len(test_features)} examples."
         )
-    mean = train_features.mean(axis=0, keepdims=True)
-    std = train_features.std(axis=0, keepdims=True) + 1e-6
-    x_train = ((train_features - mean) / std).astype(np.float32)
-    x_test = ((test_features - mean) / std).astype(np.float32)
-    n, dim = x_train.shape
-    steps_per_epoch = max(1, int(np.ceil(n / batch_size)))
-    total_steps = max(1, epochs * steps_per_epoch)
-
-    rng = tf.random.Generator.from_seed(seed)
-    weights = tf.Variable(rng.normal([dim, num_classes], stddev=0.01))
-    bias = tf.Variable(tf.zeros([num_classes]))
-    velocity = [tf.Variable(tf.zeros_like(weights)), tf.Variable(tf.zeros_like(bias))]
-    x_all = tf.constant(x_train)
-    y_all = tf.constant(train_labels, tf.int32)
-
-    @tf.function
-    def train(x_all, y_all):
-        loss = tf.constant(0.0)
-        for epoch in tf.range(epochs):
-            order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=[seed, epoch])
-            for batch in tf.range(steps_per_epoch):
-                idx = order[batch * batch_size : (batch + 1) * batch_size]
-                x = tf.gather(x_all, idx)
-                y = tf.gather(y_all, idx)
-                step = tf.cast(epoch * steps_per_epoch + batch, tf.float32)
-                lr = 0.5 * learning_rate * (1.0 + tf.cos(np.pi * step / total_steps))
-                with tf.GradientTape() as tape:
-                    logits = tf.matmul(x, weights) + bias
-                    loss = tf.reduce_mean(
-                        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-                    ) + 0.5 * weight_decay * tf.reduce_sum(weights**2)
-                grads = tape.gradient(loss, [weights, bias])
-                for var, vel, grad in zip([weights, bias], velocity, grads, strict=True):
-                    vel.assign(0.9 * vel + grad)
-                    var.assign_sub(lr * vel)
-        return loss
-
-    final_loss = float(train(x_all, y_all))
-    scores = (x_test @ weights.numpy()) + bias.numpy()
+    trainer = _ProbeTrainer(
+        train_features.shape[1], num_classes, batch_size=batch_size, learning_rate=learning_rate
+    )
+    logits, final_loss = trainer.fit(
+        train_features, train_labels, epochs=epochs, weight_decay=weight_decay, seed=seed
+    )
+    scores = logits(test_features)
     return {**_topk_metrics("linear_", scores, test_labels), "linear_train_loss": final_loss}
+
+
+def holdout_split(
+    labels: np.ndarray, fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) positions of `labels`: `fraction` of each class (rounded, at least one)
+    is held out, chosen by a permutation seeded with `seed`; a class of one example is not."""
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = (
+            0 if len(members) < 2 else min(len(members) - 1, max(1, round(fraction * len(members))))
+        )
+        held.append(members[:count])
+        fit.append(members[count:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+def choose_weight_decay(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    num_classes: int,
+    epochs: int = 100,
+    candidates: Sequence[float] = WEIGHT_DECAY_CANDIDATES,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+    batch_size: int = 256,
+    learning_rate: float = 0.1,
+    seed: int = 0,
+) -> tuple[float, dict[float, float]]:
+    """The linear probe's L2 weight decay chosen on held-out training examples, as in SimCLR's
+    transfer evaluation: a probe per candidate is fit on the rest of the training split and
+    scored on a class-stratified `holdout_fraction` of it (top-1, ties broken by the lower
+    cross-entropy). Returns (the chosen weight decay, {candidate: held-out top-1}); the
+    default LINEAR_WEIGHT_DECAY and {} when no example can be held out."""
+    _check_epochs(epochs)
+    fit, held = holdout_split(train_labels, holdout_fraction, seed)
+    if len(held) == 0:
+        log.warning(
+            "Linear probe: no class has 2 training examples to hold one out; weight decay %g.",
+            LINEAR_WEIGHT_DECAY,
+        )
+        return LINEAR_WEIGHT_DECAY, {}
+    x_held, y_held = train_features[held], train_labels[held]
+    trainer = _ProbeTrainer(
+        train_features.shape[1], num_classes, batch_size=batch_size, learning_rate=learning_rate
+    )
+    scored = {}
+    for weight_decay in candidates:
+        logits, _ = trainer.fit(
+            train_features[fit],
+            train_labels[fit],
+            epochs=epochs,
+            weight_decay=weight_decay,
+            seed=seed,
+        )
+        scores = logits(x_held)
+        cross_entropy = float(
+            tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y_held, logits=scores)
+            )
+        )
+        scored[weight_decay] = (topk_accuracy(scores, y_held, 1), -cross_entropy)
+    best = max(candidates, key=lambda wd: scored[wd])
+    log.info(
+        "Linear probe weight decay %g, chosen on %d held-out training examples (top-1: %s).",
+        best,
+        len(held),
+        ", ".join(f"{wd:g} {100 * acc:.1f}%" for wd, (acc, _) in scored.items()),
+    )
+    return best, {wd: acc for wd, (acc, _) in scored.items()}
 
 
 def classification_accuracy(

@@ -24,6 +24,7 @@ _METRIC_LABELS = {
     "teacher_top1": "teacher top-1",
     "teacher_top5": "teacher top-5",
     "linear_train_loss": "linear probe final loss",
+    "linear_weight_decay": "linear probe weight decay (chosen)",
 }
 _BASELINE = "random_init_"
 _GAIN = "_gain"
@@ -34,6 +35,8 @@ def _is_accuracy(name: str) -> bool:
 
 
 def _value(name: str, value: float) -> str:
+    if name.endswith("weight_decay"):
+        return f"{value:g}"
     return f"{100 * value:.1f}%" if _is_accuracy(name) else f"{value:.4f}"
 
 
@@ -102,6 +105,10 @@ def format_report(result: dict, config: Config) -> str:
             f"images; top-1 on split {config.eval_split!r} of {config.dataset}:"
         )
         lines += table_lines(result)
+    if config.evaluates_checkpoint() and result.get("checkpoint"):
+        lines.append(
+            f"Frozen features of {result['checkpoint']}, images at {config.image_size} px."
+        )
     metrics = result.get("metrics")
     if metrics:
         lines.append(f"Results on split {config.eval_split!r} of {config.dataset}:")

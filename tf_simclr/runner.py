@@ -13,7 +13,7 @@ import tensorflow as tf
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
 from tf_simclr import distill as distill_lib
-from tf_simclr import distribute, factory, visualize
+from tf_simclr import distribute, factory, storage, visualize, warm_start
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import history as history_lib
 from tf_simclr import model as model_lib
@@ -42,6 +42,8 @@ def check_saved_architecture(config: Config) -> None:
 def run(config: Config) -> dict:
     """Run the configured mode; returns what it produced (metrics, paths)."""
     train_lib.setup_runtime(config)
+    if config.evaluates_checkpoint():
+        _check_transfer_output(config)
     if config.mode != "preview":
         check_saved_architecture(config)
     if config.mode == "preview":
@@ -125,11 +127,18 @@ def _check_enough_classes(num_classes: int, dataset: str) -> None:
 
 
 def _feature_metrics(
-    config: Config, model, num_classes: int, prefix: str = "", pictures: bool = False
+    config: Config,
+    model,
+    num_classes: int,
+    prefix: str = "",
+    pictures: bool = False,
+    choose_weight_decay: bool = False,
 ) -> tuple[dict, dict]:
-    """kNN and linear-probe accuracy of frozen final_avg_pool features. With `pictures`, the
-    same features also give the nearest-neighbour picture and the projector files (written
-    by the chief); returns (metrics, {"neighbours": path, "projector": path} as written)."""
+    """kNN and linear-probe accuracy of frozen final_avg_pool features (`choose_weight_decay`:
+    the probe's weight decay chosen on held-out training examples, reported as
+    "linear_weight_decay"). With `pictures`, the same features also give the nearest-neighbour
+    picture and the projector files (written by the chief); returns (metrics,
+    {"neighbours": path, "projector": path} as written)."""
     metrics, files = {}, {}
     if not (config.knn_eval or config.linear_eval):
         return metrics, files
@@ -159,14 +168,13 @@ def _feature_metrics(
         )
         metrics.update({prefix + k: v for k, v in knn.items()})
     if config.linear_eval:
+        probe = dict(num_classes=num_classes, epochs=config.linear_eval_epochs, seed=config.seed)
+        weight_decay = eval_lib.LINEAR_WEIGHT_DECAY
+        if choose_weight_decay:
+            weight_decay, _ = eval_lib.choose_weight_decay(train_x, train_y, **probe)
+            metrics[prefix + "linear_weight_decay"] = weight_decay
         linear = eval_lib.linear_eval(
-            train_x,
-            train_y,
-            test_x,
-            test_y,
-            num_classes=num_classes,
-            epochs=config.linear_eval_epochs,
-            seed=config.seed,
+            train_x, train_y, test_x, test_y, weight_decay=weight_decay, **probe
         )
         metrics.update({prefix + k: v for k, v in linear.items()})
     images = first.thumbnails()
@@ -188,10 +196,12 @@ def _feature_metrics(
     return metrics, files
 
 
-def evaluate_model(config: Config, model, num_classes: int) -> dict:
+def evaluate_model(
+    config: Config, model, num_classes: int, *, choose_weight_decay: bool = False
+) -> dict:
     """All evaluations that apply to the configured train_mode, plus the random-init baseline
-    and its gains. Returns {"metrics": {...}} and the paths of the pictures written
-    ("neighbours", "projector")."""
+    and its gains (`choose_weight_decay`: see _feature_metrics). Returns {"metrics": {...}} and
+    the paths of the pictures written ("neighbours", "projector")."""
     _check_enough_classes(num_classes, config.dataset)
     log.info("Evaluating on split %r.", config.eval_split)
     metrics, files = {}, {}
@@ -220,13 +230,16 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
         )
         metrics.update({f"teacher_{k}": v for k, v in scores.items()})
     if config.train_mode == "pretrain" or not head_fits:
-        features, files = _feature_metrics(config, model, num_classes, pictures=True)
+        probe = dict(choose_weight_decay=choose_weight_decay)
+        features, files = _feature_metrics(config, model, num_classes, pictures=True, **probe)
         metrics.update(features)
         if config.random_init_baseline:
             baseline = factory.build_model(config, num_classes)
             # Its own seed, not a global reseed in the middle of the run.
             model_lib.reinitialize(baseline, seed=config.seed + 1)
-            random_init, _ = _feature_metrics(config, baseline, num_classes, "random_init_")
+            random_init, _ = _feature_metrics(
+                config, baseline, num_classes, "random_init_", **probe
+            )
             metrics.update(random_init)
             for name in list(features):
                 if name.endswith(("_top1", "_top5")) and "random_init_" + name in metrics:
@@ -236,7 +249,22 @@ def evaluate_model(config: Config, model, num_classes: int) -> dict:
 
 def evaluate_checkpoints(config: Config, strategy) -> dict:
     """mode=eval: evaluate the latest checkpoint, or (eval_timeout > 0) each new one as it
-    appears until none arrives within eval_timeout seconds."""
+    appears until none arrives within eval_timeout seconds. With --checkpoint (and not
+    --train_mode=finetune): the frozen features of that model (evaluate_pretrained)."""
+    if config.evaluates_checkpoint():
+        return evaluate_pretrained(config, strategy)
+    no_run = not (
+        os.path.isfile(os.path.join(config.model_dir, CONFIG_FILENAME))
+        or ckpt_lib.list_checkpoints(config.model_dir)
+    )
+    if config.checkpoint and no_run and not config.eval_timeout:
+        raise ConfigError(
+            f"--mode=eval --train_mode={config.train_mode} evaluates the checkpoints that "
+            f"training wrote into --model_dir={config.model_dir}, and it has none. To evaluate "
+            f"the frozen features of --checkpoint={config.checkpoint} on --dataset, drop "
+            f"--train_mode={config.train_mode}; to train from it first, use "
+            "--mode=train_then_eval."
+        )
     model, checkpoint, num_classes = _model_and_checkpoint(config, strategy)
     result = {}
     if config.eval_timeout > 0:
@@ -251,6 +279,60 @@ def evaluate_checkpoints(config: Config, strategy) -> dict:
         return result
     latest = ckpt_lib.latest_valid_checkpoint(config.model_dir)  # skips damaged ones
     return _evaluate_one(config, checkpoint, model, num_classes, latest)
+
+
+def _check_transfer_output(config: Config) -> None:
+    """`--mode=eval --checkpoint` writes result.json and its pictures into --model_dir: not
+    into a directory that holds a run (its config.json or checkpoints), whose results those
+    would replace or be mistaken for."""
+    holds = [
+        what
+        for what, present in (
+            (CONFIG_FILENAME, os.path.isfile(os.path.join(config.model_dir, CONFIG_FILENAME))),
+            ("ckpt-* files", bool(ckpt_lib.list_checkpoints(config.model_dir))),
+        )
+        if present
+    ]
+    if holds:
+        raise ConfigError(
+            f"--model_dir={config.model_dir} holds a run ({' and '.join(holds)}), but "
+            f"--mode=eval --checkpoint={config.checkpoint} writes the results of evaluating "
+            "that model's frozen features into --model_dir. Give a new --model_dir for them "
+            "(to evaluate the run in --model_dir itself, drop --checkpoint)."
+        )
+
+
+def evaluate_pretrained(config: Config, strategy) -> dict:
+    """`--mode=eval --checkpoint=PRETRAINED --dataset=OTHER`: the frozen features of a
+    pretrained model on another dataset, as in the SimCLR transfer evaluation. The network is
+    built from the config (the CLI takes its encoder and image size from the checkpoint run's
+    config.json) without a supervised head, so the pretrained model's own head, for its own
+    classes, is not read; OTHER's images are resized to --image_size. kNN, the linear probe
+    (its weight decay chosen on held-out training examples) and the random-init baseline;
+    result.json and the pictures go into --model_dir."""
+    _, path = warm_start.resolve_checkpoint(config.checkpoint)  # not a model: fail first
+    frozen = config.replace(checkpoint=path, lineareval_while_pretraining=False, num_classes=0)
+    _check_eval_split(frozen)
+    storage.check_model_dir_writable(config.model_dir)
+    num_classes = factory.dataset_info(frozen).num_classes
+    with strategy.scope():
+        model = factory.build_model(frozen, num_classes)
+        path = warm_start.restore_frozen_encoder(frozen, model)
+    log.info(
+        "Evaluating the frozen features of %s on %s, images resized to %d px.",
+        path,
+        config.dataset,
+        config.image_size,
+    )
+    result = {
+        "step": warm_start.step_of(path),
+        "checkpoint": path,
+        "image_size": config.image_size,
+        **evaluate_model(frozen, model, num_classes, choose_weight_decay=True),
+    }
+    if _is_chief(config):
+        write_result(config, result)
+    return result
 
 
 def _model_and_checkpoint(config: Config, strategy):

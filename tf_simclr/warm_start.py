@@ -1,57 +1,121 @@
-"""Fine-tuning's starting point: the pretrained weights from --checkpoint (a checkpoint prefix,
-a model_dir or an exported module), refused when they come from another architecture; a
-supervised head for another number of classes starts afresh."""
+"""Weights from the pretrained model a --checkpoint names (a checkpoint prefix, a model_dir or an
+exported module): fine-tuning's starting point, and the frozen encoder `--mode=eval
+--checkpoint` evaluates on another dataset (transfer). Weights of another architecture are
+refused; a supervised head for another number of classes, or (fine-tuning) for another dataset,
+starts afresh."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import factory
-from tf_simclr.config import Config
+from tf_simclr.config import Config, run_config_of_checkpoint
 from tf_simclr.model import SUPERVISED_HEAD_NAME
 
 log = logging.getLogger(__name__)
 
+_WHAT_TO_GIVE = (
+    "Give a tf_simclr model_dir, a checkpoint prefix such as model_dir/ckpt-500, or an export "
+    "model_dir/saved_model/<step> (a published SimCLR model: convert it first with "
+    "python -m tf_simclr.convert)."
+)
 
-def _restore_from_exported_module(config: Config, model, path: str) -> dict:
-    """Fine-tuning from a tf_simclr SavedModel export (model_dir/saved_model/<step>).
+
+def resolve_checkpoint(path: str, flag: str = "--checkpoint") -> tuple[str, str]:
+    """What --checkpoint=`path` names: ("export", directory) for a SavedModel export, else
+    ("checkpoint", prefix), a model_dir giving its newest intact checkpoint. Raises
+    FileNotFoundError or ValueError saying what `path` is and what to give instead (naming
+    the command-line `flag` it came from)."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return "export", path
+    # "model_dir/ckpt-500.index" (or a data file) names the checkpoint ckpt-500.
+    prefix = re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
+    if os.path.isdir(prefix):
+        if ckpt_lib.list_checkpoints(prefix):
+            return "checkpoint", ckpt_lib.latest_valid_checkpoint(prefix)  # skips damaged ones
+        exports = os.path.join(prefix, "saved_model")
+        if os.path.isdir(exports) and os.listdir(exports):
+            raise FileNotFoundError(
+                f"{flag}={prefix} holds no ckpt-* files, only exports: give one of them, "
+                f"e.g. {flag}={os.path.join(exports, sorted(os.listdir(exports))[-1])}."
+            )
+        raise FileNotFoundError(
+            f"{flag}={prefix} is a directory without ckpt-* files or a saved_model.pb: "
+            f"not a model. {_WHAT_TO_GIVE}"
+        )
+    if os.path.exists(prefix + ".index"):
+        ckpt_lib.validate_checkpoint(prefix)
+        return "checkpoint", prefix
+    if os.path.isfile(prefix):
+        raise ValueError(
+            f"{flag}={prefix} is a file, not a model (a checkpoint is named by its prefix: "
+            f"ckpt-500 for ckpt-500.index and ckpt-500.data-*). {_WHAT_TO_GIVE}"
+        )
+    raise FileNotFoundError(
+        f"{flag}={prefix} is not a checkpoint (no {prefix}.index). {_WHAT_TO_GIVE}"
+    )
+
+
+def step_of(path: str) -> int | None:
+    """The training step of a checkpoint prefix (ckpt-N) or export directory (.../N)."""
+    match = re.search(r"(?:ckpt-|[/\\])(\d+)[/\\]?$", path)
+    return int(match.group(1)) if match else None
+
+
+def _values_from_exported_module(config: Config, model, path: str) -> dict:
+    """{weight path: value} from a tf_simclr SavedModel export (model_dir/saved_model/<step>).
 
     A SavedModel keeps its variables in the exporting model's order but not their Keras paths,
-    so the pretraining model of this config is rebuilt to recover the paths, checked shape by
-    shape, and the weights are copied into `model` by path.
+    so the exporting model is rebuilt to recover the paths (from its run's config.json when the
+    export sits in a model_dir, else from `config` as a pretraining model), checked shape by
+    shape.
     """
     from tf_simclr import export as export_lib
 
     loaded = tf.saved_model.load(path)
-    reference = factory.build_model(
-        config.replace(fine_tune_after_block=-1), model.num_classes, train_mode="pretrain"
-    )
+    source = run_config_of_checkpoint(path)
+    if source is not None:
+        exporter, train_mode = source.replace(fine_tune_after_block=-1), source.train_mode
+    else:
+        exporter, train_mode = config.replace(fine_tune_after_block=-1), "pretrain"
+    # The head's class count is free: only its shape may differ (another labelled dataset).
+    reference = factory.build_model(exporter, model.num_classes or 1, train_mode=train_mode)
     ref_vars = export_lib.distinct_variables(reference.variables)
-    saved = list(loaded.variables)
-    # The supervised head may differ in its number of classes (another labelled dataset).
+    saved = list(getattr(loaded, "variables", ()))
     mismatch = len(saved) != len(ref_vars) or any(
         tuple(a.shape) != tuple(b.shape) and SUPERVISED_HEAD_NAME not in b.path
         for a, b in zip(saved, ref_vars, strict=False)
+    )
+    values = {v.path: s for v, s in zip(ref_vars, saved, strict=False)}
+    # The exporting run's own architecture may still differ from the model's.
+    mismatch = mismatch or any(
+        w.path not in values or tuple(values[w.path].shape) != tuple(w.shape)
+        for w in model.weights
+        if SUPERVISED_HEAD_NAME not in w.path
     )
     if mismatch:
         raise ValueError(
             f"--checkpoint={path} was exported from a different architecture than the flags "
             "describe (variable count or shapes differ): use the pretraining run's model flags "
-            "(--resnet_depth, --width_multiplier, --sk_ratio, --proj_head_mode, ...)."
+            "(--resnet_depth, --width_multiplier, --sk_ratio, --proj_head_mode, ...). A "
+            "published SimCLR module is read by python -m tf_simclr.convert, not here."
         )
-    values = {v.path: s.numpy() for v, s in zip(ref_vars, saved, strict=True)}
-    return ckpt_lib.assign_weights_by_path(
-        model.weights, values, replaceable=(SUPERVISED_HEAD_NAME,), source=f"--checkpoint={path}"
-    )
+    return {path: value.numpy() for path, value in values.items()}
 
 
 def _check_same_encoder(path: str, model, values: dict) -> None:
-    """Fine-tuning: every weight but the supervised head's must come from the checkpoint, and
-    the checkpoint must not hold network weights the model lacks (a deeper or wider net)."""
+    """Every weight but the supervised head's must come from the checkpoint, and the checkpoint
+    must not hold network weights the model lacks (a deeper or wider net)."""
+    if not values:
+        raise ValueError(
+            f"--checkpoint={path} holds none of this model's weights: it is not a tf_simclr "
+            f"training checkpoint, or its layer names differ. {_WHAT_TO_GIVE}"
+        )
     missing = [
         w.path for w in model.weights if w.path not in values and SUPERVISED_HEAD_NAME not in w.path
     ]
@@ -74,40 +138,82 @@ def _check_same_encoder(path: str, model, values: dict) -> None:
         )
 
 
+def _pretrained_values(config: Config, model) -> tuple[str, dict]:
+    """(the checkpoint prefix or export read, {weight path: value}) for --checkpoint."""
+    kind, path = resolve_checkpoint(config.checkpoint)
+    if kind == "export":
+        return path, _values_from_exported_module(config, model, path)
+    values = ckpt_lib.read_model_weights(path, [w.path for w in model.weights])
+    _check_same_encoder(path, model, values)
+    return path, values
+
+
+def _same_dataset(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    a, b = os.path.expanduser(a), os.path.expanduser(b)
+    return os.path.isdir(a) and os.path.isdir(b) and os.path.samefile(a, b)
+
+
 def restore_initial_weights(config: Config, model) -> None:
     """Fine-tuning: load pretrained weights from --checkpoint (a checkpoint prefix, a model_dir
-    or an exported module). A supervised head for another number of classes starts afresh."""
-    path = config.checkpoint
-    if not path:
+    or an exported module). A supervised head for another number of classes, or one trained
+    on another dataset (by the checkpoint run's config.json), starts afresh."""
+    if not config.checkpoint:
         raise ValueError(
             "--train_mode=finetune needs --checkpoint: a pretraining checkpoint (prefix or "
             "model_dir) or an exported module (model_dir/saved_model/<step>). Without it the "
             "encoder would start from random weights."
         )
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        counts = _restore_from_exported_module(config, model, path)
-    else:
-        path = ckpt_lib.resolve_checkpoint(path)
-        values = ckpt_lib.read_model_weights(path, [w.path for w in model.weights])
-        _check_same_encoder(path, model, values)
-        counts = ckpt_lib.assign_weights_by_path(
-            model.weights,
-            values,
-            replaceable=(SUPERVISED_HEAD_NAME,),
-            source=f"--checkpoint={path}",
+    path, values = _pretrained_values(config, model)
+    source = run_config_of_checkpoint(config.checkpoint)
+    if source is not None and not _same_dataset(source.dataset, config.dataset):
+        # Transfer: its classes are another label space, whatever their number.
+        values = {p: v for p, v in values.items() if SUPERVISED_HEAD_NAME not in p}
+        log.info(
+            "%s was trained on %s: the supervised head for %s starts afresh.",
+            path,
+            source.dataset,
+            config.dataset,
         )
-        if counts["copied"] == 0:
-            raise ValueError(
-                f"--checkpoint={path} holds none of this model's weights: it is not a tf_simclr "
-                "training checkpoint, or its layer names differ."
-            )
+    counts = ckpt_lib.assign_weights_by_path(
+        model.weights, values, replaceable=(SUPERVISED_HEAD_NAME,), source=f"--checkpoint={path}"
+    )
+    if counts["copied"] == 0:
+        raise ValueError(
+            f"--checkpoint={path} holds none of this model's weights: it is not a tf_simclr "
+            f"training checkpoint, or its layer names differ. {_WHAT_TO_GIVE}"
+        )
     if config.zero_init_logits_layer and model.has_supervised_head:
         model.zero_supervised_head()
     log.info(
         "Initialised %d of %d weights from %s (%d new: a head for another number of classes "
-        "or layers the checkpoint lacks).",
+        "or dataset, or layers the checkpoint lacks).",
         counts["copied"],
         len(model.weights),
         path,
-        counts["kept_replaceable"] + counts["missing"],
+        len(model.weights) - counts["copied"],
     )
+
+
+def restore_frozen_encoder(config: Config, model) -> str:
+    """`--mode=eval --checkpoint`: every weight of `model`, a network without a supervised
+    head, from the pretrained model --checkpoint names (whose own head, for its own classes,
+    is not read). Returns the checkpoint prefix or export directory read."""
+    path, values = _pretrained_values(config, model)
+    counts = ckpt_lib.assign_weights_by_path(
+        model.weights, values, replaceable=(SUPERVISED_HEAD_NAME,), source=f"--checkpoint={path}"
+    )
+    if counts["copied"] != len(model.weights):
+        raise ValueError(
+            f"--checkpoint={path} lacks {len(model.weights) - counts['copied']} of the "
+            f"{len(model.weights)} weights of the encoder and projection head the flags "
+            "describe: it was trained with another architecture. Point --checkpoint at its "
+            "model_dir (its config.json gives the architecture) or give its model flags."
+        )
+    log.info(
+        "Restored the %d weights of the encoder and projection head from %s.",
+        len(model.weights),
+        path,
+    )
+    return path
