@@ -53,6 +53,9 @@ ARCHITECTURE_FIELDS = (
     "num_classes",
     "sup_head_input_norm",
 )
+# --mode=semi_supervised's own settings: they shape the recipe's stages, no single trained
+# model (so they are left out of Config.hash and of changed_settings).
+RECIPE_FIELDS = ("semi_finetune_epochs", "semi_finetune_learning_rate", "semi_distill_epochs")
 # What to do now, never inherited from a saved run.
 _INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
 # 100 x 100 thumbnails of at most 64 px (tf_simclr.visualize) keep the projector's sprite
@@ -605,6 +608,7 @@ class Config:
             "collective_timeout",  # how long to wait for peers does not change the model
             "neighbour_images",  # pictures of the evaluation, not the model
             "projector_embeddings",
+            *RECIPE_FIELDS,
         }
         payload = {k: v for k, v in sorted(self.to_dict().items()) if k not in ignored}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -732,7 +736,7 @@ def changed_settings(old: Config, new: Config) -> dict[str, list]:
     return {
         name: [value, getattr(new, name)]
         for name, value in old.to_dict().items()
-        if name not in _INVOCATION_FIELDS and value != getattr(new, name)
+        if name not in _INVOCATION_FIELDS + RECIPE_FIELDS and value != getattr(new, name)
     }
 
 

@@ -30,6 +30,7 @@ from tf_simclr import evaluate as eval_lib
 from tf_simclr import factory
 from tf_simclr.config import (
     CONFIG_FILENAME,
+    RECIPE_FIELDS,
     RESULT_FILENAME,
     Config,
     ConfigError,
@@ -56,16 +57,15 @@ def stage_configs(config: Config) -> dict[str, Config]:
     root = config.model_dir
     labels = dict(label_fraction=config.label_fraction, label_ids_file=config.label_ids_file)
     no_labels = dict(label_fraction=None, label_ids_file=None)
-    # The recipe's own settings are reset in the stages, so changing one of them reruns only
-    # the stages it shapes (a stage is skipped when its result has the same config hash).
+    # The recipe's own settings are reset in the stages (each stage's config.json keeps the
+    # settings it ran with; the stage fields below carry what the recipe's settings say).
     defaults = Config.__dataclass_fields__
-    recipe_fields = ("semi_finetune_epochs", "semi_finetune_learning_rate", "semi_distill_epochs")
     common = dict(
         mode="train_then_eval",
         checkpoint=None,
         teacher=None,
         random_init=False,
-        **{name: defaults[name].default for name in recipe_fields},
+        **{name: defaults[name].default for name in RECIPE_FIELDS},
     )
     supervised_schedule = dict(
         train_epochs=config.semi_finetune_epochs,
