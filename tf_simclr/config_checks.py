@@ -1,0 +1,240 @@
+"""The rules a `Config` must satisfy: valid choices and ranges, and combinations of flags that
+would be ignored or contradict each other. Each error names the flag and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+from tf_simclr.config import (
+    MAX_PROJECTOR_EMBEDDINGS,
+    SUPERVISED_TRAIN_MODES,
+    Config,
+    ConfigError,
+)
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError naming the first invalid flag and its valid values."""
+    for field in dataclasses.fields(config):
+        if field.metadata.get("choices"):
+            _choice(field.name, getattr(config, field.name), field.metadata["choices"])
+    if not config.model_dir:
+        raise ConfigError("--model_dir must be a directory path (it holds checkpoints).")
+    if not config.dataset:
+        raise ConfigError("--dataset is empty: give a TFDS name, a directory or 'embedded'.")
+    _positive("train_batch_size", config.train_batch_size)
+    _positive("eval_batch_size", config.eval_batch_size)
+    _positive("image_size", config.image_size)
+    if config.image_size < 8:
+        raise ConfigError(
+            f"--image_size={config.image_size} is too small for a ResNet: use 8 or more "
+            "(32 for CIFAR-size data, 224 for ImageNet)."
+        )
+    _positive("steps_per_loop", config.steps_per_loop)
+    _positive("log_every_steps", config.log_every_steps)
+    _positive("keep_checkpoint_max", config.keep_checkpoint_max)
+    _positive("keep_hub_module_max", config.keep_hub_module_max)
+    _positive("proj_out_dim", config.proj_out_dim)
+    _positive("knn_k", config.knn_k)
+    _positive("width_multiplier", config.width_multiplier)
+    for name in (
+        "train_epochs",
+        "train_steps",
+        "eval_steps",
+        "checkpoint_epochs",
+        "checkpoint_steps",
+        "linear_eval_epochs",
+        "eval_timeout",
+        "num_cpu_devices",
+        "num_proj_layers",
+        "collective_timeout",
+        "num_classes",
+        "neighbour_images",
+        "projector_embeddings",
+    ):
+        _non_negative(name, getattr(config, name))
+    if config.projector_embeddings > MAX_PROJECTOR_EMBEDDINGS:
+        raise ConfigError(
+            f"--projector_embeddings={config.projector_embeddings} is too many: TensorBoard's "
+            f"sprite of their images would exceed 8192 px; use {MAX_PROJECTOR_EMBEDDINGS} "
+            "or fewer."
+        )
+    if (
+        config.train_steps == 0
+        and config.train_epochs == 0
+        and config.mode in ("train", "train_then_eval", "semi_supervised")
+    ):
+        raise ConfigError("Set --train_epochs or --train_steps to a positive number.")
+    for name in ("learning_rate", "sup_head_learning_rate", "temperature", "knn_temperature"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{name} must be a positive number, got {value}.")
+    for name in ("weight_decay", "warmup_epochs", "color_jitter_strength"):
+        value = getattr(config, name)
+        if value is None and name == "color_jitter_strength":
+            continue
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"--{name} must be >= 0, got {value}.")
+    if not 0.0 <= config.momentum < 1.0:
+        raise ConfigError(f"--momentum must be in [0, 1), got {config.momentum}.")
+    if not 0.0 < config.batch_norm_decay < 1.0:
+        raise ConfigError(f"--batch_norm_decay must be in (0, 1), got {config.batch_norm_decay}.")
+    if not 0.0 <= config.sk_ratio < 1.0 or not 0.0 <= config.se_ratio < 1.0:
+        raise ConfigError("--sk_ratio and --se_ratio must be in [0, 1) (0 turns them off).")
+    if config.label_fraction is not None and not 0.0 < config.label_fraction <= 1.0:
+        raise ConfigError(
+            f"--label_fraction must be in (0, 1] (e.g. 0.01 or 0.1), got {config.label_fraction}."
+        )
+    if config.label_fraction is not None and config.label_ids_file:
+        raise ConfigError("Give either --label_fraction or --label_ids_file, not both.")
+    if config.mode == "semi_supervised":
+        _validate_semi_supervised(config)
+    elif (
+        config.label_fraction is not None or config.label_ids_file
+    ) and config.train_mode not in SUPERVISED_TRAIN_MODES:
+        raise ConfigError(
+            "--label_fraction/--label_ids_file only apply to --train_mode=finetune (the "
+            "labels it trains on) and distill (those its --distill_alpha term uses)."
+        )
+    _validate_distillation(config)
+    if config.train_mode == "pretrain" and config.train_batch_size < 2:
+        raise ConfigError(
+            f"--train_batch_size={config.train_batch_size} gives the contrastive loss no "
+            "negatives (every other image of the batch is one): use 2 or more (SimCLR uses "
+            "256-4096)."
+        )
+    if config.linear_eval and config.linear_eval_epochs == 0:
+        raise ConfigError(
+            "--linear_eval_epochs=0 would report the accuracy of an untrained probe: give a "
+            "positive number of epochs, or --nolinear_eval to skip the linear probe."
+        )
+    evaluates = config.mode in ("eval", "train_then_eval", "semi_supervised") and (
+        config.knn_eval or config.linear_eval or config.random_init_baseline
+    )
+    if evaluates and config.eval_split == config.train_split:
+        raise ConfigError(
+            f"--eval_split={config.eval_split!r} is the training split: the kNN and linear "
+            "probe would be scored on the examples they were fit on (a kNN finds each image "
+            "itself). Give a held-out split (e.g. --eval_split=test)."
+        )
+    if config.ft_proj_selector < 0:
+        raise ConfigError("--ft_proj_selector must be >= 0 (0: encoder output).")
+    if config.proj_head_mode == "nonlinear" and config.num_proj_layers < 1:
+        raise ConfigError("--proj_head_mode=nonlinear needs --num_proj_layers >= 1.")
+    if config.ft_proj_selector > config.num_proj_layers:
+        raise ConfigError(
+            f"--ft_proj_selector={config.ft_proj_selector} exceeds --num_proj_layers="
+            f"{config.num_proj_layers}."
+        )
+    if not -1 <= config.fine_tune_after_block <= 4:
+        raise ConfigError("--fine_tune_after_block must be in [-1, 4] (-1 trains all blocks).")
+    if config.fine_tune_after_block != -1 and config.train_mode not in SUPERVISED_TRAIN_MODES:
+        raise ConfigError(
+            "--fine_tune_after_block only applies to --train_mode=finetune or distill."
+        )
+    if config.strategy == "tpu" and not (config.tpu_name or os.environ.get("TPU_NAME")):
+        raise ConfigError("--strategy=tpu (or --use_tpu) needs --tpu_name (name or grpc address).")
+    if config.num_cpu_devices and config.strategy != "mirrored":
+        raise ConfigError("--num_cpu_devices only applies to --strategy=mirrored.")
+    # Contradictory flags: one of them would be silently ignored.
+    if config.use_tpu and config.strategy != "tpu":
+        raise ConfigError(
+            f"--use_tpu contradicts --strategy={config.strategy}: give only one of them."
+        )
+    if config.checkpoint and config.train_mode == "pretrain" and config.mode != "eval":
+        does = {
+            "export": "exports the newest checkpoint in --model_dir",
+            "preview": "uses no model",
+        }.get(config.mode, "pretrains, resuming from the checkpoints in --model_dir by itself")
+        raise ConfigError(
+            "--checkpoint only applies to --train_mode=finetune or distill (the weights to "
+            "start from) and to --mode=eval (that model's frozen features, evaluated on "
+            f"--dataset); --mode={config.mode} {does}. Drop --checkpoint, add "
+            "--train_mode=finetune, or use --mode=eval."
+        )
+    if config.evaluates_checkpoint() and config.eval_timeout:
+        raise ConfigError(
+            "--eval_timeout waits for new checkpoints in --model_dir, but --mode=eval "
+            "--checkpoint evaluates the one model --checkpoint names: drop one of them."
+        )
+    if config.random_init and (config.train_mode != "finetune" or config.checkpoint):
+        raise ConfigError(
+            "--random_init trains the supervised head and encoder from random weights: it "
+            "needs --train_mode=finetune and no --checkpoint."
+        )
+    if (
+        config.use_blur
+        and config.augmentations
+        and "blur" not in config.augmentations.lower()
+        and config.augmentations.strip().lower() != "imagenet"
+    ):
+        raise ConfigError(
+            f"--use_blur only changes the default augmentations, but --augmentations="
+            f"{config.augmentations} is given: add 'blur' to that list (or drop --use_blur)."
+        )
+
+
+def _validate_semi_supervised(config: Config) -> None:
+    if config.label_fraction is None and not config.label_ids_file:
+        raise ConfigError(
+            "--mode=semi_supervised needs the labelled subset: --label_fraction (e.g. 0.1) "
+            "or --label_ids_file."
+        )
+    if config.train_mode != "pretrain" or config.checkpoint or config.teacher or config.random_init:
+        raise ConfigError(
+            "--mode=semi_supervised runs every stage itself (pretrain, fine-tune, distil, "
+            "the supervised baseline): drop --train_mode, --checkpoint, --teacher and "
+            "--random_init."
+        )
+    if not (
+        math.isfinite(config.semi_finetune_learning_rate) and config.semi_finetune_learning_rate > 0
+    ):
+        raise ConfigError("--semi_finetune_learning_rate must be a positive number.")
+    _positive("semi_finetune_epochs", config.semi_finetune_epochs)
+    _non_negative("semi_distill_epochs", config.semi_distill_epochs)
+
+
+def _validate_distillation(config: Config) -> None:
+    if config.train_mode == "distill" and not config.teacher:
+        raise ConfigError(
+            "--train_mode=distill needs --teacher: the model_dir, checkpoint or export of "
+            "a network with a supervised head (e.g. a --train_mode=finetune run)."
+        )
+    if config.teacher and config.train_mode != "distill":
+        raise ConfigError(
+            f"--teacher only applies to --train_mode=distill (got --train_mode="
+            f"{config.train_mode}): add --train_mode=distill or drop --teacher."
+        )
+    if not (math.isfinite(config.distill_temperature) and config.distill_temperature > 0):
+        raise ConfigError(
+            f"--distill_temperature must be a positive number, got {config.distill_temperature}."
+        )
+    if not 0.0 <= config.distill_alpha <= 1.0:
+        raise ConfigError(
+            f"--distill_alpha must be in [0, 1] (0: pure distillation, 1: labels only), got "
+            f"{config.distill_alpha}."
+        )
+    if config.distill_alpha == 1.0 and config.train_mode == "distill":
+        raise ConfigError(
+            "--distill_alpha=1 ignores the teacher: that is fine-tuning on the labelled "
+            "examples (--train_mode=finetune). Use a value below 1."
+        )
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        valid = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"--{name}={value!r} is not valid; choose one of: {valid}.")
+
+
+def _positive(name: str, value: float) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"--{name} must be a positive number, got {value}.")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if value is None or value < 0:
+        raise ConfigError(f"--{name} must be >= 0, got {value}.")
