@@ -357,3 +357,29 @@ def test_a_student_that_cannot_be_built_is_named(teacher_dir, tmp_path):
 def test_distillation_flags_are_checked(tmp_path, changes, match):
     with pytest.raises(ConfigError, match=match):
         tiny_config(tmp_path, **changes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher_kind", ["run", "export"])
+def test_distillation_under_mirrored_matches_one_device(teacher_dir, tmp_path, teacher_kind):
+    """MirroredStrategy over 2 logical CPUs (subprocesses: logical devices must be set before
+    TensorFlow starts) distils from a checkpoint or an exported teacher with the per-step losses
+    of one device. (A SavedModel loaded under the strategy's scope cannot be called from its
+    replicas; load_teacher loads exports outside it.)"""
+    teacher = teacher_dir / "teacher"
+    if teacher_kind == "export":
+        teacher = teacher / "saved_model" / os.listdir(teacher / "saved_model")[0]
+    flags = ["--train_mode=distill", f"--teacher={teacher}", "--precision=float32"]
+    runs = {}
+    for name, extra in [("one", []), ("mirrored", ["--strategy=mirrored", "--num_cpu_devices=2"])]:
+        model_dir = str(tmp_path / name)
+        proc = start(tiny_flags(model_dir, 4, *flags, *extra), str(tmp_path / f"{name}.log"))
+        try:
+            assert proc.wait(timeout=600) == 0, read_text(str(tmp_path / f"{name}.log"))[-3000:]
+        finally:
+            kill_group(proc)
+        runs[name] = metrics_records(model_dir)
+    assert [r["step"] for r in runs["one"]] == [r["step"] for r in runs["mirrored"]] == [1, 2, 3, 4]
+    for one, mirrored in zip(runs["one"], runs["mirrored"], strict=True):
+        assert mirrored["distill_loss"] == pytest.approx(one["distill_loss"], rel=1e-4)
+        assert mirrored["teacher_agreement"] == pytest.approx(one["teacher_agreement"], abs=1e-6)

@@ -139,7 +139,7 @@ def _no_head(path: str) -> TeacherError:
     )
 
 
-def _teacher_from_checkpoint(path: str, precision: str) -> Teacher:
+def _teacher_from_checkpoint(path: str, precision: str, strategy) -> Teacher:
     from tf_simclr import factory
 
     run_dir = next(
@@ -177,7 +177,8 @@ def _teacher_from_checkpoint(path: str, precision: str) -> Teacher:
         label_ids_file=None,
         random_init=False,
     )
-    model = factory.build_model(config, classes, precision=precision)
+    with strategy.scope():  # its variables on every replica, like the student's
+        model = factory.build_model(config, classes, precision=precision)
     ckpt_lib.check_checkpoint_fits(prefix, model)
     ckpt_lib.training_checkpoint(model).restore(prefix).expect_partial()
     model.trainable = False
@@ -218,10 +219,16 @@ def _teacher_from_export(path: str, image_size: int) -> Teacher:
     return Teacher(logits_fn, classes, path, list(module.variables))
 
 
-def load_teacher(path: str, *, image_size: int, precision: str = "float32") -> Teacher:
+def load_teacher(
+    path: str, *, image_size: int, precision: str = "float32", strategy=None
+) -> Teacher:
     """The frozen teacher --teacher names. A tf_simclr model_dir or checkpoint is rebuilt from
-    its config.json (its own architecture and image size) in `precision`; an exported module
-    is loaded as it is (float32). Raises TeacherError naming what is wrong with `path`."""
+    its config.json (its own architecture and image size) in `precision`, under `strategy`'s
+    scope (default: the current strategy); an exported module is loaded as it is (float32)
+    and outside any strategy scope: a SavedModel loaded under MirroredStrategy cannot be
+    called from a replica (TensorFlow: "a graph generated from the cross-replica context"),
+    while one-process replicas read plain variables. (On TPUs give a model_dir or checkpoint.)
+    Raises TeacherError naming what is wrong with `path`."""
     if not path:
         raise TeacherError("--train_mode=distill needs --teacher.")
     path = os.path.expanduser(path)
@@ -229,4 +236,4 @@ def load_teacher(path: str, *, image_size: int, precision: str = "float32") -> T
         return _teacher_from_export(path, image_size)
     if os.path.isfile(path) and not path.endswith(".index"):
         raise _not_a_model(path, "it is a file")
-    return _teacher_from_checkpoint(path, precision)
+    return _teacher_from_checkpoint(path, precision, strategy or tf.distribute.get_strategy())

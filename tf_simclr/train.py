@@ -110,12 +110,12 @@ def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: 
     return train_loop
 
 
-def _load_teacher(config: Config, info):
+def _load_teacher(config: Config, info, strategy):
     """Distillation's frozen teacher, refused unless it predicts the dataset's classes."""
     from tf_simclr import distill
 
     teacher = distill.load_teacher(
-        config.teacher, image_size=config.image_size, precision=config.precision
+        config.teacher, image_size=config.image_size, precision=config.precision, strategy=strategy
     )
     if teacher.num_classes != info.num_classes:
         raise distill.TeacherError(
@@ -183,8 +183,8 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     total_steps = config.train_steps_for(num_train)
     checkpoint_every = config.checkpoint_every_for(num_train)
 
+    teacher = _load_teacher(config, info, strategy) if config.train_mode == "distill" else None
     with strategy.scope():
-        teacher = _load_teacher(config, info) if config.train_mode == "distill" else None
         model = _build_student(config, info.num_classes)
         optimizer = factory.build_optimizer(config, num_train)
         head_optimizer = factory.build_head_optimizer(config, model, num_train)
