@@ -407,3 +407,14 @@ def test_damaged_saved_model_pb_is_named(reference_fixtures, tmp_path):
     with pytest.raises(convert.ConversionError, match=r"saved_model.pb cannot be parsed"):
         convert.convert(str(src), dst, echo=_quiet)
     _assert_nothing_written(dst)
+
+
+def test_a_converted_published_model_is_a_distillation_teacher(reference_fixtures, r18_dst):
+    """--teacher=<converted model_dir>: the teacher's logits are the reference's own."""
+    from tf_simclr import distill
+
+    io = _io(reference_fixtures, R18)
+    teacher = distill.load_teacher(r18_dst, image_size=32)
+    assert teacher.num_classes == io["infer/logits_sup"].shape[-1] == 10
+    logits = teacher.logits(tf.constant(io["inputs"])).numpy()
+    _assert_equals_reference({"logits_sup": logits}, io, ["logits_sup"])
