@@ -228,11 +228,25 @@ def pretrain_dataset_fn(config: Config, global_batch_size: int, start_step: int 
 
 def finetune_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
     """A function of an InputContext giving this replica's labelled fine-tuning dataset."""
+    return _single_view_dataset_fn(
+        data_lib.build_finetune_dataset, config, global_batch_size, start_step
+    )
+
+
+def distill_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
+    """A function of an InputContext giving this replica's distillation dataset: every
+    training image, labels kept only on the labelled subset."""
+    return _single_view_dataset_fn(
+        data_lib.build_distill_dataset, config, global_batch_size, start_step
+    )
+
+
+def _single_view_dataset_fn(build, config: Config, global_batch_size: int, start_step: int):
     # The input pipelines of one run read the split's labels (for a label subset) once.
     label_cache = data_lib.LabelCache()
 
     def dataset_fn(input_context: tf.distribute.InputContext | None = None):
-        dataset, _ = data_lib.build_finetune_dataset(
+        dataset, _ = build(
             config.dataset,
             data_dir=config.data_dir,
             split=config.train_split,
@@ -263,35 +277,6 @@ def training_dataset_fn(config: Config, global_batch_size: int, start_step: int 
         "distill": distill_dataset_fn,
     }[config.train_mode]
     return build(config, global_batch_size, start_step=start_step)
-
-
-def distill_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
-    """A function of an InputContext giving this replica's distillation dataset: every
-    training image, labels kept only on the labelled subset."""
-    label_cache = data_lib.LabelCache()
-
-    def dataset_fn(input_context: tf.distribute.InputContext | None = None):
-        dataset, _ = data_lib.build_distill_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            split=config.train_split,
-            batch_size=global_batch_size,
-            image_size=config.image_size,
-            seed=config.seed,
-            label_fraction=config.label_fraction,
-            label_ids_file=config.label_ids_file,
-            augmentations=config.augmentation_spec(),
-            color_jitter_strength=config.color_jitter_strength,
-            brightness=config.brightness,
-            input_context=input_context,
-            cache=_cache_setting(config),
-            strict=config.strict_data,
-            start_batch=_start_batch(start_step, input_context),
-            label_cache=label_cache,
-        )
-        return dataset
-
-    return dataset_fn
 
 
 def eval_dataset(config: Config, split: str):
