@@ -78,10 +78,13 @@ def test_the_table_holds_each_stages_own_result(recipe):
     distill = _stage_result(config, "distill")["metrics"]
     assert table["distilled"] == distill["student_top1"]
     assert result["teacher_top1_in_distill_run"] == distill["teacher_top1"]
-    pretrain = _stage_result(config, "pretrain")["metrics"]
+    pretrain = result["stages"]["pretrain"]["metrics"]
     assert table["linear_probe"] == pretrain["labelled_linear_top1"]
     # The probe saw the labelled images only; the usual probe of the pretrain stage saw all.
     assert pretrain["labelled_examples"] == result["labelled_examples"] == 100
+    # It belongs to this recipe's labelled subset, not to the pretrain stage (which recipes
+    # of other label fractions share).
+    assert "labelled_linear_top1" not in _stage_result(config, "pretrain")["metrics"]
     with open(os.path.join(config.model_dir, "result.json")) as f:
         assert json.load(f)["table"] == table
     with Image.open(result["chart"]) as chart:

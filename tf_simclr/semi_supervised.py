@@ -226,10 +226,11 @@ def run_recipe(config: Config, run_stage: Callable[[Config], dict]) -> dict:
                     )
             log.info("Stage %d/%d, %s, in %s.", number, len(STAGES), stage, stage_config.model_dir)
             results[stage] = run_stage(stage_config)
-        metrics = results[stage].setdefault("metrics", {})
-        if stage == "pretrain" and "labelled_linear_top1" not in metrics:
-            metrics.update(labelled_linear_probe(stage_config, configs["finetune"]))
-            _rewrite_result(stage_config, results[stage])
+        if stage == "pretrain":
+            # Computed for this recipe's labelled subset every time (not stored in the
+            # pretrain stage, which recipes with other label fractions share).
+            probe = labelled_linear_probe(stage_config, configs["finetune"])
+            results[stage] = {**results[stage], "metrics": {**results[stage]["metrics"], **probe}}
     table = {
         key: results[stage]["metrics"][metric]
         for key, _, stage, metric in ROWS
@@ -247,12 +248,6 @@ def run_recipe(config: Config, run_stage: Callable[[Config], dict]) -> dict:
         os.path.join(config.model_dir, TABLE_FILENAME), table, title=_title(config)
     )
     return result
-
-
-def _rewrite_result(config: Config, result: dict) -> None:
-    from tf_simclr.runner import write_result
-
-    write_result(config, {k: v for k, v in result.items() if k != "config_hash"})
 
 
 def _summary(result: dict) -> dict:
