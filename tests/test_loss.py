@@ -192,3 +192,33 @@ def test_bad_shapes():
         nt_xent_loss(rand((2, 3, 1), 0), rand((2, 3, 1), 1), temperature=0.5)
     with pytest.raises(ValueError, match="mode"):
         contrastive_metrics(tf.zeros((2, 2)), tf.zeros((2,), tf.int32), mode="top5")
+
+
+def test_labelled_cross_entropy_matches_numpy_and_skips_unlabelled_rows():
+    from tf_simclr.loss import labelled_cross_entropy
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(10, 4)).astype(np.float32) * 3
+    labels = np.array([0, -1, 3, 2, -1, 1, 1, -1, 0, 2], dtype=np.int32)
+    logits_t = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits_t)
+        result = labelled_cross_entropy(logits_t, labels)
+    rows = labels >= 0
+    x = logits.astype(np.float64)
+    log_probs = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(
+        float(result.share), -log_probs[rows, labels[rows]].mean(), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        float(result.accuracy), (x.argmax(axis=1)[rows] == labels[rows]).mean(), rtol=1e-6
+    )
+    assert float(result.count) == rows.sum()
+    grad = tape.gradient(result.share, logits_t).numpy()
+    assert not np.any(grad[~rows])  # unlabelled rows get no gradient
+    # d(mean CE)/d logits = (softmax - one_hot) / number of labelled rows.
+    expected = np.exp(log_probs[rows]) - np.eye(4)[labels[rows]]
+    np.testing.assert_allclose(grad[rows], expected / rows.sum(), rtol=1e-5, atol=1e-7)
+
+    none = labelled_cross_entropy(logits_t, np.full(10, -1, np.int32))
+    assert float(none.share) == 0.0 and float(none.accuracy) == 0.0 and float(none.count) == 0

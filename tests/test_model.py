@@ -342,3 +342,70 @@ def test_mirrored_global_bn_matches_single_device(tmp_path):
     # After two lr-0.5 steps; sync BN's E[x^2]-E[x]^2 vs the fused kernel's variance differ in
     # float32 round-off (largest differences ~3e-4 in early conv kernels of magnitude ~0.2-1).
     assert res["weight_diff"] < 1e-3
+
+
+def test_fit_on_an_unbuilt_model_equals_fit_on_a_built_one():
+    """The documented usage, SimCLRModel(encoder) + compile() + fit() with no build(), on a
+    keras.applications backbone: it trains, and exactly as the same model built first does
+    (the head optimizer's slots are created outside the traced step; the supervised head is
+    trained by the head optimizer, never by the main one)."""
+    rng = np.random.default_rng(0)
+    images = rng.random((8, 32, 32, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices(
+        {"view1": images, "view2": images[::-1].copy(), "label": np.arange(8) % 3}
+    ).batch(8)
+
+    def fitted(build_first: bool) -> SimCLRModel:
+        keras.utils.set_random_seed(0)
+        encoder = keras.applications.MobileNetV2(
+            input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35
+        )
+        model = SimCLRModel(encoder, num_classes=3, proj_out_dim=16)
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        keras.utils.set_random_seed(1)  # the heads' initial weights, drawn when built
+        if build_first:
+            model.build((None, 32, 32, 3))
+        model.fit(data, epochs=2, verbose=0)
+        return model
+
+    unbuilt, built = fitted(False), fitted(True)
+    assert len(unbuilt.weights) == len(built.weights)
+    for ours, theirs in zip(unbuilt.weights, built.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+    head_paths = {v.path for v in unbuilt.supervised_head_variables}
+    assert not head_paths & {v.path for v in unbuilt.optimizer._trainable_variables}
+    assert unbuilt.head_optimizer.built and int(unbuilt.head_optimizer.iterations) == 2
+    assert int(unbuilt.optimizer.iterations) == 2
+
+
+def test_pretraining_head_learns_from_labelled_rows_only():
+    """Labels < 0 mark unlabelled images: the online head's loss is the cross-entropy over the
+    labelled rows of both views (NumPy), an all-unlabelled batch trains no head, and the
+    contrastive loss does not depend on the labels."""
+    keras.utils.set_random_seed(3)
+    model = _tiny(num_classes=5)
+    batch = _two_view_batch(n=6)
+    batch["label"] = tf.constant([0, -1, 4, -1, 2, 1])
+    objective = model.compute_objective(batch, training=False)
+    outs = model.forward_two_views(batch["view1"], batch["view2"], training=False)
+    logits = outs["logits_sup"].numpy().astype(np.float64)
+    labels = np.concatenate([batch["label"].numpy()] * 2)
+    rows = labels >= 0
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -log_probs[rows, labels[rows]].mean()
+    np.testing.assert_allclose(float(objective.shares["sup_loss"]), expected, rtol=1e-5)
+    hits = logits.argmax(axis=1)[rows] == labels[rows]
+    np.testing.assert_allclose(float(objective.rates["sup_acc"]), hits.mean(), rtol=1e-6)
+
+    batch["label"] = tf.fill([6], -1)
+    unlabelled = model.compute_objective(batch, training=False)
+    assert float(unlabelled.shares["sup_loss"]) == 0.0
+    np.testing.assert_allclose(
+        float(unlabelled.shares["contrastive_loss"]),
+        float(objective.shares["contrastive_loss"]),
+        rtol=1e-6,
+    )
+    with tf.GradientTape() as tape:
+        loss = model.compute_objective(batch, training=True).shares["sup_loss"]
+    grads = tape.gradient(loss, model.supervised_head_variables)
+    assert all(g is None or not np.any(g.numpy()) for g in grads)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
+from tf_simclr import loss as loss_lib
 from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,6 @@ def distillation_loss(teacher_logits, student_logits, temperature: float) -> tf.
     return -tf.reduce_sum(targets * log_student, axis=-1)
 
 
-def _sum_over_replicas(value) -> tf.Tensor:
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
 def objective_terms(
     student_logits, teacher_logits, labels, *, temperature: float, alpha: float
 ) -> tuple[dict, dict]:
@@ -66,20 +60,11 @@ def objective_terms(
     fraction of images whose top class the student shares with the teacher."""
     per_example = distillation_loss(teacher_logits, student_logits, temperature)
     count = tf.cast(tf.shape(per_example)[0], tf.float32)
-    global_count = _sum_over_replicas(count)
+    global_count = loss_lib.sum_over_replicas(count)
     shares = {"distill_loss": (1.0 - alpha) * tf.reduce_sum(per_example) / global_count}
     if alpha > 0:
-        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-        labelled = labels >= 0
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.maximum(labels, 0), logits=tf.cast(student_logits, tf.float32)
-        )
-        labelled_sum = tf.reduce_sum(tf.where(labelled, ce, 0.0))
-        # A batch without labelled images contributes no supervised term (not a 0/0).
-        labelled_count = tf.maximum(
-            _sum_over_replicas(tf.reduce_sum(tf.cast(labelled, tf.float32))), 1.0
-        )
-        shares["sup_loss"] = alpha * labelled_sum / labelled_count
+        sup = loss_lib.labelled_cross_entropy(student_logits, labels)
+        shares["sup_loss"] = alpha * sup.share
     agree = tf.equal(tf.argmax(student_logits, axis=-1), tf.argmax(teacher_logits, axis=-1))
     rates = {"teacher_agreement": tf.reduce_mean(tf.cast(agree, tf.float32))}
     return shares, rates

@@ -159,3 +159,46 @@ def contrastive_metrics(logits, labels, *, mode="reference") -> dict[str, tf.Ten
         "contrastive_acc": tf.reduce_mean(tf.cast(hits, tf.float32)),
         "contrastive_entropy": tf.reduce_mean(entropy),
     }
+
+
+def sum_over_replicas(value) -> tf.Tensor:
+    """`value` summed over the replicas inside a replica context (else `value` itself)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+class LabelledCrossEntropy(NamedTuple):
+    """Result of `labelled_cross_entropy` (float32 scalars).
+
+    share: this replica's share of the mean cross-entropy over the labelled rows of all
+        replicas (summed over replicas: the global mean; 0 where no row is labelled).
+    accuracy: top-1 accuracy on this replica's labelled rows (0 where it has none).
+    count: this replica's labelled rows.
+    """
+
+    share: tf.Tensor
+    accuracy: tf.Tensor
+    count: tf.Tensor
+
+
+def labelled_cross_entropy(logits, labels) -> LabelledCrossEntropy:
+    """Softmax cross-entropy of `logits` [b, C] against `labels` [b] on the labelled rows only:
+    a negative label marks an unlabelled image, which adds no loss and no gradient. The mean is
+    over the labelled rows of the whole (global) batch, so it does not depend on how they fall
+    on replicas."""
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    labelled = labels >= 0
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.maximum(labels, 0), logits=logits
+    )
+    labelled_f = tf.cast(labelled, tf.float32)
+    count = tf.reduce_sum(labelled_f)
+    # A batch without labelled rows contributes nothing (not 0 / 0).
+    global_count = tf.maximum(sum_over_replicas(count), 1.0)
+    share = tf.reduce_sum(tf.where(labelled, per_example, 0.0)) / global_count
+    hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+    accuracy = tf.reduce_sum(hits * labelled_f) / tf.maximum(count, 1.0)
+    return LabelledCrossEntropy(share, accuracy, count)

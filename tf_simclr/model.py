@@ -12,6 +12,9 @@ Usage from user code (no CLI needed)::
     model = SimCLRModel(encoder, num_classes=10, temperature=0.5)
     model.compile(optimizer=tf_simclr.optim.LARS(learning_rate=1.0, weight_decay=1e-4))
     model.fit(two_view_ds)     # elements {"view1": [B,H,W,3], "view2": ..., "label": [B]}
+
+No ``build()`` is needed first. A label < 0 marks an unlabelled image: the contrastive loss uses
+every image, the online supervised head only the labelled ones.
 """
 
 from __future__ import annotations
@@ -461,9 +464,11 @@ class SimCLRModel(keras.Model):
             if self.head_weight_decay:
                 shares["weight_decay_loss"] = replica_share(self._head_l2())
         elif "logits_sup" in outs and labels is not None:
-            sup, acc = self._supervised_loss(outs["logits_sup"], labels)
-            shares["sup_loss"] = replica_share(sup)  # a local mean: each replica's part of it
-            rates["sup_acc"] = acc
+            # Labels < 0 (unlabelled images) add nothing: pretraining on partly labelled data
+            # trains the online head on the labelled rows only.
+            sup = loss_lib.labelled_cross_entropy(outs["logits_sup"], labels)
+            shares["sup_loss"] = sup.share
+            rates["sup_acc"] = sup.accuracy
             if self.head_weight_decay:
                 shares["weight_decay_loss"] = replica_share(self._head_l2())
         elif self.train_mode in SUPERVISED_TRAIN_MODES:
@@ -496,18 +501,28 @@ class SimCLRModel(keras.Model):
         """One optimisation step on this replica's batch: the objective's gradient updates
         the network with `optimizer`; with `head_optimizer`, the supervised head is updated by
         it from the supervised loss alone (its input is stop-gradient features)."""
-        head_vars = list(self.supervised_head_variables) if head_optimizer is not None else []
-        head_ids = {id(v) for v in head_vars}
-        with tf.GradientTape(persistent=bool(head_vars)) as tape:
+        separate_head = head_optimizer is not None and self.supervised_head is not None
+        with tf.GradientTape(persistent=separate_head) as tape:
             objective = self.compute_objective(data, training=True)
             scaled = objective.total
             if hasattr(optimizer, "scale_loss"):
                 scaled = optimizer.scale_loss(scaled)
+        # Read after the forward pass: under fit() on a model that nothing built yet, the
+        # first traced step is what creates the head's variables.
+        head_vars = list(self.supervised_head_variables) if separate_head else []
+        head_ids = {id(v) for v in head_vars}
         variables = [v for v in self.optimized_variables if id(v) not in head_ids]
         optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables, strict=True))
         if head_vars:
+            if not head_optimizer.built:
+                # fit() on a model that nothing built yet: created inside the traced step,
+                # its slots would break tf.function's rule that variables are created on the
+                # first trace only; init_scope creates them outside the trace.
+                with tf.init_scope():
+                    head_optimizer.build(head_vars)
             head_grads = tape.gradient(objective.shares["sup_loss"], head_vars)
             head_optimizer.apply_gradients(zip(head_grads, head_vars, strict=True))
+        if separate_head:
             del tape
         return objective
 
