@@ -870,3 +870,38 @@ def test_finetune_checkpoint_given_as_index_file_or_damaged_newest(tmp_path, cap
         runner.run(_config(tmp_path / "second", checkpoint=str(source), **ft))
     assert "ckpt-5 is damaged and was skipped" in caplog.text
     assert "ckpt-2" in caplog.text
+
+
+def test_a_batch_without_its_channel_axis_is_told_so():
+    model = factory.build_model(tiny_config("/tmp/unused", image_size=16), 10)
+    with pytest.raises(ValueError, match=r"got shape \[4, 16, 16\].*the channel axis is missing"):
+        model(tf.zeros((4, 16, 16)))
+    with pytest.raises(ValueError, match=r"\[16, 16, 3\].*add a batch axis \(images\[None\]\)"):
+        model(tf.zeros((16, 16, 3)))
+
+
+def test_a_binary_checkpoint_state_file_is_named_and_nothing_is_touched(tmp_path, caplog):
+    """TensorFlow's readers fail on a non-text `checkpoint` state file with a bare
+    UnicodeDecodeError; training says which file and what to do, before touching anything,
+    and the fix it names (moving the file away) resumes from the checkpoint."""
+    from tf_simclr.checkpoints import CheckpointError
+
+    run_dir = tmp_path / "run"
+    config = tiny_config(run_dir, mode="train", train_steps=2, checkpoint_steps=1, export=False)
+    runner.run(config)
+    config = config.replace(train_steps=3)
+    state = run_dir / "checkpoint"
+    state.write_bytes(b"\xff\xfe\x00garbage")
+    before = {name: (run_dir / name).read_bytes() for name in _listing(run_dir)}
+    with pytest.raises(CheckpointError) as err:
+        runner.run(config)
+    message = str(err.value)
+    assert f"{state} is not a checkpoint state file (binary data at byte 0)" in message
+    assert "Move it away" in message and "ckpt-*.index" in message
+    assert {name: (run_dir / name).read_bytes() for name in _listing(run_dir)} == before
+
+    state.rename(run_dir / "checkpoint.damaged")
+    with caplog.at_level(logging.INFO):
+        result = runner.run(config)
+    assert "Resuming from" in caplog.text and "ckpt-2 at step 2" in caplog.text
+    assert result["step"] == 3

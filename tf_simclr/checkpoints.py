@@ -169,12 +169,37 @@ def _number(prefix: str) -> int:
     return int(prefix.rsplit("-", 1)[-1])
 
 
+STATE_FILENAME = "checkpoint"
+
+
+def check_state_file(directory: str) -> None:
+    """Raise CheckpointError naming the `checkpoint` state file of `directory` when it is not
+    text: TensorFlow's readers (CheckpointManager, get_checkpoint_state) fail on it with a bare
+    UnicodeDecodeError. (A text file they cannot parse they ignore, and so does tf_simclr,
+    which finds checkpoints from their .index files.)"""
+    path = os.path.join(directory, STATE_FILENAME)
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path, "rb") as f:
+        raw = f.read()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(
+            f"{path} is not a checkpoint state file (binary data at byte {err.start}): the file "
+            f"is damaged. Move it away (e.g. to {path}.damaged) and rerun: the checkpoints "
+            "themselves are found from their ckpt-*.index files, and the next save writes a "
+            "new state file."
+        ) from err
+
+
 def _state_file_prefixes(directory: str) -> list[str]:
     """Checkpoints named in the `checkpoint` state file, which CheckpointManager rewrites only
     after a save is complete: a listed checkpoint without its files was damaged afterwards."""
+    check_state_file(directory)
     state = tf.train.get_checkpoint_state(directory)
     if state is None:
-        path = os.path.join(directory, "checkpoint")
+        path = os.path.join(directory, STATE_FILENAME)
         if os.path.isfile(path):
             log.warning(
                 "%s cannot be parsed (a damaged checkpoint state file); checkpoints are found "

@@ -268,6 +268,7 @@ def evaluate_checkpoints(config: Config, strategy) -> dict:
     model, checkpoint, num_classes = _model_and_checkpoint(config, strategy)
     result = {}
     if config.eval_timeout > 0:
+        ckpt_lib.check_state_file(config.model_dir)  # the iterator reads it
         for path in tf.train.checkpoints_iterator(config.model_dir, timeout=config.eval_timeout):
             ckpt_lib.validate_checkpoint(path)  # a new checkpoint, not yet checked
             result = _evaluate_one(config, checkpoint, model, num_classes, path)

@@ -159,6 +159,8 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
     # temporary model_dir/worker_tmp_<i> and keep no logs. Waits on peers get a watchdog.
     role = distribute.WorkerRole(strategy, model_dir, collective_timeout=config.collective_timeout)
     storage.check_model_dir_writable(role.write_dir)
+    for directory in dict.fromkeys((model_dir, role.write_dir)):  # read by restore, manager
+        ckpt_lib.check_state_file(directory)
     num_replicas = strategy.num_replicas_in_sync
     distribute.check_batch_divisible(config.train_batch_size, strategy, flag="--train_batch_size")
     info = factory.dataset_info(config)

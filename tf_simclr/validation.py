@@ -72,8 +72,16 @@ def _check_static(images: tf.Tensor, name: str, rank: int | None) -> None:
         return
     if (rank is None and shape.rank not in (3, 4)) or (rank is not None and shape.rank != rank):
         hint = ""
-        if rank == 4 and shape.rank == 3:
+        if rank == 4 and shape.rank == 3 and shape[-1] in (1, 3, 4):
             hint = f": add a batch axis ({name}[None])"
+        elif rank == 4 and shape.rank == 3:
+            # [B, H, W]: a batch of single-channel images, not one image (its last axis is
+            # no channel count).
+            hint = (
+                ": the channel axis is missing (a [batch, height, width] batch of grayscale "
+                f"images?); add it and convert to RGB with tf.image.grayscale_to_rgb({name}"
+                "[..., None])"
+            )
         elif rank == 3 and shape.rank == 4:
             hint = f": pass one image ({name}[0]) or use the batch function"
         raise ValueError(
