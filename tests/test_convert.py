@@ -418,3 +418,54 @@ def test_a_converted_published_model_is_a_distillation_teacher(reference_fixture
     assert teacher.num_classes == io["infer/logits_sup"].shape[-1] == 10
     logits = teacher.logits(tf.constant(io["inputs"])).numpy()
     _assert_equals_reference({"logits_sup": logits}, io, ["logits_sup"])
+
+
+def test_a_killed_conversion_is_cleaned_up_and_a_running_one_is_not_overrun(
+    reference_fixtures, tmp_path
+):
+    """A conversion killed before its rename leaves a hidden temporary sibling of --dst: the
+    next conversion into that --dst removes it and says so. While the process that writes
+    such a folder is alive, a second conversion into the same --dst stops before any work."""
+    src = os.path.join(reference_fixtures, R18, "saved_model")
+    dst = tmp_path / "r18"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        running = tmp_path / f".r18.tmp-convert-{sleeper.pid}-0000abcd"
+        running.mkdir()
+        (running / "config.json").write_text("{}")
+        with pytest.raises(convert.ConversionError) as err:
+            convert.convert(src, str(dst), echo=_quiet)
+        assert f"Another conversion into --dst={dst} is running (process {sleeper.pid}" in str(
+            err.value
+        )
+        assert (running / "config.json").read_text() == "{}" and not dst.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The process is gone now: its folder is the leftover of a killed conversion.
+    said = []
+    convert.convert(src, str(dst), echo=said.append)
+    assert f"Removed {running}: the unfinished output of an interrupted conversion" in said[0]
+    assert not running.exists()
+    assert sorted(os.listdir(tmp_path)) == ["r18"]
+    assert os.path.isfile(dst / "config.json")
+
+
+def test_the_loser_of_two_conversions_into_one_dst_says_so(
+    reference_fixtures, tmp_path, monkeypatch
+):
+    """Another process fills --dst while this conversion writes its temporary folder: this one
+    stops naming that, leaves --dst as the other process wrote it, and keeps no files."""
+    dst = tmp_path / "r18"
+    write = convert._write_model_dir
+
+    def the_other_process_finishes_first(converted, directory, report):
+        dst.mkdir()
+        (dst / "config.json").write_text("theirs")
+        return write(converted, directory, report)
+
+    monkeypatch.setattr(convert, "_write_model_dir", the_other_process_finishes_first)
+    with pytest.raises(convert.ConversionError, match="was written by another process while"):
+        convert.convert(os.path.join(reference_fixtures, R18, "saved_model"), str(dst), echo=_quiet)
+    assert sorted(os.listdir(tmp_path)) == ["r18"]
+    assert os.listdir(dst) == ["config.json"] and (dst / "config.json").read_text() == "theirs"

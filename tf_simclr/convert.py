@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -342,6 +343,47 @@ def verify_against_source(converted: ConvertedModel, *, images=None) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
+# The hidden sibling a conversion writes into before renaming it to --dst, named with the
+# writing process's id so that a later run can tell a running conversion from a killed one.
+_TEMPORARY_MARK = ".tmp-convert-"
+
+
+def _temporary_path(dst: str) -> str:
+    parent, name = os.path.split(os.path.abspath(os.path.normpath(dst)))
+    return os.path.join(parent, f".{name}{_TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _clear_interrupted_conversions(dst: str, echo) -> None:
+    """Remove (and say so) the temporary folders of conversions into `dst` whose process is
+    gone (killed before the rename); refuse while one of them is still running."""
+    parent, name = os.path.split(os.path.abspath(os.path.normpath(dst)))
+    prefix = f".{name}{_TEMPORARY_MARK}"
+    for entry in sorted(os.listdir(parent)):
+        if not entry.startswith(prefix):
+            continue
+        path = os.path.join(parent, entry)
+        match = re.match(r"(\d+)-", entry[len(prefix) :])
+        pid = int(match.group(1)) if match else None
+        if pid is not None and pid != os.getpid() and _process_alive(pid):
+            raise ConversionError(
+                f"Another conversion into --dst={dst} is running (process {pid}, writing "
+                f"{path}); nothing was written. Wait for it to finish, or choose another --dst "
+                f"(if no conversion is running, delete {path})."
+            )
+        shutil.rmtree(path, ignore_errors=True)
+        echo(f"Removed {path}: the unfinished output of an interrupted conversion into {dst}.")
+
+
 def _check_destination(dst: str) -> None:
     if os.path.isfile(dst):
         raise ConversionError(f"--dst={dst} is a file; give a directory path for the model_dir.")
@@ -424,6 +466,7 @@ def convert(
     src = os.path.expanduser(os.fspath(src))
     dst = os.path.expanduser(os.fspath(dst))
     _check_destination(dst)
+    _clear_interrupted_conversions(dst, echo)
     converted = load_reference(src, image_size=image_size, reference_flags=reference_flags)
     arch, source = converted.architecture, converted.source
     echo(f"Source: {src} (reference {source.kind.replace('_', ' ')}).")
@@ -450,10 +493,7 @@ def convert(
                 f"--verify: {', '.join(bad)} differ from the source by more than the tolerance; "
                 f"nothing was written to {dst}."
             )
-    tmp = os.path.join(
-        os.path.dirname(os.path.abspath(dst)),
-        f".{os.path.basename(os.path.normpath(dst))}.tmp-convert-{uuid.uuid4().hex[:8]}",
-    )
+    tmp = _temporary_path(dst)
     os.makedirs(tmp)
     try:
         paths = _write_model_dir(converted, tmp, report)
@@ -471,8 +511,14 @@ def convert(
         with open(os.path.join(tmp, CONVERSION_FILENAME), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True)
             f.write("\n")
+        if os.path.isfile(dst) or (os.path.isdir(dst) and os.listdir(dst)):
+            raise ConversionError(
+                f"--dst={dst} was written by another process while this conversion ran (it was "
+                "empty or absent at the start); it is left as that process wrote it and nothing "
+                "of this conversion was kept. Convert into another --dst if you need both."
+            )
         if os.path.isdir(dst):
-            os.rmdir(dst)  # empty (checked above)
+            os.rmdir(dst)  # empty
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
