@@ -240,3 +240,17 @@ def test_report_leaves_out_what_a_run_did_not_write(tmp_path):
     (tmp_path / "1").mkdir()
     text = report.format_report({"export_path": str(tmp_path / "1")}, config)
     assert text.splitlines() == [f"Outputs in {tmp_path}:", f"  exported module   {tmp_path / '1'}"]
+
+
+def test_usage_error_is_the_message_and_where_to_get_help():
+    """A bad flag value prints its one message and how to list the flags (not absl's ~270-line
+    listing of every flag), with the usage exit code."""
+    proc = _run("--temperature=0", "--train_epochs=3")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == cli.USAGE_EXIT_CODE == 2
+    assert lines[-2].startswith("tf-simclr: error: --temperature must be a positive number")
+    assert lines[-1] == "Run 'tf-simclr --helpfull' to list every flag."
+    assert "--train_epochs:" not in proc.stderr and "--temperature:" not in proc.stderr
+    unexpected = _run("train_then_eval")
+    assert unexpected.returncode == 2
+    assert "Unexpected arguments: train_then_eval (flags use --name=value)" in unexpected.stderr

@@ -188,13 +188,25 @@ def _interrupt(signum, _frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+USAGE_EXIT_CODE = 2
+
+
+def usage_error(message: str) -> int:
+    """Print a usage error with where to find help (not absl's listing of every flag, which
+    buries the one line that matters) and return the exit code."""
+    print(
+        f"tf-simclr: error: {message}\nRun 'tf-simclr --helpfull' to list every flag.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return USAGE_EXIT_CODE
+
+
 def main(argv: list[str], *, quiet_startup: bool = False) -> int:
     """The command behind `tf-simclr` (run by absl's app.run after it parsed the flags);
     returns the exit code. quiet_startup: filter TensorFlow's start-up noise from stderr."""
     if len(argv) > 1:
-        raise app.UsageError(
-            f"Unexpected arguments: {' '.join(argv[1:])} (flags use --name=value)."
-        )
+        return usage_error(f"Unexpected arguments: {' '.join(argv[1:])} (flags use --name=value).")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
@@ -207,7 +219,7 @@ def main(argv: list[str], *, quiet_startup: bool = False) -> int:
     try:
         config = config_from_flags()
     except ConfigError as err:
-        raise app.UsageError(str(err)) from err
+        return usage_error(str(err))
 
     if quiet_startup:
         tf = import_tensorflow_quietly()
