@@ -28,6 +28,7 @@ from tf_simclr import data as data_lib
 from tf_simclr import distill, factory, runner
 from tf_simclr import evaluate as eval_lib
 from tf_simclr.config import Config, ConfigError
+from tf_simclr.objectives import distillation
 
 
 def _np_log_softmax(x):
@@ -51,24 +52,26 @@ def test_soft_targets_sum_to_one_and_the_loss_matches_numpy(temperature):
     rng = np.random.default_rng(0)
     teacher = rng.normal(size=(7, 5)).astype(np.float32) * 3
     student = rng.normal(size=(7, 5)).astype(np.float32)
-    targets = distill.soft_targets(teacher, temperature).numpy()
+    targets = distillation.soft_targets(teacher, temperature).numpy()
     np.testing.assert_allclose(targets.sum(axis=-1), 1.0, rtol=1e-6)
     # A higher temperature flattens the targets.
-    assert np.all(targets.max(axis=-1) <= distill.soft_targets(teacher, 0.25).numpy().max(-1))
+    assert np.all(targets.max(axis=-1) <= distillation.soft_targets(teacher, 0.25).numpy().max(-1))
     want = -(
         np.exp(_np_log_softmax(teacher / temperature)) * _np_log_softmax(student / temperature)
     )
-    got = distill.distillation_loss(teacher, student, temperature).numpy()
+    got = distillation.distillation_loss(teacher, student, temperature).numpy()
     np.testing.assert_allclose(got, want.sum(axis=-1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.9])
-def test_objective_terms_match_numpy_with_unlabelled_images(alpha):
+def test_distillation_terms_match_numpy_with_unlabelled_images(alpha):
     rng = np.random.default_rng(1)
     student = rng.normal(size=(9, 4)).astype(np.float32)
     teacher = rng.normal(size=(9, 4)).astype(np.float32)
     labels = np.array([2, -1, 0, -1, -1, 3, 1, -1, -1], np.int32)
-    shares, rates = distill.objective_terms(student, teacher, labels, temperature=2.0, alpha=alpha)
+    shares, rates = distillation.distillation_terms(
+        student, teacher, labels, temperature=2.0, alpha=alpha
+    )
     want_distill, want_sup = _np_objective(student, teacher, labels, 2.0, alpha)
     assert float(shares["distill_loss"]) == pytest.approx(want_distill, rel=1e-5)
     if alpha:
@@ -83,7 +86,7 @@ def test_gradient_reaches_the_student_only_and_no_labels_means_no_supervised_ter
     student = tf.Variable(np.random.default_rng(2).normal(size=(4, 3)).astype(np.float32))
     teacher = tf.Variable(np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
-        shares, _ = distill.objective_terms(
+        shares, _ = distillation.distillation_terms(
             student, teacher, -np.ones(4, np.int32), temperature=1.0, alpha=0.5
         )
         total = shares["distill_loss"] + shares["sup_loss"]

@@ -409,3 +409,61 @@ def test_pretraining_head_learns_from_labelled_rows_only():
         loss = model.compute_objective(batch, training=True).shares["sup_loss"]
     grads = tape.gradient(loss, model.supervised_head_variables)
     assert all(g is None or not np.any(g.numpy()) for g in grads)
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr_tests")
+class _Alignment:
+    """A new objective in a few lines: the mean squared distance between the two views'
+    normalised projections (no negatives), with its metric names."""
+
+    train_mode = "pretrain"
+    metric_names_all = ("alignment_loss",)
+
+    def __init__(self, weight=1.0):
+        self.weight = weight
+
+    def __call__(self, model, data, training=True):
+        from tf_simclr.objectives.base import with_total
+
+        outs = model.forward_two_views(data["view1"], data["view2"], training=training)
+        z1, z2 = tf.split(tf.math.l2_normalize(outs["proj_head_output"], axis=-1), 2)
+        loss = self.weight * tf.reduce_mean(tf.reduce_sum(tf.square(z1 - z2), axis=-1))
+        return with_total(model, {"alignment_loss": loss}, {})
+
+    def metric_names(self, model):
+        return ["loss", "alignment_loss"], []
+
+    def get_config(self):
+        return {"weight": self.weight}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def test_an_objective_of_ones_own_trains_and_saves_with_the_model(tmp_path):
+    """The network and its objective are apart: SimCLRModel(objective=...) computes, fits and
+    saves with an objective defined outside the package, and the train modes each have one."""
+    from tf_simclr import config as config_lib
+    from tf_simclr import objectives
+
+    assert tuple(objectives.OBJECTIVES) == config_lib.TRAIN_MODES == model_lib.TRAIN_MODES
+    keras.utils.set_random_seed(2)
+    model = _tiny(num_classes=None, objective=_Alignment(weight=2.0))
+    batch = _two_view_batch(n=4)
+    objective = model.compute_objective(batch, training=False)
+    z = model.forward_two_views(batch["view1"], batch["view2"], training=False)
+    z = z["proj_head_output"].numpy().astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    expected = 2.0 * np.mean(np.sum((z[:4] - z[4:]) ** 2, axis=1))
+    np.testing.assert_allclose(float(objective.total), expected, rtol=1e-5)
+    assert model.objective_metric_names() == (["loss", "alignment_loss"], [])
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), verbose=0).history
+    assert set(history) == {"loss", "alignment_loss"}
+    path = str(tmp_path / "aligned.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert isinstance(reloaded.objective, _Alignment) and reloaded.objective.weight == 2.0
+    with pytest.raises(ValueError, match="is for train_mode='pretrain', but the model is built"):
+        _tiny(num_classes=3, train_mode="finetune", objective=_Alignment())

@@ -13,6 +13,7 @@ from PIL import Image
 
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import factory, runner, train
+from tf_simclr.loss import labelled_cross_entropy
 
 
 def _history_steps(model_dir):
@@ -255,7 +256,7 @@ def test_mixed_precision_training_keeps_float32_weights_and_loss(
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert outputs["final_avg_pool"].dtype == compute_dtype
-    sup_loss, _ = state.model._supervised_loss(outputs["logits_sup"], tf.constant([1, 2]))
+    sup_loss = labelled_cross_entropy(outputs["logits_sup"], tf.constant([1, 2])).share
     assert sup_loss.dtype == "float32"  # losses are computed in float32
     assert all(w.dtype == "float32" for w in state.model.weights)
     records = train.read_history(str(tmp_path))

@@ -1,17 +1,8 @@
-"""SimCLRv2's distillation: a frozen teacher's class distribution as the student's target.
+"""SimCLRv2's distillation teacher: what --teacher names, opened as a frozen network.
 
-The loss (SimCLRv2, Eq. 2 and 3) is the cross-entropy between the teacher's and the student's
-class distributions, both softened by a temperature tau:
-
-    L = alpha * L_sup + (1 - alpha) * L_distill,
-    L_distill = mean_i [ -sum_y softmax(t_i / tau)_y * log softmax(s_i / tau)_y ],
-
-over every image of the batch, and L_sup the cross-entropy with the labels of the batch's
-labelled images (label >= 0). The paper writes the weights the other way round (its alpha
-weighs the distillation term); here alpha = 0 is pure distillation, the paper's main setting.
-
-`load_teacher` opens what --teacher names (a tf_simclr model_dir or checkpoint, a converted
-published model, or an exported module) as a frozen `Teacher` that maps images to logits.
+`load_teacher` opens a tf_simclr model_dir or checkpoint, a converted published model, or an
+exported module as a frozen `Teacher` that maps images to logits; the training loop adds its
+logits of each batch to the batch, and `tf_simclr.objectives.distillation` is the loss.
 """
 
 from __future__ import annotations
@@ -24,50 +15,13 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import loss as loss_lib
 from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-# Labels of the images outside the labelled subset in a distillation batch.
-UNLABELLED = -1
-
 
 class TeacherError(ValueError):
     """--teacher does not name a usable teacher; the message says why and what to give."""
-
-
-def soft_targets(teacher_logits, temperature: float) -> tf.Tensor:
-    """The teacher's class distribution softened by `temperature` (rows sum to one)."""
-    return tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature, axis=-1)
-
-
-def distillation_loss(teacher_logits, student_logits, temperature: float) -> tf.Tensor:
-    """Per-example cross-entropy between the softened teacher and student distributions [B]
-    (no gradient reaches the teacher)."""
-    targets = tf.stop_gradient(soft_targets(teacher_logits, temperature))
-    log_student = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / temperature, axis=-1)
-    return -tf.reduce_sum(targets * log_student, axis=-1)
-
-
-def objective_terms(
-    student_logits, teacher_logits, labels, *, temperature: float, alpha: float
-) -> tuple[dict, dict]:
-    """(shares, rates) of one replica's distillation batch, as `SimCLRModel.compute_objective`
-    reports them: "distill_loss" and, with alpha > 0, "sup_loss" are this replica's shares of
-    the global batch means (summed over replicas they give the loss of the whole batch, with the
-    supervised mean over all labelled images of all replicas); "teacher_agreement" is the
-    fraction of images whose top class the student shares with the teacher."""
-    per_example = distillation_loss(teacher_logits, student_logits, temperature)
-    count = tf.cast(tf.shape(per_example)[0], tf.float32)
-    global_count = loss_lib.sum_over_replicas(count)
-    shares = {"distill_loss": (1.0 - alpha) * tf.reduce_sum(per_example) / global_count}
-    if alpha > 0:
-        sup = loss_lib.labelled_cross_entropy(student_logits, labels)
-        shares["sup_loss"] = alpha * sup.share
-    agree = tf.equal(tf.argmax(student_logits, axis=-1), tf.argmax(teacher_logits, axis=-1))
-    rates = {"teacher_agreement": tf.reduce_mean(tf.cast(agree, tf.float32))}
-    return shares, rates
 
 
 @dataclass

@@ -19,44 +19,20 @@ every image, the online supervised head only the labelled ones.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_simclr import distill as distill_lib
-from tf_simclr import loss as loss_lib
-from tf_simclr import validation
-from tf_simclr.distribute import replica_share
+from tf_simclr import objectives, validation
 from tf_simclr.heads import DEFAULT_NUM_PROJ_LAYERS, PROJ_HEAD_MODES, ProjectionHead  # noqa: F401
+from tf_simclr.loss import labelled_cross_entropy
+from tf_simclr.objectives import Objective
 from tf_simclr.resnet import freeze_up_to_block, layer_groups
 
 TRAIN_MODES = ("pretrain", "finetune", "distill")
 # Modes whose supervised head is trained through the network.
 SUPERVISED_TRAIN_MODES = ("finetune", "distill")
 SUPERVISED_HEAD_NAME = "head_supervised"
-
-
-class Objective(NamedTuple):
-    """One batch's objective on one replica.
-
-    total: this replica's share of the global objective (summed over replicas, the strategies'
-        gradient all-reduce gives the full gradient). shares: the loss terms, as shares
-        ("contrastive_loss", "sup_loss", "weight_decay_loss"). rates: per-replica rates to
-        average over replicas ("contrastive_acc", "contrastive_entropy", "sup_acc").
-    """
-
-    total: tf.Tensor
-    shares: dict
-    rates: dict
-
-    def shares_with_total(self) -> dict:
-        return {"loss": self.total, **self.shares}
-
-    def metrics(self) -> dict:
-        """Every metric of this replica: {"loss": total, **shares, **rates}."""
-        return {**self.shares_with_total(), **self.rates}
 
 
 def _on_tpu() -> bool:
@@ -89,6 +65,11 @@ class SimCLRModel(keras.Model):
     ``train_step`` / ``test_step`` make ``compile()`` + ``fit()`` / ``evaluate()`` work on
     pretraining batches ``{"view1", "view2", "label"}`` (NT-Xent + supervised cross-entropy) and,
     in fine-tune mode, on ``{"image", "label"}`` batches (or ``(image, label)`` tuples).
+
+    The loss is the model's ``objective`` (`tf_simclr.objectives`): the one ``train_mode``
+    chooses, built from ``temperature``, ``hidden_norm``, ``loss_scale``,
+    ``head_weight_decay``, ``distill_temperature`` and ``distill_alpha``, or one given as
+    ``objective=`` (those settings are then unused).
     """
 
     def __init__(
@@ -116,6 +97,7 @@ class SimCLRModel(keras.Model):
         ft_update_unused_head_bn: bool = False,
         distill_temperature: float = 1.0,
         distill_alpha: float = 0.0,
+        objective=None,
         name: str = "simclr",
         **kwargs,
     ):
@@ -130,13 +112,25 @@ class SimCLRModel(keras.Model):
             )
         if supervised and not num_classes:
             raise ValueError(f"train_mode={train_mode!r} needs num_classes >= 1.")
-        if distill_temperature <= 0 or not 0 <= distill_alpha <= 1:
-            raise ValueError(
-                "distill_temperature must be > 0 and distill_alpha in [0, 1]; got "
-                f"{distill_temperature} and {distill_alpha}."
+        custom_objective = objective
+        if objective is None:
+            # The train mode chooses the objective once; its settings are checked there.
+            objective = objectives.for_train_mode(
+                train_mode,
+                temperature=temperature,
+                hidden_norm=hidden_norm,
+                loss_scale=loss_scale,
+                head_weight_decay=head_weight_decay,
+                distill_temperature=distill_temperature,
+                distill_alpha=distill_alpha,
             )
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        elif getattr(objective, "train_mode", train_mode) != train_mode:
+            raise ValueError(
+                f"objective {type(objective).__name__} is for train_mode="
+                f"{objective.train_mode!r}, but the model is built for {train_mode!r}."
+            )
+        # Not Keras-tracked: the objective holds settings, no weights.
+        object.__setattr__(self, "objective", objective)
         self.encoder = encoder
         self.projection_head = ProjectionHead(
             proj_head_mode,
@@ -162,14 +156,8 @@ class SimCLRModel(keras.Model):
         self.lineareval_while_pretraining = lineareval_while_pretraining
         self.global_bn = global_bn
         self.fine_tune_after_block = fine_tune_after_block
-        self.temperature = temperature
-        self.hidden_norm = hidden_norm
-        self.loss_scale = loss_scale
-        self.head_weight_decay = head_weight_decay
         self.fused_batch_norm = fused_batch_norm
         self.ft_update_unused_head_bn = ft_update_unused_head_bn
-        self.distill_temperature = distill_temperature
-        self.distill_alpha = distill_alpha
         # Kept for get_config (the encoder is serialised separately).
         object.__setattr__(
             self,
@@ -198,6 +186,8 @@ class SimCLRModel(keras.Model):
                 distill_alpha=distill_alpha,
             ),
         )
+        if custom_objective is not None:
+            self._init_config["objective"] = custom_objective
 
         self.supervised_head = None
         if num_classes and (supervised or lineareval_while_pretraining):
@@ -238,17 +228,9 @@ class SimCLRModel(keras.Model):
                 names = ["stem"] + [f"block_group{i}" for i in range(1, fine_tune_after_block + 1)]
                 self._frozen_layers.extend(layer for g in names for layer in groups[g])
 
-        names = (
-            "loss",
-            "contrastive_loss",
-            "contrastive_acc",
-            "contrastive_entropy",
-            "sup_loss",
-            "sup_acc",
-            "weight_decay_loss",
-            "distill_loss",
-            "teacher_agreement",
-        )
+        names = ("loss", *objective.metric_names_all)
+        if "sup_loss" not in names:  # test_step's labelled evaluation batches
+            names += ("sup_loss", "sup_acc")
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
     # ------------------------------------------------------------------ forward
@@ -384,118 +366,18 @@ class SimCLRModel(keras.Model):
                 out.append(v)
         return out
 
-    # ------------------------------------------------------------------ losses
-    def _supervised_loss(self, logits, labels):
-        logits = ops.cast(logits, "float32")
-        labels = ops.cast(ops.reshape(labels, [-1]), "int32")
-        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        acc = ops.mean(ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), "float32"))
-        return ops.mean(per_example), acc
-
-    def _head_l2(self):
-        if not self.head_weight_decay or self.supervised_head is None:
-            return 0.0
-        return self.head_weight_decay * 0.5 * ops.sum(ops.square(self.supervised_head.kernel))
-
-    def _labelled_images(self, data):
-        if isinstance(data, dict):
-            if "image" not in data or "label" not in data:
-                raise ValueError(
-                    f"Fine-tune batches need 'image' and 'label'; got keys {sorted(data)}."
-                )
-            return data["image"], data["label"]
-        return data[0], data[1]
-
+    # ------------------------------------------------------------------ objective
     def compute_objective(self, data, training: bool = True) -> Objective:
-        """The training objective of one batch on this replica (the single definition used by
-        ``fit()`` and by tf_simclr's training loop).
-
-        Pretraining batches are {"view1", "view2"[, "label"]}: NT-Xent over both views plus, with
-        a supervised head and labels, the cross-entropy of the head (on stop-gradient features)
-        for both views' labels and its L2 term (``head_weight_decay``). Fine-tuning batches are
-        {"image", "label"} (or a tuple): the cross-entropy and the L2 term. Distillation
-        batches add "teacher_logits" (the frozen teacher's, for the same images; labels < 0
-        mark unlabelled images): `tf_simclr.distill.objective_terms` and the L2 term.
-        """
-        replicas = _num_replicas()
-        shares, rates = {}, {}
-        if self.train_mode == "pretrain":
-            if not isinstance(data, dict) or "view1" not in data or "view2" not in data:
-                keys = f" keys {sorted(data)}" if isinstance(data, dict) else ""
-                raise ValueError(
-                    "Pretraining batches must be dicts with 'view1' and 'view2' (and 'label'); "
-                    f"got {type(data).__name__}{keys}."
-                )
-            if data["view1"].shape[0] == 1 and replicas == 1:
-                raise ValueError(
-                    "Pretraining batches need at least 2 images: with 1 the contrastive loss has "
-                    "no negatives and is 0 whatever the network computes."
-                )
-            outs = self.forward_two_views(data["view1"], data["view2"], training=training)
-            z1, z2 = ops.split(outs["proj_head_output"], 2, axis=0)
-            con = loss_lib.nt_xent_loss(
-                z1,
-                z2,
-                temperature=self.temperature,
-                hidden_norm=self.hidden_norm,
-                loss_scale=self.loss_scale,
-            )
-            shares["contrastive_loss"] = con.loss  # already this replica's share
-            rates.update(loss_lib.contrastive_metrics(con.logits, con.labels))
-            labels = data.get("label")
-            if labels is not None:
-                labels = ops.concatenate([labels, labels], axis=0)
-        else:
-            images, labels = self._labelled_images(data)
-            outs = self(images, training=training)
-        if self.train_mode == "distill":
-            if not isinstance(data, dict) or "teacher_logits" not in data:
-                raise ValueError(
-                    "Distillation batches need 'teacher_logits' (the frozen teacher's logits "
-                    "of the same images) beside 'image' and 'label'."
-                )
-            shares, rates = distill_lib.objective_terms(
-                outs["logits_sup"],
-                data["teacher_logits"],
-                labels,
-                temperature=self.distill_temperature,
-                alpha=self.distill_alpha,
-            )
-            if self.head_weight_decay:
-                shares["weight_decay_loss"] = replica_share(self._head_l2())
-        elif "logits_sup" in outs and labels is not None:
-            # Labels < 0 (unlabelled images) add nothing: pretraining on partly labelled data
-            # trains the online head on the labelled rows only.
-            sup = loss_lib.labelled_cross_entropy(outs["logits_sup"], labels)
-            shares["sup_loss"] = sup.share
-            rates["sup_acc"] = sup.accuracy
-            if self.head_weight_decay:
-                shares["weight_decay_loss"] = replica_share(self._head_l2())
-        elif self.train_mode in SUPERVISED_TRAIN_MODES:
-            raise ValueError("Fine-tuning needs a supervised head (num_classes >= 1).")
-        total = ops.sum(ops.stack([ops.cast(v, "float32") for v in shares.values()]))
-        if self.losses:  # Keras regularisers, if a user encoder has any
-            total = total + replica_share(ops.cast(ops.sum(self.losses), "float32"))
-        return Objective(total, shares, rates)
+        """The training objective of one batch on this replica: the objective the train mode
+        chose (`tf_simclr.objectives`), the single definition used by ``fit()`` and by
+        tf_simclr's training loop."""
+        return self.objective(self, data, training)
 
     def objective_metric_names(self) -> tuple[list[str], list[str]]:
         """(names summed over replicas: "loss" and the loss terms, all ending in "loss";
         names averaged over replicas: the rates) of the metrics `compute_objective` reports for
         labelled batches."""
-        shares, rates = ["loss"], []
-        if self.train_mode == "distill":
-            shares += ["distill_loss"] + (["sup_loss"] if self.distill_alpha > 0 else [])
-            shares += ["weight_decay_loss"] if self.head_weight_decay else []
-            return shares, ["teacher_agreement"]
-        if self.train_mode == "pretrain":
-            shares.append("contrastive_loss")
-            rates += ["contrastive_acc", "contrastive_entropy"]
-        if self.supervised_head is not None:
-            shares.append("sup_loss")
-            rates.append("sup_acc")
-            if self.head_weight_decay:
-                shares.append("weight_decay_loss")
-        return shares, rates
+        return self.objective.metric_names(self)
 
     def training_step(self, data, optimizer, head_optimizer=None) -> Objective:
         """One optimisation step on this replica's batch: the objective's gradient updates
@@ -568,23 +450,28 @@ class SimCLRModel(keras.Model):
                 raise ValueError(
                     "This model has no supervised head to evaluate on 'image' batches."
                 )
-            sup, acc = self._supervised_loss(outs["logits_sup"], data["label"])
-            share = replica_share(sup)
-            return self._record(Objective(share, {"sup_loss": share}, {"sup_acc": acc}))
+            sup = labelled_cross_entropy(outs["logits_sup"], data["label"])
+            shares, rates = {"sup_loss": sup.share}, {"sup_acc": sup.accuracy}
+            return self._record(Objective(sup.share, shares, rates))
         return self._record(self.compute_objective(data, training=False))
 
     def get_config(self):
         # The encoder must itself be Keras-serialisable (build_resnet's models are).
-        return {
+        config = {
             "name": self.name,
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             **self._init_config,
         }
+        if "objective" in config:  # one given to the constructor (registered serialisable)
+            config["objective"] = keras.saving.serialize_keras_object(config["objective"])
+        return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        if "objective" in config:
+            config["objective"] = keras.saving.deserialize_keras_object(config["objective"])
         return cls(encoder, **config)
 
 

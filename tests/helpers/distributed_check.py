@@ -197,7 +197,7 @@ for n in (2, 4):
 def check_distillation(replicas):
     """SimCLRv2 distillation terms: the replica shares summed equal the one-device value on
     the global batch, with the labelled images spread unevenly over the replicas."""
-    from tf_simclr.distill import objective_terms
+    from tf_simclr.objectives.distillation import distillation_terms
 
     tf.distribute.MirroredStrategy._collective_key_base = 5000 * replicas
     strategy = make_strategy("mirrored", num_cpu_devices=replicas)
@@ -208,13 +208,13 @@ def check_distillation(replicas):
     labels = np.where(np.arange(GLOBAL_B) < GLOBAL_B // 2, rng.integers(0, 6, GLOBAL_B), -1)
     labels = labels.astype(np.int32)
     kw = dict(temperature=2.0, alpha=0.3)
-    ref, _ = objective_terms(student, teacher, labels, **kw)
+    ref, _ = distillation_terms(student, teacher, labels, **kw)
     local = GLOBAL_B // replicas
 
     def fn(s, t, y):
         start = tf.distribute.get_replica_context().replica_id_in_sync_group * local
         rows = slice(start, start + local)
-        shares, _ = objective_terms(s[rows], t[rows], y[rows], **kw)
+        shares, _ = distillation_terms(s[rows], t[rows], y[rows], **kw)
         return shares
 
     @tf.function
