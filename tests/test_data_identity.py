@@ -226,16 +226,21 @@ def test_a_moved_folder_is_the_same_data(runs, data, tmp_path, caplog):
     assert result["metrics"]["finetune_top1"] == original["metrics"]["finetune_top1"]
 
 
-def test_a_run_from_before_identities_loads_with_one_warning(runs, tmp_path, caplog):
+def test_a_run_from_before_identities_loads_with_one_warning(
+    runs, data, tmp_path, caplog, monkeypatch
+):
     run = tmp_path / "old"
     shutil.copytree(runs["finetune"], run)
     values = json.loads((run / "config.json").read_text())
-    del values["data_identity"]  # as written before this change
+    del values["data_identity"]  # as written before this change: the dataset as given
+    values["dataset"] = "colours"
     (run / "config.json").write_text(json.dumps(values))
+    monkeypatch.chdir(data["root"] / "work")
     config = Config.load(str(run)).replace(mode="eval", model_dir=str(run))
     with caplog.at_level(logging.WARNING, logger="tf_simclr.run_data"):
         result = runner.run(config)
     assert caplog.text.count("cannot be checked") == 1
+    assert "--dataset=colours was stored as given, a relative path" in caplog.text
     assert 0.0 <= result["metrics"]["finetune_top1"] <= 1.0
 
 

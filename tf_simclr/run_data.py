@@ -55,11 +55,20 @@ def same_label_space(recorded: dict, current: dict) -> bool:
 def _recorded(run: Config, where: str, current: dict) -> dict | None:
     """The run's recorded identity; None (with the warning) for a run that predates them."""
     if run.data_identity is None:
+        stored = os.path.expanduser(run.dataset)
+        relative = (
+            f" Its --dataset={run.dataset} was stored as given, a relative path: it is read "
+            f"against this working directory ({os.getcwd()}), maybe not the one it was trained "
+            "from."
+            if not os.path.isabs(stored) and os.path.exists(stored)
+            else ""
+        )
         log.warning(
             "%s was written before tf_simclr recorded a run's data (its config.json has no "
-            "data_identity): whether it was trained on %s cannot be checked.",
+            "data_identity): whether it was trained on %s cannot be checked.%s",
             where,
             current.get("dataset"),
+            relative,
         )
     return run.data_identity
 
