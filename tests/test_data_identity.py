@@ -324,3 +324,16 @@ def test_fine_tuning_and_transfer_from_a_run_on_other_data_are_logged(runs, data
     assert recorded == Config.load(str(runs["pretrain"])).data_identity
     # Logged once: for the other data, not for the pretraining run's own.
     assert caplog.text.count("Transfer:") == 1 and str(data["renamed"]) in caplog.text
+
+
+def test_paths_are_made_absolute_against_the_invocations_directory(runs, monkeypatch):
+    monkeypatch.chdir(runs["finetune"].parent)
+    config = _small("/unused", train_mode="distill", teacher="finetune")
+    absolute = runner.with_absolute_paths(config)
+    assert absolute.teacher == str(runs["finetune"])
+    assert absolute.dataset == "embedded"  # names stay names
+    assert runner.with_absolute_paths(config.replace(dataset="cifar10")).dataset == "cifar10"
+    prefix = runner.with_absolute_paths(
+        config.replace(train_mode="finetune", teacher=None, checkpoint="finetune/ckpt-2")
+    ).checkpoint
+    assert prefix == str(runs["finetune"] / "ckpt-2")

@@ -100,22 +100,30 @@ def _recorded_flags(recorded: dict) -> str:
 
 # What reading a run over other data would do, by reader.
 _CONSEQUENCES = {
-    "resume": "Resuming would go on training it on other images than its checkpoints saw.",
+    "resume": (
+        "Resuming would go on training it on other images than its checkpoints saw. Give the "
+        "run's data ({flags}), or a new --model_dir to train on this data."
+    ),
     "eval": (
         "Evaluating it there would report its accuracy on data it was not trained on as its "
-        "own, and replace its result.json. To evaluate its frozen features on other data "
-        "(transfer), give --mode=eval --checkpoint={model_dir} --model_dir=<a new folder>."
+        "own, and replace its result.json. Give the run's data ({flags}); to evaluate its "
+        "frozen features on other data (transfer), give --mode=eval --checkpoint={model_dir} "
+        "--model_dir=<a new folder>."
     ),
-    "export": "Its export would describe another dataset's classes than the head predicts.",
+    "export": (
+        "Its export would describe another dataset's classes than its head predicts. Give "
+        "the run's data ({flags})."
+    ),
     "stage": (
-        "The recipe would reuse (or resume) that stage as if it had been trained on this data."
+        "The recipe would reuse (or resume) that stage as if it had been trained on this data. "
+        "Give the recipe's data ({flags}), or a new --model_dir."
     ),
 }
 
 
 def check_own_data(config: Config, current: dict, *, reader: str) -> None:
-    """`reader` ("resume", "eval", "export" or a recipe's "stage") reads the run in config.model_dir over the data
-    `current` describes: refused (DataMismatchError) unless that is the run's recorded data;
+    """`reader` ("resume", "eval", "export" or a recipe's "stage") reads the run in
+    config.model_dir over the data `current` describes: refused (DataMismatchError) unless that is the run's recorded data;
     the same data at another path is logged as moved. No run there, or one without a recorded
     identity (a warning): nothing to check."""
     model_dir = config.model_dir
@@ -135,11 +143,14 @@ def check_own_data(config: Config, current: dict, *, reader: str) -> None:
                 current.get("fingerprint"),
             )
         return
+    if recorded.get("dataset") == current.get("dataset"):
+        now = f"the data at that path changed since: {describe(current, location=False)}"
+    else:
+        now = f"--dataset={config.dataset} is {describe(current, location=False)}"
     raise DataMismatchError(
-        f"--model_dir={model_dir} holds a run trained on {describe(recorded)}; "
-        f"--dataset={config.dataset} is {describe(current)}: {_difference(recorded, current)}. "
-        f"{_CONSEQUENCES[reader].format(model_dir=model_dir)} Give the run's data "
-        f"({_recorded_flags(recorded)}), or a new --model_dir."
+        f"--model_dir={model_dir} holds a run trained on {describe(recorded)}; {now}: "
+        f"{_difference(recorded, current)}. "
+        + _CONSEQUENCES[reader].format(model_dir=model_dir, flags=_recorded_flags(recorded))
     )
 
 

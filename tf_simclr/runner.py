@@ -41,13 +41,15 @@ def check_saved_architecture(config: Config) -> None:
 
 
 def with_absolute_paths(config: Config) -> Config:
-    """`config` with its dataset, data_dir and label ids file as absolute paths (against this
-    invocation's working directory), so the run's config.json means the same files from
-    any other one. Names ("embedded", TFDS names) are kept."""
+    """`config` with its dataset, data_dir, label ids file, --checkpoint and --teacher as
+    absolute paths (against this invocation's working directory), so the run's config.json
+    means the same files from any other one. Names ("embedded", TFDS names) are kept."""
     return config.replace(
         dataset=identity_lib.absolute_dataset(config.dataset),
         data_dir=identity_lib.absolute_path(config.data_dir),
         label_ids_file=identity_lib.absolute_path(config.label_ids_file),
+        checkpoint=identity_lib.absolute_path(config.checkpoint),
+        teacher=identity_lib.absolute_path(config.teacher),
     )
 
 

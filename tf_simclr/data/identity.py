@@ -43,11 +43,14 @@ def absolute_dataset(dataset: str) -> str:
 
 
 def absolute_path(path: str | None) -> str | None:
-    """An existing path made absolute (a --data_dir, --label_ids_file); others unchanged."""
+    """An existing path made absolute (a --data_dir, --label_ids_file, a model_dir, or a
+    checkpoint prefix whose .index exists); others unchanged (their errors name them as
+    given)."""
     if not path:
         return path
     expanded = os.path.expanduser(path)
-    return os.path.abspath(expanded) if os.path.exists(expanded) else path
+    exists = os.path.exists(expanded) or os.path.exists(expanded + ".index")
+    return os.path.abspath(expanded) if exists else path
 
 
 def _digest(payload) -> str:
@@ -123,14 +126,15 @@ def _tfds_name_and_bytes(location: str, split: str) -> tuple[str, int | None]:
     return str(stored.get("name", "")), int(size) if size is not None else None
 
 
-def describe(identity: dict) -> str:
-    """One line naming the data an identity describes."""
+def describe(identity: dict, *, location: bool = True) -> str:
+    """One line naming the data an identity describes (`location`: starting with where)."""
     where = identity.get("dataset")
     if identity.get("kind") == "tfds" and identity.get("data_dir"):
         where = f"{where} (in {identity['data_dir']})"
     classes = identity.get("class_names") or []
     shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
-    return (
-        f"{where}, split {identity.get('split')!r}: {identity.get('num_examples')} examples, "
+    text = (
+        f"split {identity.get('split')!r}: {identity.get('num_examples')} examples, "
         f"{len(classes)} classes ({shown}), fingerprint {identity.get('fingerprint')}"
     )
+    return f"{where}, {text}" if location else text
