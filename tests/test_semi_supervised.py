@@ -207,6 +207,8 @@ def test_a_stage_schedule_flag_replaces_train_steps_in_every_stage_alike(tmp_pat
     notes = semi_supervised.stage_notes(config, "finetune", stages["finetune"])
     assert "--train_steps=7 is 0 here (its schedule is --semi_finetune_epochs)" in notes
     assert any(note.startswith("--learning_rate=") for note in notes)
+    notes = semi_supervised.stage_notes(config, "pretrain", stages["pretrain"])
+    assert notes == [f"--label_fraction={FRACTION} is None here (pretraining uses no labels)"]
     # Without --semi_distill_epochs, distillation runs the pretraining schedule.
     distill = semi_supervised.stage_configs(config.replace(semi_distill_epochs=0))["distill"]
     assert (distill.train_steps, distill.train_epochs) == (7, config.train_epochs)
@@ -221,5 +223,6 @@ def test_a_stage_trained_on_other_data_is_neither_reused_nor_resumed(recipe, tmp
     values = json.loads(stage_config.read_text())
     values["data_identity"]["fingerprint"] = "0" * 16
     stage_config.write_text(json.dumps(values))
-    with pytest.raises(run_data.DataMismatchError, match="reuse \\(or resume\\) that stage"):
+    with pytest.raises(run_data.DataMismatchError, match="reuse \\(or resume\\) that stage") as err:
         runner.run(config.replace(model_dir=str(copy)))
+    assert "the data at that path changed since" in str(err.value)

@@ -125,6 +125,8 @@ _STAGE_SETTINGS = (
     (("finetune",), "learning_rate", "--semi_finetune_learning_rate"),
     (("distill",), "train_epochs", "--semi_distill_epochs"),
     (("distill",), "train_steps", "its schedule is --semi_distill_epochs"),
+    (("pretrain",), "label_fraction", "pretraining uses no labels"),
+    (("pretrain",), "label_ids_file", "pretraining uses no labels"),
     (("pretrain", "finetune", "supervised"), "distill_temperature", "distillation's only"),
     (("pretrain", "finetune", "supervised"), "distill_alpha", "distillation's only"),
 )
