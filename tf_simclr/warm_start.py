@@ -1,8 +1,8 @@
 """Weights from the pretrained model a --checkpoint names (a checkpoint prefix, a model_dir or an
 exported module): fine-tuning's starting point, and the frozen encoder `--mode=eval
 --checkpoint` evaluates on another dataset (transfer). Weights of another architecture are
-refused; a supervised head for another number of classes, or (fine-tuning) for another dataset,
-starts afresh."""
+refused; a supervised head for another number of classes, or (fine-tuning) for other class
+names or another label order (by the runs' recorded data, tf_simclr.run_data), starts afresh."""
 
 from __future__ import annotations
 
