@@ -226,6 +226,20 @@ def test_a_moved_folder_is_the_same_data(runs, data, tmp_path, caplog):
     assert result["metrics"]["finetune_top1"] == original["metrics"]["finetune_top1"]
 
 
+def test_a_run_resumes_on_its_moved_folder(runs, data, tmp_path, caplog):
+    run = tmp_path / "pretrain"
+    shutil.copytree(runs["pretrain"], run)
+    config = Config.load(str(run)).replace(
+        mode="train", model_dir=str(run), dataset=str(data["moved"]), train_steps=4
+    )
+    with caplog.at_level(logging.INFO, logger="tf_simclr.run_data"):
+        runner.run(config)
+    assert "moved" in caplog.text
+    assert _ckpts(run)[-1] == 4
+    # The record follows the data to where it is now.
+    assert Config.load(str(run)).data_identity["dataset"] == str(data["moved"])
+
+
 def test_a_run_from_before_identities_loads_with_one_warning(
     runs, data, tmp_path, caplog, monkeypatch
 ):
