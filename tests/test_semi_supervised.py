@@ -226,3 +226,9 @@ def test_a_stage_trained_on_other_data_is_neither_reused_nor_resumed(recipe, tmp
     with pytest.raises(run_data.DataMismatchError, match="reuse \\(or resume\\) that stage") as err:
         runner.run(config.replace(model_dir=str(copy)))
     assert "the data at that path changed since" in str(err.value)
+
+
+def test_many_classes_are_logged_as_a_range_and_the_fewest():
+    counts = {f"c{i:02d}": 10 + i % 3 for i in range(30)} | {"rare": 2}
+    line = semi_supervised._per_class(counts)
+    assert line.startswith("2 to 12 over 31 classes (fewest: rare 2, c00 10, c03 10")

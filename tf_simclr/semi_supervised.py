@@ -160,7 +160,7 @@ def check_stages_fit_data(config: Config, configs: dict[str, Config]) -> dict[st
         "Labelled subset: %d of the %d training examples; per class: %s.",
         labelled,
         total,
-        ", ".join(f"{name} {n}" for name, n in counts.items()),
+        _per_class(counts),
     )
     unseen = [name for name, n in counts.items() if n == 0]
     if unseen:
@@ -186,6 +186,17 @@ def check_stages_fit_data(config: Config, configs: dict[str, Config]) -> dict[st
             f"examples of split {config.train_split!r}: lower --train_batch_size."
         )
     return counts
+
+
+def _per_class(counts: dict[str, int], shown: int = 20) -> str:
+    """Every class's count, or for many classes the range and the fewest (a readable line)."""
+    if len(counts) <= shown:
+        return ", ".join(f"{name} {n}" for name, n in counts.items())
+    fewest = sorted(counts.items(), key=lambda item: item[1])[:5]
+    return (
+        f"{min(counts.values())} to {max(counts.values())} over {len(counts)} classes "
+        f"(fewest: {', '.join(f'{name} {n}' for name, n in fewest)})"
+    )
 
 
 def _largest_fitting(count: int) -> int:
