@@ -13,8 +13,8 @@ from helpers.configs import tiny_config
 from PIL import Image
 
 from tf_simclr import data as data_lib
-from tf_simclr import report, runner, semi_supervised
-from tf_simclr.config import Config, ConfigError
+from tf_simclr import report, run_data, runner, semi_supervised
+from tf_simclr.config import Config, ConfigError, changed_settings
 
 FRACTION = 0.02  # 10 labelled images per class of the embedded dataset's 5,000
 
@@ -141,3 +141,94 @@ def test_a_rerun_skips_finished_stages_and_changed_settings_are_refused_until_de
 def test_recipe_flags_are_checked(tmp_path, changes, match):
     with pytest.raises(ConfigError, match=match):
         _recipe(tmp_path, **changes)
+
+
+# -- issue 22: the recipe checks its settings against the data before its first stage ----------
+
+
+def test_a_batch_larger_than_the_labelled_subset_is_refused_before_pretraining(tmp_path):
+    # 0.2% of the embedded 5,000 training images: 1 labelled image per class, 10 in all.
+    config = _recipe(tmp_path / "run", label_fraction=0.002)
+    with pytest.raises(ConfigError, match="--semi_finetune_batch_size=8 ") as err:
+        runner.run(config)
+    assert "larger than the 10 labelled examples" in str(err.value)
+    assert "--train_batch_size=32" in str(err.value)  # what pretraining keeps
+    assert not os.path.exists(os.path.join(config.model_dir, "pretrain"))
+
+
+def test_the_fine_tuning_batch_leaves_the_pretraining_stage_as_it_was(tmp_path):
+    config = _recipe(tmp_path / "run", label_fraction=0.002)
+    fixed = config.replace(semi_finetune_batch_size=8)
+    before, after = semi_supervised.stage_configs(config), semi_supervised.stage_configs(fixed)
+    # A finished pretraining stage of the first command is the second one's too.
+    assert before["pretrain"].hash() == after["pretrain"].hash()
+    assert not changed_settings(before["pretrain"], after["pretrain"])
+    assert after["finetune"].train_batch_size == after["supervised"].train_batch_size == 8
+    assert after["distill"].train_batch_size == after["pretrain"].train_batch_size == 32
+    counts = semi_supervised.check_stages_fit_data(fixed, after)
+    assert sum(counts.values()) == 10 and set(counts.values()) == {1}
+
+
+def test_the_labelled_subset_is_logged_per_class_before_any_stage(tmp_path, caplog):
+    for split, count in (("train", 6), ("test", 2)):
+        for name in ("ant", "bee", "cow"):
+            os.makedirs(tmp_path / "data" / split / name)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (40 * i, 90, 30)).save(
+                    tmp_path / "data" / split / name / f"{i}.png"
+                )
+    ids = tmp_path / "ids.txt"
+    ids.write_text("ant/0.png\nant/3.png\nant/5.png\nbee/1.png\n")
+    config = _recipe(
+        tmp_path / "run",
+        dataset=str(tmp_path / "data"),
+        label_fraction=None,
+        label_ids_file=str(ids),
+        train_batch_size=4,
+    )
+    configs = semi_supervised.stage_configs(config)
+    with caplog.at_level(logging.INFO, logger="tf_simclr.semi_supervised"):
+        counts = semi_supervised.check_stages_fit_data(config, configs)
+    assert counts == {"ant": 3, "bee": 1, "cow": 0}
+    assert "Labelled subset: 4 of the 18 training examples; per class: ant 3, bee 1, cow 0" in (
+        caplog.text
+    )
+    assert "No labelled example of class(es) cow" in caplog.text
+
+
+def test_a_stage_schedule_flag_replaces_train_steps_in_every_stage_alike(tmp_path):
+    config = _recipe(tmp_path, train_steps=7, semi_finetune_epochs=3, semi_distill_epochs=2)
+    stages = semi_supervised.stage_configs(config)
+    assert stages["pretrain"].train_steps == 7
+    for name, epochs in (("finetune", 3), ("supervised", 3), ("distill", 2)):
+        assert (stages[name].train_steps, stages[name].train_epochs) == (0, epochs), name
+    notes = semi_supervised.stage_notes(config, "distill", stages["distill"])
+    assert "--train_steps=7 is 0 here (its schedule is --semi_distill_epochs)" in notes
+    notes = semi_supervised.stage_notes(config, "finetune", stages["finetune"])
+    assert "--train_steps=7 is 0 here (its schedule is --semi_finetune_epochs)" in notes
+    assert any(note.startswith("--learning_rate=") for note in notes)
+    notes = semi_supervised.stage_notes(config, "pretrain", stages["pretrain"])
+    assert notes == [f"--label_fraction={FRACTION} is None here (pretraining uses no labels)"]
+    # Without --semi_distill_epochs, distillation runs the pretraining schedule.
+    distill = semi_supervised.stage_configs(config.replace(semi_distill_epochs=0))["distill"]
+    assert (distill.train_steps, distill.train_epochs) == (7, config.train_epochs)
+
+
+def test_a_stage_trained_on_other_data_is_neither_reused_nor_resumed(recipe, tmp_path):
+    config, _ = recipe
+    copy = tmp_path / "run"
+    shutil.copytree(config.model_dir, copy)
+    # The pretrain stage's folder as if its images had changed since (same path).
+    stage_config = copy / "pretrain" / "config.json"
+    values = json.loads(stage_config.read_text())
+    values["data_identity"]["fingerprint"] = "0" * 16
+    stage_config.write_text(json.dumps(values))
+    with pytest.raises(run_data.DataMismatchError, match="reuse \\(or resume\\) that stage") as err:
+        runner.run(config.replace(model_dir=str(copy)))
+    assert "the data at that path changed since" in str(err.value)
+
+
+def test_many_classes_are_logged_as_a_range_and_the_fewest():
+    counts = {f"c{i:02d}": 10 + i % 3 for i in range(30)} | {"rare": 2}
+    line = semi_supervised._per_class(counts)
+    assert line.startswith("2 to 12 over 31 classes (fewest: rare 2, c00 10, c03 10")

@@ -252,7 +252,14 @@ def test_a_head_trained_on_another_dataset_starts_afresh(pretrained, tmp_path):
     stored = tf.train.load_checkpoint(str(pretrained / "ckpt-2")).get_tensor(
         ckpt_lib.checkpoint_key("simclr/head_supervised/kernel")
     )
-    for dataset, copied in (("embedded", True), (str(tmp_path / "ten_other_classes"), False)):
+    ten_other_classes = tmp_path / "ten_other_classes"
+    for split in ("train", "test"):
+        for c in range(10):
+            (ten_other_classes / split / f"class{c}").mkdir(parents=True)
+            Image.new("RGB", (16, 16), (20 * c, 80, 160)).save(
+                ten_other_classes / split / f"class{c}" / "0.png"
+            )
+    for dataset, copied in (("embedded", True), (str(ten_other_classes), False)):
         config = tiny_config(
             tmp_path / "ft", train_mode="finetune", checkpoint=str(pretrained), dataset=dataset
         )

@@ -28,6 +28,7 @@ from tf_simclr.config import (
     CONFIG_FILENAME,
     Config,
     ConfigError,
+    has_flag,
     help_text,
     resolve,
     with_encoder_of_checkpoint,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 def _define_flags() -> None:
     """One absl flag per Config field, with the field's help (tf_simclr.config)."""
     hints = typing.get_type_hints(Config)
-    for field in dataclasses.fields(Config):
+    for field in filter(has_flag, dataclasses.fields(Config)):
         name, default = field.name, field.default
         text = help_text(field)
         kind = hints[name]
@@ -73,7 +74,7 @@ _EMPTY_IS_NONE = (
 def _given_flags() -> dict:
     """The Config fields set on the command line (or in a --flagfile), with '' as None."""
     given = {}
-    for field in dataclasses.fields(Config):
+    for field in filter(has_flag, dataclasses.fields(Config)):
         if FLAGS[field.name].present:
             value = getattr(FLAGS, field.name)
             given[field.name] = None if field.name in _EMPTY_IS_NONE and value == "" else value
@@ -272,7 +273,7 @@ _USAGE = """tf-simclr: SimCLR pretraining, fine-tuning, evaluation and export.
 def _show_flags_in_help() -> None:
     # absl's --help lists the flags of the main module (sys.argv[0]): the script that called
     # console_main, while the flags are defined here.
-    for field in dataclasses.fields(Config):
+    for field in filter(has_flag, dataclasses.fields(Config)):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[field.name])
     main_module = sys.modules.get("__main__")
     if main_module is not None and not main_module.__doc__:  # pip's console-script wrapper

@@ -55,9 +55,16 @@ ARCHITECTURE_FIELDS = (
 )
 # --mode=semi_supervised's own settings: they shape the recipe's stages, no single trained
 # model (so they are left out of Config.hash and of changed_settings).
-RECIPE_FIELDS = ("semi_finetune_epochs", "semi_finetune_learning_rate", "semi_distill_epochs")
+RECIPE_FIELDS = (
+    "semi_finetune_epochs",
+    "semi_finetune_learning_rate",
+    "semi_distill_epochs",
+    "semi_finetune_batch_size",
+)
 # What to do now, never inherited from a saved run.
 _INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
+# What the runner records about a run (no flag; see Config.data_identity).
+_RECORD_FIELDS = ("data_identity",)
 # 100 x 100 thumbnails of at most 64 px (tf_simclr.visualize) keep the projector's sprite
 # within the 8192 px TensorBoard accepts.
 MAX_PROJECTOR_EMBEDDINGS = 10_000
@@ -67,6 +74,11 @@ def _setting(default, help: str, *, choices: tuple | None = None):
     """A Config field with its flag help and valid values next to it (run.py builds its
     flags from these; `validate` checks the choices)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def has_flag(field: dataclasses.Field) -> bool:
+    """Whether a Config field is a command-line flag (records such as data_identity are not)."""
+    return field.metadata.get("flag", True)
 
 
 def help_text(field: dataclasses.Field) -> str:
@@ -230,7 +242,16 @@ class Config:
         0.5, "semi_supervised: base learning rate of the fine-tuning stage."
     )
     semi_distill_epochs: int = _setting(
-        0, "semi_supervised: epochs of distillation over all training images (0: --train_epochs)."
+        0,
+        "semi_supervised: epochs of distillation over all training images (0: the pretraining "
+        "schedule, --train_steps or --train_epochs).",
+    )
+    # The labelled subset can be smaller than the batch pretraining wants (1% of CIFAR-10 is
+    # 500 images): the fine-tuning stages get a batch of their own.
+    semi_finetune_batch_size: int = _setting(
+        0,
+        "semi_supervised: batch size of fine-tuning and of the supervised baseline, which see "
+        "the labelled examples only (0: --train_batch_size).",
     )
 
     # Model.
@@ -326,6 +347,17 @@ class Config:
     export: bool = _setting(True, "Export a SavedModel (TF-Hub module) at the end of training.")
     summaries: bool = _setting(True, "Write TensorBoard summaries to model_dir.")
 
+    # Not a setting (no flag): the identity of the data the run trains on (dataset, split,
+    # classes, example count, fingerprint; tf_simclr.data.identity), recorded by the runner
+    # when a run starts and compared by tf_simclr.run_data wherever a run is read again. It
+    # lives in config.json, the file every reader of a run already opens, so a run stays one
+    # self-describing file; it is left out of Config.hash and changed_settings (it is not a
+    # choice) and a given value is never taken over by `resolve`. None: not recorded yet, or a
+    # run written before tf_simclr recorded it (its data cannot be checked).
+    data_identity: dict | None = dataclasses.field(
+        default=None, metadata={"help": "", "choices": None, "flag": False}
+    )
+
     def __post_init__(self) -> None:
         if self.use_tpu and self.strategy == "default":
             self.strategy = "tpu"
@@ -410,6 +442,7 @@ class Config:
             "collective_timeout",  # how long to wait for peers does not change the model
             "neighbour_images",  # pictures of the evaluation, not the model
             "projector_embeddings",
+            "data_identity",  # a record of the data, not a setting (its dataset is one)
             *RECIPE_FIELDS,
         }
         payload = {k: v for k, v in sorted(self.to_dict().items()) if k not in ignored}
@@ -487,7 +520,7 @@ def resolve(given: dict[str, Any], saved: Config | None, *, source: str = "") ->
     defaults = Config.__dataclass_fields__
     for name in _INVOCATION_FIELDS:
         values[name] = defaults[name].default
-    values.update(given)
+    values.update({k: v for k, v in given.items() if k not in _RECORD_FIELDS})
     return Config(**values)
 
 
@@ -538,5 +571,6 @@ def changed_settings(old: Config, new: Config) -> dict[str, list]:
     return {
         name: [value, getattr(new, name)]
         for name, value in old.to_dict().items()
-        if name not in _INVOCATION_FIELDS + RECIPE_FIELDS and value != getattr(new, name)
+        if name not in _INVOCATION_FIELDS + RECIPE_FIELDS + _RECORD_FIELDS
+        and value != getattr(new, name)
     }

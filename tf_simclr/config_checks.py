@@ -195,6 +195,7 @@ def _validate_semi_supervised(config: Config) -> None:
         raise ConfigError("--semi_finetune_learning_rate must be a positive number.")
     _positive("semi_finetune_epochs", config.semi_finetune_epochs)
     _non_negative("semi_distill_epochs", config.semi_distill_epochs)
+    _non_negative("semi_finetune_batch_size", config.semi_finetune_batch_size)
 
 
 def _validate_distillation(config: Config) -> None:

@@ -13,12 +13,13 @@ import tensorflow as tf
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
 from tf_simclr import distill as distill_lib
-from tf_simclr import distribute, factory, storage, visualize, warm_start
+from tf_simclr import distribute, factory, run_data, storage, visualize, warm_start
 from tf_simclr import evaluate as eval_lib
 from tf_simclr import history as history_lib
 from tf_simclr import model as model_lib
 from tf_simclr import train as train_lib
 from tf_simclr.config import CONFIG_FILENAME, RESULT_FILENAME, Config, ConfigError
+from tf_simclr.data import identity as identity_lib
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,23 @@ def check_saved_architecture(config: Config) -> None:
         )
 
 
+def with_absolute_paths(config: Config) -> Config:
+    """`config` with its dataset, data_dir, label ids file, --checkpoint and --teacher as
+    absolute paths (against this invocation's working directory), so the run's config.json
+    means the same files from any other one. Names ("embedded", TFDS names) are kept."""
+    return config.replace(
+        dataset=identity_lib.absolute_dataset(config.dataset),
+        data_dir=identity_lib.absolute_path(config.data_dir),
+        label_ids_file=identity_lib.absolute_path(config.label_ids_file),
+        checkpoint=identity_lib.absolute_path(config.checkpoint),
+        teacher=identity_lib.absolute_path(config.teacher),
+    )
+
+
 def run(config: Config) -> dict:
     """Run the configured mode; returns what it produced (metrics, paths)."""
     train_lib.setup_runtime(config)
+    config = with_absolute_paths(config)
     if config.evaluates_checkpoint():
         _check_transfer_output(config)
     if config.mode != "preview":
@@ -67,12 +82,14 @@ def run(config: Config) -> dict:
     )
     log.info("Strategy %s with %d replica(s).", config.strategy, strategy.num_replicas_in_sync)
     if config.mode == "export":
+        run_data.check_own_data(config, run_data.identity_of(config), reader="export")
         return {"export_path": export_latest(config, strategy)}
     if config.mode == "eval":
         return evaluate_checkpoints(config, strategy)
 
     if config.mode == "train_then_eval":
         _check_eval_split(config)  # before training, not after it
+    config = _with_checked_data(config)
     start = time.perf_counter()
     state = train_lib.train(config, strategy)
     result = {
@@ -96,6 +113,18 @@ def run(config: Config) -> dict:
     if _is_chief(config):  # workers share model_dir: only the chief writes there
         write_result(config, result)
     return result
+
+
+def _with_checked_data(config: Config) -> Config:
+    """Training: `config` with the identity of its data, to be recorded in config.json, after
+    checking it against the run it resumes (refused if other) and noting what a --checkpoint
+    was trained on (transfer is allowed). The teacher's is checked where it is loaded."""
+    current = run_data.identity_of(config)
+    if run_data.has_checkpoints(config.model_dir):
+        run_data.check_own_data(config, current, reader="resume")
+    elif config.checkpoint and not config.random_init:
+        run_data.pretrained_identity(config, current, purpose="fine-tuning")
+    return config.replace(data_identity=current)
 
 
 def _is_chief(config: Config) -> bool:
@@ -223,7 +252,8 @@ def evaluate_model(
         key = {"finetune": "finetune", "distill": "student"}.get(config.train_mode, "sup_head")
         metrics.update({f"{key}_{k}": v for k, v in sup.items()})
     if config.train_mode == "distill":
-        # The teacher on the same split, in float32 like the student's evaluation.
+        # The teacher on the same split, in float32 like the student's evaluation (its classes
+        # were checked before: run_data.check_teacher).
         teacher = distill_lib.load_teacher(config.teacher, image_size=config.image_size)
         scores = eval_lib.classification_accuracy(
             teacher, factory.eval_dataset(config, config.eval_split)
@@ -253,6 +283,10 @@ def evaluate_checkpoints(config: Config, strategy) -> dict:
     --train_mode=finetune): the frozen features of that model (evaluate_pretrained)."""
     if config.evaluates_checkpoint():
         return evaluate_pretrained(config, strategy)
+    current = run_data.identity_of(config)
+    run_data.check_own_data(config, current, reader="eval")
+    if config.train_mode == "distill":  # teacher_top1 is scored against these labels
+        run_data.check_teacher(config, current)
     no_run = not (
         os.path.isfile(os.path.join(config.model_dir, CONFIG_FILENAME))
         or ckpt_lib.list_checkpoints(config.model_dir)
@@ -314,6 +348,9 @@ def evaluate_pretrained(config: Config, strategy) -> dict:
     _, path = warm_start.resolve_checkpoint(config.checkpoint)  # not a model: fail first
     frozen = config.replace(checkpoint=path, lineareval_while_pretraining=False, num_classes=0)
     _check_eval_split(frozen)
+    run_data.pretrained_identity(
+        config, run_data.identity_of(config), purpose="evaluating its frozen features"
+    )
     storage.check_model_dir_writable(config.model_dir)
     num_classes = factory.dataset_info(frozen).num_classes
     with strategy.scope():

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
 from tf_simclr import evaluate as eval_lib
-from tf_simclr import factory
+from tf_simclr import factory, run_data
 from tf_simclr.config import (
     CONFIG_FILENAME,
     RECIPE_FIELDS,
@@ -67,11 +67,20 @@ def stage_configs(config: Config) -> dict[str, Config]:
         random_init=False,
         **{name: defaults[name].default for name in RECIPE_FIELDS},
     )
+    # A stage with its own schedule flag (--semi_finetune_epochs, --semi_distill_epochs > 0)
+    # takes its schedule from it alone: --train_steps and --train_epochs are pretraining's (and
+    # distillation's without --semi_distill_epochs). `stage_notes` says so in the log.
     supervised_schedule = dict(
         train_epochs=config.semi_finetune_epochs,
         train_steps=0,
         # A few epochs of few labelled images: warm up over at most a tenth of them.
         warmup_epochs=min(config.warmup_epochs, 0.1 * config.semi_finetune_epochs),
+        train_batch_size=config.semi_finetune_batch_size or config.train_batch_size,
+    )
+    distill_schedule = (
+        dict(train_epochs=config.semi_distill_epochs, train_steps=0)
+        if config.semi_distill_epochs
+        else {}
     )
 
     distillation = {
@@ -99,12 +108,100 @@ def stage_configs(config: Config) -> dict[str, Config]:
             **labels,
             train_mode="distill",
             teacher=os.path.join(root, "finetune"),
-            train_epochs=config.semi_distill_epochs or config.train_epochs,
+            **distill_schedule,
         ),
         "supervised": stage(
             "supervised", **labels, **supervised_schedule, train_mode="finetune", random_init=True
         ),
     }
+
+
+# (stages, setting, what sets it there instead of the recipe's flag)
+_STAGE_SETTINGS = (
+    (("finetune", "supervised"), "train_epochs", "--semi_finetune_epochs"),
+    (("finetune", "supervised"), "train_steps", "its schedule is --semi_finetune_epochs"),
+    (("finetune", "supervised"), "warmup_epochs", "at most a tenth of --semi_finetune_epochs"),
+    (("finetune", "supervised"), "train_batch_size", "--semi_finetune_batch_size"),
+    (("finetune",), "learning_rate", "--semi_finetune_learning_rate"),
+    (("distill",), "train_epochs", "--semi_distill_epochs"),
+    (("distill",), "train_steps", "its schedule is --semi_distill_epochs"),
+    (("pretrain",), "label_fraction", "pretraining uses no labels"),
+    (("pretrain",), "label_ids_file", "pretraining uses no labels"),
+    (("pretrain", "finetune", "supervised"), "distill_temperature", "distillation's only"),
+    (("pretrain", "finetune", "supervised"), "distill_alpha", "distillation's only"),
+)
+
+
+def stage_notes(config: Config, stage: str, stage_config: Config) -> list[str]:
+    """The recipe's settings that `stage` replaces or ignores, each with the reason."""
+    return [
+        f"--{name}={getattr(config, name)!r} is {getattr(stage_config, name)!r} here ({why})"
+        for stages, name, why in _STAGE_SETTINGS
+        if stage in stages and getattr(stage_config, name) != getattr(config, name)
+    ]
+
+
+def check_stages_fit_data(config: Config, configs: dict[str, Config]) -> dict[str, int]:
+    """Before the first stage: the labelled subset (logged per class) and every stage's batch
+    against the examples it trains on, so that no setting is found wrong after pretraining
+    (whose finished folder would then refuse other settings). Raises ConfigError naming the
+    stage and the flag to change; returns {class name: labelled examples}."""
+    counts, total = data_lib.labelled_class_counts(
+        config.dataset,
+        config.data_dir,
+        config.train_split,
+        config.label_fraction,
+        config.label_ids_file,
+        config.seed,
+        config.strict_data,
+    )
+    labelled = sum(counts.values())
+    log.info(
+        "Labelled subset: %d of the %d training examples; per class: %s.",
+        labelled,
+        total,
+        _per_class(counts),
+    )
+    unseen = [name for name, n in counts.items() if n == 0]
+    if unseen:
+        log.warning(
+            "No labelled example of class(es) %s: fine-tuning and the baseline never see "
+            "them, and the distilled student learns them from the teacher alone.",
+            ", ".join(unseen),
+        )
+    examples = {"pretrain": total, "distill": total, "finetune": labelled, "supervised": labelled}
+    for stage in STAGES:
+        batch = configs[stage].train_batch_size
+        if batch <= examples[stage]:
+            continue
+        if stage in ("finetune", "supervised"):
+            raise ConfigError(
+                f"Stage {stage}: its batch of {batch} is larger than the {labelled} labelled "
+                f"examples. Give --semi_finetune_batch_size={_largest_fitting(labelled)} (or "
+                "smaller): the batch of fine-tuning and of the baseline; pretraining and "
+                f"distillation keep --train_batch_size={config.train_batch_size}."
+            )
+        raise ConfigError(
+            f"Stage {stage}: --train_batch_size={batch} is larger than the {total} training "
+            f"examples of split {config.train_split!r}: lower --train_batch_size."
+        )
+    return counts
+
+
+def _per_class(counts: dict[str, int], shown: int = 20) -> str:
+    """Every class's count, or for many classes the range and the fewest (a readable line)."""
+    if len(counts) <= shown:
+        return ", ".join(f"{name} {n}" for name, n in counts.items())
+    fewest = sorted(counts.items(), key=lambda item: item[1])[:5]
+    return (
+        f"{min(counts.values())} to {max(counts.values())} over {len(counts)} classes "
+        f"(fewest: {', '.join(f'{name} {n}' for name, n in fewest)})"
+    )
+
+
+def _largest_fitting(count: int) -> int:
+    """The largest power of two (at least 1) that is at most `count`."""
+    return 1 << max(0, count.bit_length() - 1)
 
 
 class StageMismatchError(ConfigError):
@@ -199,12 +296,19 @@ def labelled_linear_probe(pretrain: Config, labelled: Config) -> dict[str, float
 def run_recipe(config: Config, run_stage: Callable[[Config], dict]) -> dict:
     """Run (or pick up) every stage with `run_stage` (tf_simclr.runner.run) and return
     {"stages": {stage: result}, "table": {row: top-1}, "chart": path}."""
-    os.makedirs(config.model_dir, exist_ok=True)
-    config.save()
     configs = stage_configs(config)
+    current = run_data.identity_of(config)
+    check_stages_fit_data(config, configs)
+    for stage in STAGES:  # a stage trained on other data is neither reused nor resumed
+        if run_data.has_checkpoints(configs[stage].model_dir):
+            run_data.check_own_data(configs[stage], current, reader="stage")
+    os.makedirs(config.model_dir, exist_ok=True)
+    config.replace(data_identity=current).save()
     results = {}
     for number, stage in enumerate(STAGES, 1):
         stage_config = configs[stage]
+        for note in stage_notes(config, stage, stage_config):
+            log.info("Stage %s: %s.", stage, note)
         done = _finished_result(stage_config)
         if done is not None:
             log.info(

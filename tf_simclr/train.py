@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import distribute, factory, storage, warm_start
+from tf_simclr import distribute, factory, run_data, storage, warm_start
 from tf_simclr import history as history_lib
 from tf_simclr import precision as precision_lib
 from tf_simclr.config import Config
@@ -124,6 +124,8 @@ def _load_teacher(config: Config, info, strategy):
             "Fine-tune a teacher on this dataset first (--train_mode=finetune "
             "--checkpoint=<pretrained> --dataset=...), and distil that one."
         )
+    # The same number is not enough: the same class names, in the same label order.
+    run_data.check_teacher(config, config.data_identity or run_data.identity_of(config))
     return teacher
 
 

@@ -1,8 +1,8 @@
 """Weights from the pretrained model a --checkpoint names (a checkpoint prefix, a model_dir or an
 exported module): fine-tuning's starting point, and the frozen encoder `--mode=eval
 --checkpoint` evaluates on another dataset (transfer). Weights of another architecture are
-refused; a supervised head for another number of classes, or (fine-tuning) for another dataset,
-starts afresh."""
+refused; a supervised head for another number of classes, or (fine-tuning) for other class
+names or another label order (by the runs' recorded data, tf_simclr.run_data), starts afresh."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import re
 import tensorflow as tf
 
 from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import factory
+from tf_simclr import factory, run_data
 from tf_simclr.config import Config, run_config_of_checkpoint
 from tf_simclr.model import SUPERVISED_HEAD_NAME
 
@@ -155,10 +155,21 @@ def _same_dataset(a: str, b: str) -> bool:
     return os.path.isdir(a) and os.path.isdir(b) and os.path.samefile(a, b)
 
 
+def _same_label_space(source: Config, config: Config) -> bool:
+    """Whether the checkpoint's run was trained on the classes of config's data, in the same
+    label order (by the recorded data identities; for a run that predates them, by the
+    dataset path)."""
+    if source.data_identity is None:
+        return _same_dataset(source.dataset, config.dataset)
+    current = config.data_identity or run_data.identity_of(config)
+    return run_data.same_label_space(source.data_identity, current)
+
+
 def restore_initial_weights(config: Config, model) -> None:
     """Fine-tuning: load pretrained weights from --checkpoint (a checkpoint prefix, a model_dir
     or an exported module). A supervised head for another number of classes, or one trained
-    on another dataset (by the checkpoint run's config.json), starts afresh."""
+    on other classes (by the checkpoint run's recorded data: another label space, whatever
+    the number of classes), starts afresh."""
     if not config.checkpoint:
         raise ValueError(
             "--train_mode=finetune needs --checkpoint: a pretraining checkpoint (prefix or "
@@ -167,11 +178,11 @@ def restore_initial_weights(config: Config, model) -> None:
         )
     path, values = _pretrained_values(config, model)
     source = run_config_of_checkpoint(config.checkpoint)
-    if source is not None and not _same_dataset(source.dataset, config.dataset):
+    if source is not None and not _same_label_space(source, config):
         # Transfer: its classes are another label space, whatever their number.
         values = {p: v for p, v in values.items() if SUPERVISED_HEAD_NAME not in p}
         log.info(
-            "%s was trained on %s: the supervised head for %s starts afresh.",
+            "%s was trained on other classes (%s): the supervised head for %s starts afresh.",
             path,
             source.dataset,
             config.dataset,

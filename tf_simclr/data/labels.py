@@ -114,6 +114,25 @@ def labelled_subset_indices(
     return _subset_indices(dataset, data_dir, split, label_fraction, label_ids_file, seed, strict)
 
 
+def labelled_class_counts(
+    dataset, data_dir, split, label_fraction, label_ids_file, seed, strict=False
+) -> tuple[dict[str, int], int]:
+    """({class name: labelled examples}, examples of the split) for the labelled subset that
+    fine-tuning keeps (the whole split without a fraction or ids file); every class is listed,
+    with 0 where it has no labelled example."""
+    raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
+    key = (dataset, data_dir, split)
+    label_cache = LabelCache()
+    labels, _ = label_cache.labels_and_ids(raw, key)
+    total = len(labels)
+    if _wants_labelled_subset(label_fraction, label_ids_file):
+        positions = _labelled_positions(raw, key, label_fraction, label_ids_file, seed, label_cache)
+        labels = labels[positions]
+    names = list(raw.info.class_names) or [str(i) for i in range(raw.info.num_classes)]
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(names))
+    return {name: int(n) for name, n in zip(names, counts, strict=False)}, total
+
+
 def labelled_subset_ids(
     dataset, data_dir, split, label_fraction, label_ids_file, seed, strict, label_cache=None
 ) -> list[str] | None:

@@ -36,6 +36,8 @@ class DatasetInfo:
     name: str = ""
     kind: str = ""  # "tfds", "tfds_dir", "folder" or "embedded"
     skipped_files: int = 0
+    version: str = ""  # TFDS kinds: the dataset's version
+    location: str = ""  # TFDS kinds: the directory its files are read from
 
     @property
     def fixed_size(self) -> bool:
@@ -181,6 +183,8 @@ def _tfds_raw(
         class_names=class_names,
         name=name,
         kind=kind,
+        version=str(info.version),
+        location=str(builder.data_dir),
     )
     return _Raw(info=dinfo, dataset=ds, file_sharded=file_sharded)
 
