@@ -3,21 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.numpy_refs import weighted_knn_scores
 
 from tf_simclr import evaluate
-
-
-def _numpy_weighted_knn(train_x, train_y, test_x, num_classes, k, temperature):
-    """Brute-force reference, written from the protocol's definition."""
-    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
-    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
-    scores = np.zeros((len(test_x), num_classes))
-    for i, q in enumerate(b):
-        sims = a @ q
-        nearest = np.argsort(-sims, kind="stable")[:k]
-        for j in nearest:
-            scores[i, train_y[j]] += np.exp(sims[j] / temperature)
-    return scores
 
 
 def test_knn_scores_match_numpy_reference():
@@ -28,7 +16,7 @@ def test_knn_scores_match_numpy_reference():
     got = evaluate.knn_classify(
         train_x, train_y, test_x, num_classes=4, k=25, temperature=0.1, chunk_size=16
     )
-    want = _numpy_weighted_knn(train_x, train_y, test_x, 4, 25, 0.1)
+    want = weighted_knn_scores(train_x, train_y, test_x, 4, 25, 0.1)
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.configs import tiny_config
+from helpers.numpy_refs import warmup_cosine
 from helpers.rel_proc import (
     ROOT,
     TINY_BASE_LR,
@@ -42,15 +43,6 @@ from tf_simclr import data as data_lib
 from tf_simclr import factory, runner, train
 
 STRATEGY = tf.distribute.get_strategy()
-
-
-def _schedule(step: int, total: int, base=TINY_BASE_LR, warmup=TINY_WARMUP_STEPS) -> float:
-    """Linear warmup then cosine decay to 0 (written out independently of optim.py)."""
-    if step < warmup:
-        return base * step / warmup
-    return (
-        0.5 * base * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
-    )
 
 
 def _reader_value(prefix: str, name: str):
@@ -131,7 +123,9 @@ def test_sigkill_then_rerun_resumes_and_sigterm_saves_at_the_boundary(tmp_path):
     records = _assert_clean_history(model_dir, stop_step)
     for r in records:
         assert math.isfinite(r["loss"])
-        assert r["learning_rate"] == pytest.approx(_schedule(r["step"], total), rel=1e-5, abs=1e-9)
+        assert r["learning_rate"] == pytest.approx(
+            warmup_cosine(r["step"], TINY_BASE_LR, TINY_WARMUP_STEPS, total), rel=1e-5, abs=1e-9
+        )
 
 
 def _data_resumes_mid_stream() -> bool:

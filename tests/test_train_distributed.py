@@ -24,6 +24,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.configs import TINY_SETTINGS, as_flags
 
 from tf_simclr import distribute
 from tf_simclr.config import Config, ConfigError
@@ -34,24 +35,10 @@ DIST_RUN = os.path.join(
     ROOT, "tests", "helpers", "dist_run.py"
 )  # run.py + a dump of the final weights
 
-# tests/test_train.py's tiny_config, as flags (pretraining, global_bn on by default).
-TINY = [
-    "--mode=train",
-    "--train_batch_size=32",
-    "--image_size=16",
-    "--width_multiplier=0.125",
-    "--proj_out_dim=16",
-    "--steps_per_loop=2",
-    "--checkpoint_steps=2",
-    "--warmup_epochs=0",
-    # The tolerances below were set at this rate; a larger one scales LARS's reduction-order noise.
-    "--learning_rate=1.0",
-    "--export=false",
-    "--summaries=false",
-    # Not "auto": these tolerances are float32's, on CPUs with and without bfloat16 units.
-    "--precision=float32",
-    "--seed=3",
-]
+# The tiny settings (tests/helpers/configs.py) as flags: pretraining, global_bn on by default.
+# The tolerances below were set at learning rate 1.0; a larger one scales LARS's reduction-order
+# noise. (The tiny settings fix --precision=float32: these tolerances are float32's.)
+TINY = as_flags({"mode": "train", **TINY_SETTINGS, "learning_rate": 1.0})
 # Mirrored vs single device: both runs see the same global batches, so only the float32
 # summation order differs (cross-replica all-reduce of the gradients and of the synchronised
 # batch-norm moments). Observed after 4 LARS steps: loss within 2.4e-7 relative; every
