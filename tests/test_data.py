@@ -14,7 +14,13 @@ from PIL import Image
 from tf_simclr import data as D
 from tf_simclr import preview
 
-CIFAR_DIR = "/work/shared/data/cifar10-jpeg"
+# Real CIFAR-10 as an image folder, in ../shared beside the checkout (not part of the repository).
+CIFAR_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared",
+    "data",
+    "cifar10-jpeg",
+)
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +265,11 @@ def test_convert_folder_to_tfds_dir_and_load(folder, tmp_path, capsys):
         D.convert_image_folder(str(root), str(tmp_path / "s"), strict=True)
 
 
-@pytest.mark.skipif(not os.path.isdir(CIFAR_DIR), reason=f"real CIFAR-10 folder {CIFAR_DIR} absent")
+@pytest.mark.skipif(
+    not os.path.isdir(CIFAR_DIR),
+    reason=f"real CIFAR-10 image folder not found at {CIFAR_DIR} (../shared/data/cifar10-jpeg "
+    "from the repository root)",
+)
 def test_real_cifar10_jpeg_folder():
     ds, info = D.load_source(CIFAR_DIR, split="test", shuffle_files=True, seed=0)
     assert info.num_examples == {"test": 10000, "train": 50000}
