@@ -177,10 +177,21 @@ def test_contradictory_flags(changes, message):
         Config(**changes)
 
 
-def test_consistent_flag_combinations_are_accepted():
-    Config(use_blur=True, augmentations="crop,flip,color,blur")
-    Config(use_blur=True, augmentations="imagenet")
-    Config(train_mode="finetune", checkpoint="/some/ckpt-10")
+def test_consistent_flag_combinations_are_accepted_and_mean_what_they_say():
+    """The combinations next to the refused ones above are kept, with the meaning the flags
+    give them (the operators augmentation will run, the checkpoint fine-tuning will read)."""
+    blur = ("crop", "flip", "color", "blur")
+    for changes in (
+        dict(use_blur=True, augmentations="crop,flip,color,blur"),
+        dict(use_blur=True, augmentations="imagenet"),
+        dict(use_blur=True),  # the default recipe plus blur
+    ):
+        config = Config(**changes)
+        assert augment.resolve_augmentations(config.augmentation_spec())[0] == blur, changes
+    finetune = Config(train_mode="finetune", checkpoint="/some/ckpt-10")
+    assert (finetune.train_mode, finetune.checkpoint) == ("finetune", "/some/ckpt-10")
+    assert finetune.augmentation_spec() == "crop,flip"  # fine-tuning's own recipe
+    assert Config.from_json(finetune.to_json()) == finetune
 
 
 def test_finetune_checkpoint_that_does_not_exist(tmp_path):
@@ -841,16 +852,34 @@ def test_top5_is_not_reported_with_five_classes_or_fewer(caplog):
     assert set(evaluate.knn_accuracy(x, y6, x, y6, num_classes=6, k=5)) == {"knn_top1", "knn_top5"}
 
 
+def _encoder_kernels(model) -> dict:
+    return {
+        w.path: w.numpy()
+        for w in model.weights
+        if w.path.endswith("kernel") and "head" not in w.path
+    }
+
+
 def test_finetune_checkpoint_given_as_index_file_or_damaged_newest(tmp_path, caplog):
-    source = tmp_path / "pretrained"
-    _untrained_run(source)
-    ft = dict(train_mode="finetune", train_steps=1, steps_per_loop=1)
-    result = runner.run(_config(tmp_path, checkpoint=str(source / "ckpt-2.index"), **ft))
-    assert result["step"] == 1
-    # A newer damaged checkpoint in the pretraining model_dir is skipped, as when resuming.
+    """Fine-tuning reads the checkpoint named by its .index file, and past a newer damaged
+    checkpoint in a model_dir the previous intact one: with the encoder frozen
+    (--fine_tune_after_block=4), its kernels end equal to those of ckpt-2 (random weights of
+    seed 11), not to ckpt-5's (seed 99) nor to a fresh start's."""
     from tf_simclr import checkpoints as ckpt_lib
 
+    source = tmp_path / "pretrained"
+    keras.utils.set_random_seed(11)
+    config = _untrained_run(source)
+    expected = _encoder_kernels(_restored(source / "ckpt-2", config))
+    ft = dict(train_mode="finetune", train_steps=1, steps_per_loop=1, fine_tune_after_block=4)
+    result = runner.run(_config(tmp_path, checkpoint=str(source / "ckpt-2.index"), **ft))
+    assert result["step"] == 1
+    _assert_kernels(tmp_path / "model" / "ckpt-1", expected)
+    # A newer damaged checkpoint in the pretraining model_dir is skipped, as when resuming.
+    keras.utils.set_random_seed(99)
     model = factory.build_model(tiny_config(source), 10)
+    newer = _encoder_kernels(model)
+    assert all(not np.array_equal(newer[k], expected[k]) for k in expected)
     ckpt_lib.training_checkpoint(model, global_step=tf.Variable(5, dtype=tf.int64)).write(
         str(source / "ckpt-5")
     )
@@ -858,5 +887,28 @@ def test_finetune_checkpoint_given_as_index_file_or_damaged_newest(tmp_path, cap
     data.write_bytes(data.read_bytes()[:100])
     with caplog.at_level(logging.WARNING):
         runner.run(_config(tmp_path / "second", checkpoint=str(source), **ft))
-    assert "ckpt-5 is damaged and was skipped" in caplog.text
-    assert "ckpt-2" in caplog.text
+    assert f"Checkpoint {source / 'ckpt-5'} is damaged and was skipped" in caplog.text
+    assert f"Using {source / 'ckpt-2'}; newer damaged checkpoint(s): {source / 'ckpt-5'}" in (
+        caplog.text
+    )
+    _assert_kernels(tmp_path / "second" / "model" / "ckpt-1", expected)
+
+
+def _restored(prefix, config):
+    """The network of `config` with the weights of checkpoint `prefix`."""
+    from tf_simclr import checkpoints as ckpt_lib
+
+    model = factory.build_model(config, 10)
+    reader = tf.train.load_checkpoint(str(prefix))
+    for w in model.weights:
+        w.assign(reader.get_tensor(ckpt_lib.checkpoint_key(w.path)))
+    return model
+
+
+def _assert_kernels(prefix, expected: dict):
+    from tf_simclr import checkpoints as ckpt_lib
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    assert len(expected) > 10
+    for path, value in expected.items():
+        np.testing.assert_array_equal(reader.get_tensor(ckpt_lib.checkpoint_key(path)), value, path)
