@@ -171,6 +171,45 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert ref_losses == cut_losses
 
 
+class _DiedAfterSaving(Exception):
+    pass
+
+
+def test_run_that_dies_after_a_checkpoint_and_is_rerun_ends_bit_identical(tmp_path, monkeypatch):
+    """The default suite's version of the SIGKILL test above: a 4-step run that dies right
+    after saving ckpt-2 (an exception out of the save: nothing else runs, as with a kill) and
+    is rerun ends with every checkpointed tensor, and every step's loss, equal bit for bit to
+    those of an uninterrupted 4-step run (the data stream, its augmentations and the optimizer
+    state continue exactly)."""
+    settings = dict(mode="train", train_steps=4, steps_per_loop=1, checkpoint_steps=2)
+    ref_dir, cut_dir = tmp_path / "reference", tmp_path / "interrupted"
+    runner.run(tiny_config(ref_dir, **settings))
+
+    save = train.storage.save_checkpoint
+
+    def save_then_die(manager, step, directory):
+        save(manager, step, directory)
+        if step == 2:
+            raise _DiedAfterSaving
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.storage, "save_checkpoint", save_then_die)
+        with pytest.raises(_DiedAfterSaving):
+            runner.run(tiny_config(cut_dir, **settings))
+    assert checkpoint_numbers(str(cut_dir)) == [2]
+    runner.run(tiny_config(cut_dir, **settings))
+    ref = tf.train.load_checkpoint(str(ref_dir / "ckpt-4"))
+    cut = tf.train.load_checkpoint(str(cut_dir / "ckpt-4"))
+    keys = [k for k in ref.get_variable_to_shape_map() if not k.startswith("save_counter")]
+    assert sorted(keys) == sorted(k for k in cut.get_variable_to_shape_map() if k in keys)
+    assert len(keys) > 100 and any("LARS" in k for k in keys)
+    for key in keys:
+        if key != "_CHECKPOINTABLE_OBJECT_GRAPH":
+            np.testing.assert_array_equal(ref.get_tensor(key), cut.get_tensor(key), err_msg=key)
+    ref_losses = [r["loss"] for r in _assert_clean_history(str(ref_dir), 4)]
+    assert [r["loss"] for r in _assert_clean_history(str(cut_dir), 4)] == ref_losses
+
+
 @pytest.mark.slow
 def test_soak_twenty_kills_and_resumes(tmp_path):
     """bench/soak.py: 20 SIGKILLs at random moments, resume each time, then finish."""
