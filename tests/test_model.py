@@ -374,5 +374,6 @@ def test_mirrored_global_bn_matches_single_device(tmp_path):
     for key in ("loss", "contrastive_loss", "sup_loss", "contrastive_acc"):
         np.testing.assert_allclose(res["h2"][key], res["h1"][key], rtol=1e-4, atol=1e-5)
     # After two lr-0.5 steps; sync BN's E[x^2]-E[x]^2 vs the fused kernel's variance differ in
-    # float32 round-off (largest differences ~3e-4 in early conv kernels of magnitude ~0.2-1).
-    assert res["weight_diff"] < 1e-3
+    # float32 round-off: measured 5.5e-5 at most on AMD EPYC (AVX2) (~3e-4 was noted before, in
+    # early conv kernels of magnitude ~0.2-1).
+    assert res["weight_diff"] < 5e-4
