@@ -1,8 +1,10 @@
 """Distributed training through the real command line (`python run.py --mode=train ...`).
 
 - MirroredStrategy over 2 logical CPUs reproduces the single-device loss curve and weights.
-- Two MultiWorkerMirroredStrategy workers on 127.0.0.1 finish with bit-identical weights; only
-  the chief writes into the shared model_dir.
+- Two MultiWorkerMirroredStrategy workers on 127.0.0.1 finish with bit-identical weights, equal
+  to those of one device fed the same global batches, also after a rerun resumes them (each
+  worker's data stream continues after its own batches); only the chief writes into the shared
+  model_dir.
 - A worker that never starts, or dies during training, ends the others with a clear error in
   bounded time instead of a hang; rerunning all workers resumes from the checkpoint (slow).
 
@@ -44,9 +46,10 @@ TINY = as_flags({"mode": "train", **TINY_SETTINGS, "learning_rate": 1.0})
 # synchronised batch-norm moments). Broken synchronisation is far outside: --global_bn=false
 # moves the loss by 3e-3 (step 2) and 8e-3 (step 4) relative.
 LOSS_RTOL = 1e-5  # observed 2.4e-7 relative after 4 LARS steps (mirrored)
-# Weights and optimizer slots, as _max_relative_diff measures them (pytest -s prints it), on
-# AMD EPYC (AVX2): mirrored after 4 steps 1.6e-4; two workers after 2 steps 6.6e-5, resumed to
-# step 4 2.6e-4. A resumed worker whose stream restarts at its first batch: 0.61.
+# Weights (mirrored: the checkpoints, optimizer slots included), as _max_relative_diff measures
+# them (pytest -s prints it), on AMD EPYC (AVX2): mirrored after 4 steps 1.6e-4; two workers
+# after 2 steps 6.6e-5, resumed to step 4 2.6e-4. A resumed worker whose stream restarts at its
+# first batch: 0.61.
 WEIGHT_RTOL = 1e-3
 SCALE_FLOOR = 1e-2
 JOB_TIMEOUT = 900  # hard limit per subprocess; the machine is shared and may be very busy
