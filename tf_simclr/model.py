@@ -536,16 +536,6 @@ class SimCLRModel(keras.Model):
         # Not Keras-tracked: the head optimizer's state is not part of the model's weights.
         object.__setattr__(self, "head_optimizer", head_optimizer)
 
-    def make_train_function(self, force=False):
-        # fit() builds `optimizer` before tracing its step, outside the replica context (which
-        # MirroredStrategy requires); build the head optimizer at the same point, or its lazy
-        # build inside the traced replica step fails under a strategy.
-        head_optimizer = getattr(self, "head_optimizer", None)
-        if head_optimizer is not None and not head_optimizer.built and self.built:
-            with self.distribute_strategy.scope():
-                head_optimizer.build(self.supervised_head_variables)
-        return super().make_train_function(force)
-
     @property
     def metrics(self):
         return list(self._trackers.values())
