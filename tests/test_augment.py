@@ -87,10 +87,18 @@ def test_crop_and_resize_matches_tf_bicubic(side):
         np.testing.assert_allclose(out[i], ref.numpy(), atol=2e-5)
 
 
-def test_random_resized_crop_shapes_and_range():
-    out = A.random_resized_crop(_rand_images(5, 40, 50), SEED, size=16)
+def test_random_resized_crop_is_the_bicubic_resize_of_its_sampled_box():
+    """Each image's crop is tf.image.resize (bicubic, clipped) of the box sample_crop_boxes
+    draws for it with the same seed."""
+    x = _rand_images(5, 40, 50)
+    out = A.random_resized_crop(x, SEED, size=16)
     assert out.shape == (5, 16, 16, 3) and out.dtype == tf.float32
-    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+    boxes = A.sample_crop_boxes(SEED, 40, 50, 5).numpy()
+    assert len({tuple(b) for b in boxes}) == 5  # five different boxes
+    for i, (y0, x0, ch, cw) in enumerate(boxes):
+        crop = x[i : i + 1, y0 : y0 + ch, x0 : x0 + cw]
+        ref = tf.clip_by_value(tf.image.resize(crop, (16, 16), method="bicubic"), 0, 1)[0]
+        np.testing.assert_allclose(out[i], ref.numpy(), atol=2e-5)
 
 
 def test_crop_no_resize_is_a_window_of_the_padded_image():
@@ -259,9 +267,18 @@ def test_color_jitter_order_is_a_uniform_random_permutation():
     assert np.all(fixed.numpy() == [0, 1, 2, 3])
 
 
-def test_color_distortion_output_range():
-    out = A.color_distortion(_rand_images(64, 8), SEED, strength=1.0)
-    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+def test_color_distortion_rates_and_range():
+    """Jitter with p=0.8, then grayscale with p=0.2, drawn independently: 20% of the images
+    come out grey (R=G=B), 0.2 * 0.8 = 16% unchanged (5-sigma binomial bounds)."""
+    n = 2000
+    x = _rand_images(n, 4)
+    out = A.color_distortion(x, SEED, strength=1.0).numpy()
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    gray = np.all(np.abs(out - out[..., :1]) < 1e-6, axis=(1, 2, 3))
+    unchanged = np.all(np.abs(out - x.numpy()) < 1e-6, axis=(1, 2, 3))
+    assert _binomial_ok(gray.sum(), n, 0.2)
+    assert _binomial_ok(unchanged.sum(), n, 0.2 * 0.8)
+    assert not (gray & unchanged).any()
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,13 +372,37 @@ def test_preset_strength_applies_when_no_strength_is_given(entry):
     assert not np.allclose(default, views(color_jitter_strength=1.0))
 
 
+def _resized(x, size):
+    return tf.clip_by_value(tf.image.resize(x, (size, size), method="bicubic"), 0.0, 1.0)
+
+
 @pytest.mark.parametrize(
     "spec", ["crop_no_resize,flip,rotation,cutout", "noise,sobel", "color_jitter,grayscale", ""]
 )
-def test_every_composition_runs(spec):
-    out = A.augment_batch(_rand_images(3, 20), SEED, image_size=16, augmentations=spec)
-    assert out.shape == (3, 16, 16, 3)
-    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+def test_a_composition_is_its_operators_applied_in_order(spec):
+    """augment_batch runs the listed operators in order, operator k with the k-th seed of the
+    batch seed, after a bicubic resize when the list has no crop (strength 1.0 for a list)."""
+    x = _rand_images(6, 20)
+    out = A.augment_batch(x, SEED, image_size=16, augmentations=spec).numpy()
+    ops = [op for op in spec.split(",") if op]
+    by_hand = x if "crop_no_resize" in ops else _resized(x, 16)
+    seeds = A._seeds(SEED, max(len(ops), 1))
+    apply = {
+        "crop_no_resize": lambda im, s: A.crop_no_resize(im, s, size=16),
+        "flip": A.flip,
+        "rotation": A.rotation,
+        "cutout": A.cutout,
+        "noise": A.gaussian_noise,
+        "sobel": A.sobel,
+        "color_jitter": lambda im, s: A.color_jitter(im, s, strength=1.0),
+        "grayscale": A.grayscale,
+    }
+    for op, seed in zip(ops, seeds, strict=False):
+        by_hand = apply[op](by_hand, seed)
+    np.testing.assert_allclose(out, by_hand.numpy(), atol=1e-6)
+    assert out.shape == (6, 16, 16, 3) and out.min() >= 0.0 and out.max() <= 1.0
+    if ops:  # the operators did change the images
+        assert not np.allclose(out, _resized(x, 16).numpy(), atol=1e-3)
 
 
 def test_leading_crop_matches_batched_crop():

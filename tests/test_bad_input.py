@@ -21,7 +21,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.cli import config_from_argv
 from helpers.configs import tiny_config
+from helpers.files import png_bytes
 from PIL import Image
 
 from tf_simclr import augment, export, factory, optim, runner, train
@@ -36,12 +38,6 @@ def _config(tmp_path, **changes):
     values = dict(mode="train", train_steps=1)
     values.update(changes)
     return tiny_config(tmp_path / "model", **values)
-
-
-def _png(arr) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _folder(root, files: dict[str, bytes]):
@@ -107,7 +103,7 @@ def test_strict_data_names_the_corrupt_file(tmp_path):
     root = _folder(
         tmp_path / "imgs",
         {
-            "train/a/0.png": _png(np.zeros((8, 8, 3), np.uint8)),
+            "train/a/0.png": png_bytes(np.zeros((8, 8, 3), np.uint8)),
             "train/a/bad.png": b"\x89PNG but not really",
         },
     )
@@ -116,7 +112,7 @@ def test_strict_data_names_the_corrupt_file(tmp_path):
 
 
 def test_missing_train_split_of_a_folder(tmp_path):
-    root = _folder(tmp_path / "imgs", {"test/a/0.png": _png(np.zeros((8, 8, 3), np.uint8))})
+    root = _folder(tmp_path / "imgs", {"test/a/0.png": png_bytes(np.zeros((8, 8, 3), np.uint8))})
     with pytest.raises(ValueError, match=r"'train' not found.*available splits: \['test'\]"):
         runner.run(_config(tmp_path, dataset=root))
 
@@ -181,10 +177,21 @@ def test_contradictory_flags(changes, message):
         Config(**changes)
 
 
-def test_consistent_flag_combinations_are_accepted():
-    Config(use_blur=True, augmentations="crop,flip,color,blur")
-    Config(use_blur=True, augmentations="imagenet")
-    Config(train_mode="finetune", checkpoint="/some/ckpt-10")
+def test_consistent_flag_combinations_are_accepted_and_mean_what_they_say():
+    """The combinations next to the refused ones above are kept, with the meaning the flags
+    give them (the operators augmentation will run, the checkpoint fine-tuning will read)."""
+    blur = ("crop", "flip", "color", "blur")
+    for changes in (
+        dict(use_blur=True, augmentations="crop,flip,color,blur"),
+        dict(use_blur=True, augmentations="imagenet"),
+        dict(use_blur=True),  # the default recipe plus blur
+    ):
+        config = Config(**changes)
+        assert augment.resolve_augmentations(config.augmentation_spec())[0] == blur, changes
+    finetune = Config(train_mode="finetune", checkpoint="/some/ckpt-10")
+    assert (finetune.train_mode, finetune.checkpoint) == ("finetune", "/some/ckpt-10")
+    assert finetune.augmentation_spec() == "crop,flip"  # fine-tuning's own recipe
+    assert Config.from_json(finetune.to_json()) == finetune
 
 
 def test_finetune_checkpoint_that_does_not_exist(tmp_path):
@@ -221,12 +228,12 @@ def _odd_images(root) -> str:
     for split in ("train", "test"):
         for cls in ("chat", "café"):
             d = f"{split}/{cls}/"
-            files[d + "un_pixel.png"] = _png(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8))
+            files[d + "un_pixel.png"] = png_bytes(rng.integers(0, 256, (1, 1, 3), dtype=np.uint8))
             gray16 = np.linspace(0, 65535, 20 * 14).reshape(20, 14).astype(np.uint16)
-            files[d + "gris16.png"] = _png(gray16)
+            files[d + "gris16.png"] = png_bytes(gray16)
             rgb16 = np.full((10, 10, 3), 128 * 257, np.uint16)
             files[d + "rgb16.png"] = tf.io.encode_png(tf.constant(rgb16)).numpy()
-            files[d + "rgba.png"] = _png(rng.integers(0, 256, (9, 9, 4), dtype=np.uint8))
+            files[d + "rgba.png"] = png_bytes(rng.integers(0, 256, (9, 9, 4), dtype=np.uint8))
             files[d + "gris.jpg"] = encoded(rng.integers(0, 256, (30, 20), dtype=np.uint8), "JPEG")
             big = np.repeat(np.linspace(0, 255, 1800, dtype=np.uint8)[None, :, None], 3, axis=2)
             files[d + "énorme.jpg"] = encoded(np.repeat(big, 2400, axis=0), "JPEG")
@@ -277,7 +284,7 @@ def test_convert_module_command_writes_a_readable_tfds_directory(tmp_path):
     """The README's `python -m tf_simclr.data convert` command, run as a real process."""
     rng = np.random.default_rng(0)
     files = {
-        f"{split}/{cls}/{i}.png": _png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        f"{split}/{cls}/{i}.png": png_bytes(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
         for split in ("train", "test")
         for cls in ("a", "b")
         for i in range(2)
@@ -417,7 +424,7 @@ def test_truncated_jpeg_and_png_are_counted_or_refused_up_front(tmp_path, caplog
     root = _folder(
         tmp_path / "imgs",
         {
-            "train/a/good.png": _png(image()),
+            "train/a/good.png": png_bytes(image()),
             "train/a/cut.jpg": _cut_short(image(), "JPEG"),
             "train/b/good.jpg": _encoded(image(), "JPEG"),
             "train/b/cut.png": _cut_short(image(), "PNG"),
@@ -451,11 +458,11 @@ def test_evaluation_honours_strict_data_and_counts_skipped_files(tmp_path, caplo
     root = _folder(
         tmp_path / "imgs",
         {
-            "train/a/0.png": _png(image()),
-            "train/b/0.png": _png(image()),
-            "test/a/0.png": _png(image()),
+            "train/a/0.png": png_bytes(image()),
+            "train/b/0.png": png_bytes(image()),
+            "test/a/0.png": png_bytes(image()),
             "test/a/cut.jpg": _cut_short(image(), "JPEG"),
-            "test/b/0.png": _png(image()),
+            "test/b/0.png": png_bytes(image()),
             "test/b/notes.png": b"a text file with an image name",
         },
     )
@@ -472,10 +479,12 @@ def test_eval_steps_evaluate_a_stratified_subset_not_the_first_class(tmp_path, c
     """A class-sorted folder (12, 6 and 6 test images): --eval_steps=2 with batches of 4 used
     to evaluate 8 images of class 'a' only (accuracy 1.0 for a model that always says 'a')."""
     rng = np.random.default_rng(0)
-    files = {f"train/{c}/0.png": _png(np.zeros((8, 8, 3), np.uint8)) for c in "abc"}
+    files = {f"train/{c}/0.png": png_bytes(np.zeros((8, 8, 3), np.uint8)) for c in "abc"}
     for c, n in (("a", 12), ("b", 6), ("c", 6)):
         for i in range(n):
-            files[f"test/{c}/{i:02d}.png"] = _png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+            files[f"test/{c}/{i:02d}.png"] = png_bytes(
+                rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            )
     root = _folder(tmp_path / "imgs", files)
     config = _config(tmp_path, dataset=root, eval_steps=2, eval_batch_size=4, seed=3)
 
@@ -573,7 +582,7 @@ def test_image_folder_layout_is_checked_before_training(tmp_path, files, splits,
             path.mkdir(parents=True)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+            path.write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     with pytest.raises(error, match=message):
         data_lib.check_image_folder(str(root), splits)
@@ -588,12 +597,12 @@ def test_valid_image_folder_layouts_pass_the_check(tmp_path):
     for rel in ("split/train/a/0.png", "split/train/b/0.png", "split/test/a/0.png"):
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+        path.write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
     assert data_lib.check_image_folder(str(tmp_path / "split"), ["train", "test"]) == ("a", "b")
     for rel in ("flat/cat/0.png", "flat/dog/0.png"):  # root/<class>/ is the training split
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_png(np.zeros((4, 4, 3), np.uint8)))
+        path.write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
     assert data_lib.check_image_folder(str(tmp_path / "flat")) == ("cat", "dog")
 
 
@@ -620,16 +629,6 @@ def _listing(directory):
     )
 
 
-def _cli_config(argv):
-    from tf_simclr import cli
-
-    cli.FLAGS(["tf-simclr", *argv])
-    try:
-        return cli.config_from_flags()
-    finally:
-        cli.FLAGS.unparse_flags()
-
-
 @pytest.mark.parametrize("mode", ["eval", "export"])
 def test_eval_and_export_refuse_a_checkpoint_of_another_architecture(tmp_path, mode):
     from tf_simclr.checkpoints import CheckpointError
@@ -639,8 +638,8 @@ def test_eval_and_export_refuse_a_checkpoint_of_another_architecture(tmp_path, m
     before = _listing(run_dir)
     # CLI: the run's config.json supplies the architecture; contradicting it is an error.
     with pytest.raises(ConfigError, match=r"--resnet_depth=18 \(the run has 34\)"):
-        _cli_config([f"--model_dir={run_dir}", f"--mode={mode}", "--resnet_depth=18"])
-    assert _cli_config([f"--model_dir={run_dir}", f"--mode={mode}"]).resnet_depth == 34
+        config_from_argv(f"--model_dir={run_dir}", f"--mode={mode}", "--resnet_depth=18")
+    assert config_from_argv(f"--model_dir={run_dir}", f"--mode={mode}").resnet_depth == 34
     # Library: the same check against config.json ...
     shallow = deep.replace(mode=mode, resnet_depth=18)
     with pytest.raises(ConfigError, match=r"--resnet_depth: 34 vs 18"):
@@ -676,10 +675,10 @@ def test_finetune_takes_the_encoder_of_its_checkpoint_run(tmp_path):
     source = tmp_path / "pretrained"
     _untrained_run(source, resnet_depth=34, num_proj_layers=3)
     common = ["--train_mode=finetune", f"--checkpoint={source}", f"--model_dir={tmp_path / 'ft'}"]
-    config = _cli_config(common)
+    config = config_from_argv(*common)
     assert (config.resnet_depth, config.num_proj_layers) == (34, 3)
     with pytest.raises(ConfigError, match=r"--resnet_depth=18 \(the checkpoint's run has 34\)"):
-        _cli_config([*common, "--resnet_depth=18"])
+        config_from_argv(*common, "--resnet_depth=18")
 
 
 def test_untrained_probe_and_batches_without_negatives_are_refused():
@@ -722,7 +721,7 @@ def test_damaged_files_of_a_model_dir_are_named(tmp_path, caplog):
     config = _untrained_run(run_dir)
     (run_dir / "config.json").write_text('{"resnet_depth": 18,')
     with pytest.raises(ConfigError, match=r"config.json is not valid JSON .*damaged"):
-        _cli_config([f"--model_dir={run_dir}", "--mode=eval"])
+        config_from_argv(f"--model_dir={run_dir}", "--mode=eval")
     with pytest.raises(ConfigError, match=r"config.json is not valid JSON"):
         runner.run(config.replace(mode="eval"))
     (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\nnot json\n{"step": 2}\n')
@@ -778,8 +777,8 @@ def test_model_call_names_bad_images():
 
 def test_eval_split_layout_is_checked_before_training(tmp_path):
     pixels = np.zeros((8, 8, 3), np.uint8)
-    files = {f"train/{c}/{i}.png": _png(pixels + i) for c in "ab" for i in range(4)}
-    files.update({f"test/{c}/0.png": _png(pixels) for c in "abz"})
+    files = {f"train/{c}/{i}.png": png_bytes(pixels + i) for c in "ab" for i in range(4)}
+    files.update({f"test/{c}/0.png": png_bytes(pixels) for c in "abz"})
     root = _folder(tmp_path / "images", files)
     config = _config(tmp_path, dataset=root, mode="train_then_eval", image_size=8)
     with pytest.raises(ValueError, match=r"'test' .*\['z'\] that 'train' lacks"):
@@ -827,7 +826,9 @@ def test_evaluating_on_the_training_split_is_refused():
 
 def test_one_class_dataset_cannot_be_evaluated(tmp_path):
     pixels = np.zeros((8, 8, 3), np.uint8)
-    files = {f"{s}/only/{i}.png": _png(pixels + i) for s in ("train", "test") for i in range(4)}
+    files = {
+        f"{s}/only/{i}.png": png_bytes(pixels + i) for s in ("train", "test") for i in range(4)
+    }
     root = _folder(tmp_path / "images", files)
     config = _config(
         tmp_path, dataset=root, mode="train_then_eval", image_size=8, train_batch_size=4
@@ -851,16 +852,34 @@ def test_top5_is_not_reported_with_five_classes_or_fewer(caplog):
     assert set(evaluate.knn_accuracy(x, y6, x, y6, num_classes=6, k=5)) == {"knn_top1", "knn_top5"}
 
 
+def _encoder_kernels(model) -> dict:
+    return {
+        w.path: w.numpy()
+        for w in model.weights
+        if w.path.endswith("kernel") and "head" not in w.path
+    }
+
+
 def test_finetune_checkpoint_given_as_index_file_or_damaged_newest(tmp_path, caplog):
-    source = tmp_path / "pretrained"
-    _untrained_run(source)
-    ft = dict(train_mode="finetune", train_steps=1, steps_per_loop=1)
-    result = runner.run(_config(tmp_path, checkpoint=str(source / "ckpt-2.index"), **ft))
-    assert result["step"] == 1
-    # A newer damaged checkpoint in the pretraining model_dir is skipped, as when resuming.
+    """Fine-tuning reads the checkpoint named by its .index file, and past a newer damaged
+    checkpoint in a model_dir the previous intact one: with the encoder frozen
+    (--fine_tune_after_block=4), its kernels end equal to those of ckpt-2 (random weights of
+    seed 11), not to ckpt-5's (seed 99) nor to a fresh start's."""
     from tf_simclr import checkpoints as ckpt_lib
 
+    source = tmp_path / "pretrained"
+    keras.utils.set_random_seed(11)
+    config = _untrained_run(source)
+    expected = _encoder_kernels(_restored(source / "ckpt-2", config))
+    ft = dict(train_mode="finetune", train_steps=1, steps_per_loop=1, fine_tune_after_block=4)
+    result = runner.run(_config(tmp_path, checkpoint=str(source / "ckpt-2.index"), **ft))
+    assert result["step"] == 1
+    _assert_kernels(tmp_path / "model" / "ckpt-1", expected)
+    # A newer damaged checkpoint in the pretraining model_dir is skipped, as when resuming.
+    keras.utils.set_random_seed(99)
     model = factory.build_model(tiny_config(source), 10)
+    newer = _encoder_kernels(model)
+    assert all(not np.array_equal(newer[k], expected[k]) for k in expected)
     ckpt_lib.training_checkpoint(model, global_step=tf.Variable(5, dtype=tf.int64)).write(
         str(source / "ckpt-5")
     )
@@ -868,8 +887,31 @@ def test_finetune_checkpoint_given_as_index_file_or_damaged_newest(tmp_path, cap
     data.write_bytes(data.read_bytes()[:100])
     with caplog.at_level(logging.WARNING):
         runner.run(_config(tmp_path / "second", checkpoint=str(source), **ft))
-    assert "ckpt-5 is damaged and was skipped" in caplog.text
-    assert "ckpt-2" in caplog.text
+    assert f"Checkpoint {source / 'ckpt-5'} is damaged and was skipped" in caplog.text
+    assert f"Using {source / 'ckpt-2'}; newer damaged checkpoint(s): {source / 'ckpt-5'}" in (
+        caplog.text
+    )
+    _assert_kernels(tmp_path / "second" / "model" / "ckpt-1", expected)
+
+
+def _restored(prefix, config):
+    """The network of `config` with the weights of checkpoint `prefix`."""
+    from tf_simclr import checkpoints as ckpt_lib
+
+    model = factory.build_model(config, 10)
+    reader = tf.train.load_checkpoint(str(prefix))
+    for w in model.weights:
+        w.assign(reader.get_tensor(ckpt_lib.checkpoint_key(w.path)))
+    return model
+
+
+def _assert_kernels(prefix, expected: dict):
+    from tf_simclr import checkpoints as ckpt_lib
+
+    reader = tf.train.load_checkpoint(str(prefix))
+    assert len(expected) > 10
+    for path, value in expected.items():
+        np.testing.assert_array_equal(reader.get_tensor(ckpt_lib.checkpoint_key(path)), value, path)
 
 
 def test_a_batch_without_its_channel_axis_is_told_so():

@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.cli import config_from_argv
+from helpers.files import reference_io
 
 from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import cli, convert, factory, reference, runner
@@ -32,10 +34,6 @@ def r18_dst(reference_fixtures, tmp_path_factory):
     dst = str(tmp_path_factory.mktemp("convert") / "r18")
     convert.convert(os.path.join(reference_fixtures, R18, "saved_model"), dst, echo=_quiet)
     return dst
-
-
-def _io(root, name):
-    return np.load(os.path.join(root, name, "io.npz"))
 
 
 def _assert_equals_reference(outputs, io, names=None):
@@ -81,7 +79,7 @@ def test_cli_converts_and_verifies_a_saved_model(reference_fixtures, tmp_path):
 def test_exported_module_answers_like_the_reference(reference_fixtures, r18_dst):
     import tensorflow_hub as hub
 
-    io = _io(reference_fixtures, R18)
+    io = reference_io(reference_fixtures, R18)
     images = tf.constant(io["inputs"])
     path = os.path.join(r18_dst, "saved_model", "0")
     module = tf.saved_model.load(path)
@@ -96,7 +94,7 @@ def test_exported_module_answers_like_the_reference(reference_fixtures, r18_dst)
 
 
 def test_keras_file_loads_as_a_tf_simclr_model(reference_fixtures, r18_dst):
-    io = _io(reference_fixtures, R18)
+    io = reference_io(reference_fixtures, R18)
     model = keras.saving.load_model(os.path.join(r18_dst, convert.KERAS_FILENAME))
     assert type(model).__name__ == "SimCLRModel"
     _assert_equals_reference(model(tf.constant(io["inputs"]), training=False), io)
@@ -136,20 +134,12 @@ def test_training_checkpoint_brings_optimizer_state_and_step(reference_fixtures,
     assert config["num_classes"] == 1000 and config["image_size"] == 224
 
 
-def _cli_config(argv):
-    cli.FLAGS(["tf-simclr", *argv])
-    try:
-        return cli.config_from_flags()
-    finally:
-        cli.FLAGS.unparse_flags()
-
-
 def test_eval_and_export_over_the_converted_model_dir(reference_fixtures, r18_dst, tmp_path):
     # The run's settings come from the converted config.json: no architecture flags needed.
     work = str(tmp_path / "work")
     shutil.copytree(r18_dst, work)
-    config = _cli_config(
-        [
+    config = config_from_argv(
+        *[
             f"--model_dir={work}",
             "--mode=eval",
             "--eval_steps=2",
@@ -163,19 +153,21 @@ def test_eval_and_export_over_the_converted_model_dir(reference_fixtures, r18_ds
     result = runner.run(config)
     assert result["checkpoint"].endswith("ckpt-0")
     assert {"sup_head_top1", "knn_top1", "linear_top1"} <= set(result["metrics"])
-    export_path = runner.run(_cli_config([f"--model_dir={work}", "--mode=export"]))["export_path"]
-    io = _io(reference_fixtures, R18)
+    export_path = runner.run(config_from_argv(f"--model_dir={work}", "--mode=export"))[
+        "export_path"
+    ]
+    io = reference_io(reference_fixtures, R18)
     _assert_equals_reference(tf.saved_model.load(export_path)(tf.constant(io["inputs"])), io)
 
 
 def test_architecture_flag_conflicting_with_the_converted_run_is_refused(r18_dst):
     with pytest.raises(cli.ConfigError, match=r"--resnet_depth=50 \(the run has 18\)"):
-        _cli_config([f"--model_dir={r18_dst}", "--mode=eval", "--resnet_depth=50"])
+        config_from_argv(f"--model_dir={r18_dst}", "--mode=eval", "--resnet_depth=50")
 
 
 def test_finetune_from_the_converted_model_dir(reference_fixtures, r18_dst, tmp_path):
-    config = _cli_config(
-        [
+    config = config_from_argv(
+        *[
             "--train_mode=finetune",
             f"--checkpoint={r18_dst}",
             f"--model_dir={tmp_path / 'ft'}",
@@ -203,8 +195,8 @@ def test_reference_pretraining_continues_with_run_py(reference_fixtures, tmp_pat
     src = os.path.join(reference_fixtures, R18, "ckpt")
     dst = str(tmp_path / "continued")
     convert.convert(src, dst, echo=_quiet)
-    config = _cli_config(
-        [
+    config = config_from_argv(
+        *[
             f"--model_dir={dst}",
             "--mode=train",
             "--train_steps=3",
@@ -358,7 +350,7 @@ def test_models_without_projection_head_convert(reference_fixtures, r18_source, 
     arch = converted.architecture
     assert (arch.proj_head_mode, arch.num_proj_layers, arch.num_classes) == ("none", 0, 10)
     assert arch.ft_proj_selector == 0
-    io = _io(reference_fixtures, R18)
+    io = reference_io(reference_fixtures, R18)
     outputs = converted.model(tf.constant(io["inputs"]), training=False)
     names = [k[6:] for k in io.files if k.startswith("infer/") and "proj_head_output" not in k]
     _assert_equals_reference(outputs, io, names)
@@ -413,7 +405,7 @@ def test_a_converted_published_model_is_a_distillation_teacher(reference_fixture
     """--teacher=<converted model_dir>: the teacher's logits are the reference's own."""
     from tf_simclr import distill
 
-    io = _io(reference_fixtures, R18)
+    io = reference_io(reference_fixtures, R18)
     teacher = distill.load_teacher(r18_dst, image_size=32)
     assert teacher.num_classes == io["infer/logits_sup"].shape[-1] == 10
     logits = teacher.logits(tf.constant(io["inputs"])).numpy()

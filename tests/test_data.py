@@ -8,19 +8,19 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.files import png_bytes
 from PIL import Image
 
 from tf_simclr import data as D
 from tf_simclr import preview
 
-CIFAR_DIR = "/work/shared/data/cifar10-jpeg"
-
-
-def _png(arr, mode=None):
-    buf = io.BytesIO()
-    img = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+# Real CIFAR-10 as an image folder, in ../shared beside the checkout (not part of the repository).
+CIFAR_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared",
+    "data",
+    "cifar10-jpeg",
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def folder(tmp_path_factory):
                 arr[..., 0] = 80 * ci  # class-specific red level, to check labels
                 kind = i % 4
                 if kind == 0:
-                    (d / f"{i}.png").write_bytes(_png(arr))
+                    (d / f"{i}.png").write_bytes(png_bytes(arr))
                     expected[(split, cls, i)] = arr
                 elif kind == 1:
                     buf = io.BytesIO()
@@ -46,10 +46,10 @@ def folder(tmp_path_factory):
                     (d / f"{i}.jpg").write_bytes(buf.getvalue())
                 elif kind == 2:
                     (d / f"{i}.png").write_bytes(
-                        _png(np.dstack([arr, np.full_like(arr[..., :1], 255)]))
+                        png_bytes(np.dstack([arr, np.full_like(arr[..., :1], 255)]))
                     )
                 else:
-                    (d / f"{i}.png").write_bytes(_png(arr, "P"))
+                    (d / f"{i}.png").write_bytes(png_bytes(arr, "P"))
     (root / "train" / "cat" / "broken.jpg").write_bytes(b"this is not an image")
     (root / "train" / "dog" / "empty.png").write_bytes(b"")
     (root / "train" / "dog" / "notes.txt").write_text("ignored: not an image extension")
@@ -202,7 +202,7 @@ def test_image_folder_modes_labels_and_corrupt_files(folder, caplog):
 def test_truncated_image_is_skipped_not_crashing(tmp_path):
     root = tmp_path / "f" / "train" / "a"
     root.mkdir(parents=True)
-    good = _png(np.zeros((8, 8, 3), np.uint8))
+    good = png_bytes(np.zeros((8, 8, 3), np.uint8))
     (root / "good.png").write_bytes(good)
     buf = io.BytesIO()
     Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(buf, format="JPEG")
@@ -217,7 +217,7 @@ def test_folder_pipelines_variable_size_route(tmp_path):
         d = tmp_path / "v" / "train" / cls
         d.mkdir(parents=True)
         for i, (h, w) in enumerate([(40, 30), (25, 50), (64, 64), (20, 20)]):
-            (d / f"{i}.png").write_bytes(_png(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+            (d / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
     src = str(tmp_path / "v")
     ds, info = D.build_pretrain_dataset(src, batch_size=4, image_size=24, augmentations="imagenet")
     assert info.image_shape == (None, None, 3)
@@ -265,7 +265,11 @@ def test_convert_folder_to_tfds_dir_and_load(folder, tmp_path, capsys):
         D.convert_image_folder(str(root), str(tmp_path / "s"), strict=True)
 
 
-@pytest.mark.skipif(not os.path.isdir(CIFAR_DIR), reason=f"real CIFAR-10 folder {CIFAR_DIR} absent")
+@pytest.mark.skipif(
+    not os.path.isdir(CIFAR_DIR),
+    reason=f"real CIFAR-10 image folder not found at {CIFAR_DIR} (../shared/data/cifar10-jpeg "
+    "from the repository root)",
+)
 def test_real_cifar10_jpeg_folder():
     ds, info = D.load_source(CIFAR_DIR, split="test", shuffle_files=True, seed=0)
     assert info.num_examples == {"test": 10000, "train": 50000}
@@ -475,7 +479,9 @@ def test_finetune_augmentations_are_the_pretraining_first_view(tmp_path, side):
             d = tmp_path / "big" / "train" / cls
             d.mkdir(parents=True)
             for i in range(4):
-                (d / f"{i}.png").write_bytes(_png(rng.integers(0, 256, (side, side, 3), np.uint8)))
+                (d / f"{i}.png").write_bytes(
+                    png_bytes(rng.integers(0, 256, (side, side, 3), np.uint8))
+                )
         src = str(tmp_path / "big")
     kw = dict(batch_size=4, image_size=side, seed=7, shuffle_buffer=100)
     aug = dict(augmentations="crop,flip,color", color_jitter_strength=0.6, brightness="additive")

@@ -457,23 +457,38 @@ def test_export_rejects_bad_arguments(tmp_path):
     assert [n for n in os.listdir(base) if n.startswith(".")] == []
 
 
+def _package_modules(package: str) -> list[str]:
+    """Every .py file under `package`, subpackages included, relative to it."""
+    return sorted(
+        os.path.relpath(os.path.join(root, name), package)
+        for root, _, names in os.walk(package)
+        for name in names
+        if name.endswith(".py")
+    )
+
+
+def _imported_modules(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    mods = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            mods += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            mods.append(node.module or "")
+    return mods
+
+
 def test_core_package_does_not_import_consumer_dependencies():
-    """tensorflow_hub and tf_keras are test/consumer-only: no tf_simclr module imports them."""
+    """tensorflow_hub and tf_keras are test/consumer-only: no tf_simclr module (subpackages
+    augment/, data/, reference/ included) imports them."""
     package = os.path.join(ROOT, "tf_simclr")
-    for name in sorted(os.listdir(package)):
-        if not name.endswith(".py"):
-            continue
-        with open(os.path.join(package, name)) as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                mods = [node.module or ""]
-            else:
-                continue
-            for mod in mods:
-                assert mod.split(".")[0] not in ("tensorflow_hub", "tf_keras"), (name, mod)
+    modules = _package_modules(package)
+    for sub in ("augment", "data", "reference"):  # the walk reaches the subpackages
+        assert any(m.startswith(sub + os.sep) for m in modules), sub
+    for name in modules:
+        for mod in _imported_modules(os.path.join(package, name)):
+            assert mod.split(".")[0] not in ("tensorflow_hub", "tf_keras"), (name, mod)
     requirements = os.path.join(ROOT, "requirements.txt")
     if os.path.exists(requirements):
         with open(requirements) as f:

@@ -237,7 +237,29 @@ def test_fit_overfits_fixed_batch_with_resnet():
     assert set(res) == {"loss", "sup_loss", "sup_acc"}
 
 
-def test_fit_with_keras_applications_encoder():
+def _objective_by_hand(model, data):
+    """The pretraining objective written out from its definition (SimCLR Eq. 1, averaged over
+    the 2N anchors, + the supervised head's cross-entropy for both views' labels)."""
+    n = data["view1"].shape[0]
+    outs = model(tf.concat([data["view1"], data["view2"]], 0), training=True)
+    z = tf.math.l2_normalize(tf.cast(outs["proj_head_output"], tf.float32), axis=1)
+    sim = tf.matmul(z, z, transpose_b=True) / model.temperature
+    sim = tf.where(tf.eye(2 * n, dtype=tf.bool), -1e9, sim)  # an anchor is not its own negative
+    positives = tf.concat([tf.range(n, 2 * n), tf.range(n)], 0)
+    contrastive = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positives, logits=sim)
+    )
+    labels = tf.concat([data["label"], data["label"]], 0)
+    supervised = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outs["logits_sup"])
+    )
+    return contrastive + supervised
+
+
+def test_fit_with_keras_applications_encoder_takes_the_objectives_gradient_step():
+    """fit() around a keras.applications encoder: one plain-SGD step moves every trainable
+    weight by -lr times the gradient of the objective written out by hand, and reports its
+    value."""
     keras.utils.set_random_seed(6)
     # A small keras.applications net (quick to trace); returns a [B, 1, 1, C] map that the model
     # pools.
@@ -245,14 +267,26 @@ def test_fit_with_keras_applications_encoder():
     model = SimCLRModel(encoder, num_classes=3, proj_out_dim=16, num_proj_layers=2)
     outs = model(tf.zeros((2, 32, 32, 3)))
     assert outs["final_avg_pool"].shape == (2, encoder.output.shape[-1])
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     data = {
         "view1": tf.random.stateless_uniform((4, 32, 32, 3), seed=[1, 2]),
         "view2": tf.random.stateless_uniform((4, 32, 32, 3), seed=[1, 3]),
         "label": tf.constant([0, 1, 2, 0]),
     }
-    hist = model.fit(tf.data.Dataset.from_tensors(data).repeat(2), verbose=0).history
-    assert np.isfinite(hist["loss"][0]) and 0 <= hist["contrastive_acc"][0] <= 1
+    before = [v.numpy() for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        expected_loss = _objective_by_hand(model, data)
+    grads = tape.gradient(expected_loss, model.trainable_variables)
+    lr = 0.05
+    model.compile(optimizer=keras.optimizers.SGD(lr), head_optimizer="shared")  # one optimizer
+    hist = model.fit(tf.data.Dataset.from_tensors(data), verbose=0).history
+    assert hist["loss"][0] == pytest.approx(float(expected_loss), rel=1e-5)
+    moved = 0
+    for v, w0, g in zip(model.trainable_variables, before, grads, strict=True):
+        np.testing.assert_allclose(
+            v.numpy(), w0 - lr * g.numpy(), rtol=1e-5, atol=1e-6, err_msg=v.path
+        )
+        moved += bool(np.any(g.numpy() != 0))
+    assert moved > len(before) // 2
 
 
 def test_vector_encoder_and_bad_inputs():
@@ -340,8 +374,9 @@ def test_mirrored_global_bn_matches_single_device(tmp_path):
     for key in ("loss", "contrastive_loss", "sup_loss", "contrastive_acc"):
         np.testing.assert_allclose(res["h2"][key], res["h1"][key], rtol=1e-4, atol=1e-5)
     # After two lr-0.5 steps; sync BN's E[x^2]-E[x]^2 vs the fused kernel's variance differ in
-    # float32 round-off (largest differences ~3e-4 in early conv kernels of magnitude ~0.2-1).
-    assert res["weight_diff"] < 1e-3
+    # float32 round-off: measured 5.5e-5 at most on AMD EPYC (AVX2) (~3e-4 was noted before, in
+    # early conv kernels of magnitude ~0.2-1).
+    assert res["weight_diff"] < 5e-4
 
 
 def test_fit_on_an_unbuilt_model_equals_fit_on_a_built_one():

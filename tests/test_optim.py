@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.numpy_refs import warmup_cosine
 
 from tf_simclr.optim import (
     DEFAULT_EXCLUDE,
@@ -73,15 +74,6 @@ def np_lars(ws, grads_per_step, lrs, *, momentum, wd, eta, decay, adapt, nestero
                 update = momentum * vs[i] + g if nesterov else vs[i]
                 ws[i] = w - lr * trust(update) * update
     return ws
-
-
-def np_schedule(step, base, warmup, total):
-    if step < warmup:
-        return base * step / warmup
-    if total == warmup:
-        return 0.0
-    progress = min(step - warmup, total - warmup) / (total - warmup)
-    return 0.5 * base * (1 + math.cos(math.pi * progress))
 
 
 # LARS() and build_optimizer("lars"): the reference's exclusions (batch norm, biases, head).
@@ -177,7 +169,7 @@ def test_lars_several_steps_with_schedule_match_numpy(nesterov, classic):
     for grads in steps:
         apply([tf.constant(g) for g in grads])
     assert int(opt.iterations.numpy()) == 5
-    lrs = [np_schedule(s, 0.8, 2, 6) for s in range(5)]
+    lrs = [warmup_cosine(s, 0.8, 2, 6) for s in range(5)]
     expected = np_lars(
         w0,
         steps,
@@ -417,7 +409,7 @@ def test_warmup_cosine_values(base, warmup, total):
         {0, 1, warmup // 2, max(warmup - 1, 0), warmup, (warmup + total) // 2, total - 1, total}
     ):
         assert float(s(tf.constant(step, tf.int64))) == pytest.approx(
-            np_schedule(step, base, warmup, total), rel=1e-6, abs=1e-7
+            warmup_cosine(step, base, warmup, total), rel=1e-6, abs=1e-7
         )
     if total > warmup + 1:  # half way through the decay: base / 2
         mid = warmup + (total - warmup) / 2

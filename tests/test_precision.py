@@ -175,13 +175,25 @@ def _tiny_model(policy):
         )
 
 
-def test_bfloat16_step_matches_float32_step_and_stays_float32(tmp_path):
-    """One pretraining step in mixed_bfloat16 and one in float32 from the same weights: losses
-    within bfloat16 rounding, the same update direction, and float32 weights, slots and
-    checkpoint."""
-    f32, bf16 = _tiny_model("float32"), _tiny_model("mixed_bfloat16")
-    bf16.set_weights(f32.get_weights())
-    assert bf16.compute_dtype == "bfloat16" and f32.compute_dtype == "float32"
+# One pretraining step in a mixed policy against float32 from the same weights (the test below),
+# measured on AMD EPYC (AVX2): relative loss difference at most 3.0e-4 (bfloat16) and 1.1e-5
+# (float16); cosine between the per-layer updates median 0.989 / 0.9993, worst 0.957 / 0.997.
+MIXED_STEP = {
+    "mixed_bfloat16": dict(loss_rtol=2e-3, median_cosine=0.97, min_cosine=0.9),
+    "mixed_float16": dict(loss_rtol=1e-4, median_cosine=0.995, min_cosine=0.99),
+}
+
+
+@pytest.mark.parametrize("policy", sorted(MIXED_STEP))
+def test_mixed_precision_step_matches_float32_step_and_stays_float32(tmp_path, policy):
+    """One pretraining step in a mixed policy and one in float32 from the same weights: losses
+    within the half type's rounding, the same update direction, and float32 weights, slots and
+    checkpoint (float16 through its loss-scale optimizer)."""
+    bounds = MIXED_STEP[policy]
+    f32, low = _tiny_model("float32"), _tiny_model(policy)
+    low.set_weights(f32.get_weights())
+    half = "bfloat16" if policy == "mixed_bfloat16" else "float16"
+    assert low.compute_dtype == half and f32.compute_dtype == "float32"
     rng = np.random.default_rng(0)
     batch = {
         "view1": tf.constant(rng.random((16, 16, 16, 3), dtype=np.float32)),
@@ -190,27 +202,32 @@ def test_bfloat16_step_matches_float32_step_and_stays_float32(tmp_path):
     }
     start = [w.numpy() for w in f32.trainable_weights]
     metrics, optimizers = {}, {}
-    for name, model in (("float32", f32), ("bfloat16", bf16)):
-        opt = optim.build_optimizer("lars", learning_rate=0.5, weight_decay=1e-4)
-        head = optim.build_optimizer("momentum", learning_rate=0.1)
+    for name, model in (("float32", f32), ("half", low)):
+        mixed = policy if name == "half" else None
+        opt = optim.build_optimizer(
+            "lars", learning_rate=0.5, weight_decay=1e-4, mixed_precision=mixed
+        )
+        head = optim.build_optimizer("momentum", learning_rate=0.1, mixed_precision=mixed)
         step = tf.function(train.make_step_fn(model, opt, head))
         metrics[name] = {k: float(v) for k, v in step(batch).items()}
         optimizers[name] = opt
     for key in ("loss", "contrastive_loss", "sup_loss"):
-        assert metrics["bfloat16"][key] == pytest.approx(metrics["float32"][key], rel=1e-2), key
+        assert metrics["half"][key] == pytest.approx(
+            metrics["float32"][key], rel=bounds["loss_rtol"]
+        ), key
     # The update: per-layer LARS steps point the same way in both precisions.
     cosines = []
-    for w0, a, b in zip(start, f32.trainable_weights, bf16.trainable_weights, strict=True):
+    for w0, a, b in zip(start, f32.trainable_weights, low.trainable_weights, strict=True):
         da, db = (a.numpy() - w0).ravel(), (b.numpy() - w0).ravel()
         if np.linalg.norm(da) > 0:
             cosines.append(da @ db / (np.linalg.norm(da) * np.linalg.norm(db)))
     assert len(cosines) > len(start) // 2
-    assert np.median(cosines) > 0.97 and min(cosines) > 0.8  # measured 0.990 and 0.963
-    assert all(w.dtype == "float32" for w in bf16.weights)
-    slots = [v for v in optimizers["bfloat16"].variables if v.dtype != "int64"]  # not the step
-    assert len(slots) >= len(bf16.trainable_weights) // 2
+    assert np.median(cosines) > bounds["median_cosine"] and min(cosines) > bounds["min_cosine"]
+    assert all(w.dtype == "float32" for w in low.weights)
+    slots = [v for v in optimizers["half"].variables if v.dtype != "int64"]  # not the step
+    assert len(slots) >= len(low.trainable_weights) // 2
     assert {v.dtype for v in slots} == {"float32"}
-    path = tf.train.Checkpoint(model=bf16, optimizer=optimizers["bfloat16"]).write(
+    path = tf.train.Checkpoint(model=low, optimizer=optimizers["half"]).write(
         str(tmp_path / "ckpt")
     )
     reader = tf.train.load_checkpoint(path)
@@ -230,7 +247,10 @@ def test_evaluation_and_export_get_a_float32_twin(tmp_path):
     exact = twin(images, training=False)["final_avg_pool"]
     half = bf16(images, training=False)["final_avg_pool"]
     assert exact.dtype == tf.float32 and half.dtype == tf.bfloat16
-    np.testing.assert_allclose(tf.cast(half, tf.float32), exact, rtol=0.1, atol=0.05)
+    # bfloat16 keeps 8 significant bits (relative rounding 2**-8 = 3.9e-3): measured on AMD EPYC
+    # (AVX2), the features differ by 1.3e-3 at most where the largest is 0.30 (4.5e-3 of it).
+    scale = float(np.max(np.abs(exact)))
+    np.testing.assert_allclose(tf.cast(half, tf.float32), exact, rtol=0, atol=0.015 * scale)
     assert factory.float32_twin(config, twin, 10) is twin
 
 

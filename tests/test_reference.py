@@ -21,6 +21,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.files import reference_io
 
 from tf_simclr import convert, factory, reference, train
 
@@ -48,10 +49,6 @@ ULP = 2.0**-23
 def _flags(root, name) -> dict:
     with open(os.path.join(root, name, "flags.json"), encoding="utf-8") as f:
         return json.load(f)
-
-
-def _io(root, name):
-    return np.load(os.path.join(root, name, "io.npz"))
 
 
 def _perturbed(x: np.ndarray, seed: int) -> np.ndarray:
@@ -97,7 +94,7 @@ def _inference_report(model, io) -> dict:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", ALL)
 def test_inference_outputs_equal_the_reference(reference_fixtures, name, fmt):
-    io = _io(reference_fixtures, name)
+    io = reference_io(reference_fixtures, name)
     assert sorted(k[6:] for k in io.files if k.startswith("infer/")) == sorted(OUTPUTS)
     converted = convert.load_reference(os.path.join(reference_fixtures, name, fmt))
     report = _inference_report(converted.model, io)
@@ -111,7 +108,7 @@ def test_inference_outputs_equal_the_reference(reference_fixtures, name, fmt):
 )
 def test_parity_check_fails_when_the_mapping_is_wrong(reference_fixtures, mutation):
     name = "r18_cifar_w025_v1"
-    io = _io(reference_fixtures, name)
+    io = reference_io(reference_fixtures, name)
     converted = convert.load_reference(os.path.join(reference_fixtures, name, "saved_model"))
     weights = {w.path: w for w in converted.model.weights}
 
@@ -148,7 +145,7 @@ def _training_noise(model, images) -> dict:
 
 @pytest.mark.parametrize("name", ALL)
 def test_training_mode_outputs_equal_the_reference(reference_fixtures, name):
-    io = _io(reference_fixtures, name)
+    io = reference_io(reference_fixtures, name)
     # fused_batch_norm=False: batch statistics computed as the reference computes them.
     converted = convert.load_reference(
         os.path.join(reference_fixtures, name, "saved_model"),
@@ -172,7 +169,7 @@ def test_training_mode_equals_the_reference_module_run_here(reference_fixtures, 
     """The reference's own SavedModel, run on this machine in training mode (its outputs then
     depend only on the batch), against ours: all ten outputs."""
     path = os.path.join(reference_fixtures, name, "saved_model")
-    images = _io(reference_fixtures, name)["inputs"]
+    images = reference_io(reference_fixtures, name)["inputs"]
     module = tf.saved_model.load(path)
     theirs = {k: np.asarray(v) for k, v in module(tf.constant(images), trainable=True).items()}
     converted = convert.load_reference(path, overrides={"fused_batch_norm": False})

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.configs import tiny_config
+from helpers.numpy_refs import warmup_cosine
 from helpers.rel_proc import (
     ROOT,
     TINY_BASE_LR,
@@ -42,15 +43,6 @@ from tf_simclr import data as data_lib
 from tf_simclr import factory, runner, train
 
 STRATEGY = tf.distribute.get_strategy()
-
-
-def _schedule(step: int, total: int, base=TINY_BASE_LR, warmup=TINY_WARMUP_STEPS) -> float:
-    """Linear warmup then cosine decay to 0 (written out independently of optim.py)."""
-    if step < warmup:
-        return base * step / warmup
-    return (
-        0.5 * base * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
-    )
 
 
 def _reader_value(prefix: str, name: str):
@@ -131,7 +123,9 @@ def test_sigkill_then_rerun_resumes_and_sigterm_saves_at_the_boundary(tmp_path):
     records = _assert_clean_history(model_dir, stop_step)
     for r in records:
         assert math.isfinite(r["loss"])
-        assert r["learning_rate"] == pytest.approx(_schedule(r["step"], total), rel=1e-5, abs=1e-9)
+        assert r["learning_rate"] == pytest.approx(
+            warmup_cosine(r["step"], TINY_BASE_LR, TINY_WARMUP_STEPS, total), rel=1e-5, abs=1e-9
+        )
 
 
 def _data_resumes_mid_stream() -> bool:
@@ -175,6 +169,45 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     ref_losses = [r["loss"] for r in _assert_clean_history(ref_dir, total)]
     cut_losses = [r["loss"] for r in _assert_clean_history(cut_dir, total)]
     assert ref_losses == cut_losses
+
+
+class _DiedAfterSaving(Exception):
+    pass
+
+
+def test_run_that_dies_after_a_checkpoint_and_is_rerun_ends_bit_identical(tmp_path, monkeypatch):
+    """The default suite's version of the SIGKILL test above: a 4-step run that dies right
+    after saving ckpt-2 (an exception out of the save: nothing else runs, as with a kill) and
+    is rerun ends with every checkpointed tensor, and every step's loss, equal bit for bit to
+    those of an uninterrupted 4-step run (the data stream, its augmentations and the optimizer
+    state continue exactly)."""
+    settings = dict(mode="train", train_steps=4, steps_per_loop=1, checkpoint_steps=2)
+    ref_dir, cut_dir = tmp_path / "reference", tmp_path / "interrupted"
+    runner.run(tiny_config(ref_dir, **settings))
+
+    save = train.storage.save_checkpoint
+
+    def save_then_die(manager, step, directory):
+        save(manager, step, directory)
+        if step == 2:
+            raise _DiedAfterSaving
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.storage, "save_checkpoint", save_then_die)
+        with pytest.raises(_DiedAfterSaving):
+            runner.run(tiny_config(cut_dir, **settings))
+    assert checkpoint_numbers(str(cut_dir)) == [2]
+    runner.run(tiny_config(cut_dir, **settings))
+    ref = tf.train.load_checkpoint(str(ref_dir / "ckpt-4"))
+    cut = tf.train.load_checkpoint(str(cut_dir / "ckpt-4"))
+    keys = [k for k in ref.get_variable_to_shape_map() if not k.startswith("save_counter")]
+    assert sorted(keys) == sorted(k for k in cut.get_variable_to_shape_map() if k in keys)
+    assert len(keys) > 100 and any("LARS" in k for k in keys)
+    for key in keys:
+        if key != "_CHECKPOINTABLE_OBJECT_GRAPH":
+            np.testing.assert_array_equal(ref.get_tensor(key), cut.get_tensor(key), err_msg=key)
+    ref_losses = [r["loss"] for r in _assert_clean_history(str(ref_dir), 4)]
+    assert [r["loss"] for r in _assert_clean_history(str(cut_dir), 4)] == ref_losses
 
 
 @pytest.mark.slow

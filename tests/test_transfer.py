@@ -10,11 +10,13 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.cli import config_from_argv
 from helpers.configs import tiny_config
+from helpers.numpy_refs import weighted_knn_top1
 from PIL import Image
 
 from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import cli, factory, runner, visualize, warm_start
+from tf_simclr import factory, runner, visualize, warm_start
 from tf_simclr.config import Config, ConfigError
 
 # Another task than shapes10's 10 shapes: 3 colour classes, images larger and smaller than the
@@ -58,14 +60,6 @@ def other_task(tmp_path_factory):
     return root
 
 
-def _cli(*argv) -> Config:
-    cli.FLAGS(["tf-simclr", *argv])
-    try:
-        return cli.config_from_flags()
-    finally:
-        cli.FLAGS.unparse_flags()
-
-
 def _restored_by_hand(model_dir, prefix):
     """The pretraining run's own network (its 10-class head included), its weights read
     straight from the checkpoint file by tf.train.Checkpoint."""
@@ -89,19 +83,6 @@ def _features_by_hand(model, root, split, size):
     return features, np.array(labels)
 
 
-def _knn_top1(train_x, train_y, test_x, test_y, k, temperature, num_classes):
-    """Weighted kNN on cosine similarity, in NumPy."""
-    train_x = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
-    test_x = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
-    sims = test_x @ train_x.T
-    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    votes = np.zeros((len(test_x), num_classes))
-    for i, row in enumerate(nearest):
-        for j in row:
-            votes[i, train_y[j]] += np.exp(sims[i, j] / temperature)
-    return float(np.mean(votes.argmax(axis=1) == test_y))
-
-
 def _projector_features(model_dir):
     directory = os.path.join(model_dir, visualize.PROJECTOR_DIR)
     return np.loadtxt(os.path.join(directory, visualize.PROJECTOR_FEATURES), delimiter="\t")
@@ -119,7 +100,7 @@ def test_frozen_features_of_a_pretrained_model_on_another_task(pretrained, other
         f"--model_dir={out}",
         *SMALL,
     ]
-    config = _cli(*flags)
+    config = config_from_argv(*flags)
     # The encoder, and its input size, are the checkpoint run's.
     assert (config.width_multiplier, config.proj_out_dim, config.image_size) == (0.125, 16, 16)
     pretrained_result = (pretrained / "result.json").read_bytes()
@@ -143,7 +124,7 @@ def test_frozen_features_of_a_pretrained_model_on_another_task(pretrained, other
     test_x, test_y = _features_by_hand(model, other_task, "test", 16)
     np.testing.assert_allclose(_projector_features(out), test_x, rtol=1e-4, atol=1e-5)
     assert metrics["knn_top1"] == pytest.approx(
-        _knn_top1(train_x, train_y, test_x, test_y, 10, config.knn_temperature, 3)
+        weighted_knn_top1(train_x, train_y, test_x, test_y, 10, config.knn_temperature, 3)
     )
     # A learnable task: the L2-regularised probe, its weight decay chosen on held-out training
     # images, is far above chance (1/3).
@@ -155,7 +136,7 @@ def test_frozen_features_of_a_pretrained_model_on_another_task(pretrained, other
 def test_frozen_features_at_another_input_size(pretrained, other_task, tmp_path):
     """--checkpoint=model_dir/ckpt-N, and --image_size=24 (not the run's 16)."""
     out = tmp_path / "at24"
-    config = _cli(
+    config = config_from_argv(
         f"--checkpoint={pretrained / 'ckpt-2'}",
         f"--model_dir={out}",
         f"--dataset={other_task}",
@@ -203,7 +184,7 @@ def test_the_weight_decay_is_chosen_on_held_out_training_examples():
 def test_finetuning_on_another_task_starts_from_the_pretrained_encoder_and_learns(
     pretrained, other_task, tmp_path, monkeypatch
 ):
-    config = _cli(
+    config = config_from_argv(
         "--train_mode=finetune",
         f"--checkpoint={pretrained}",
         f"--dataset={other_task}",
@@ -308,12 +289,17 @@ def test_encoder_flags_that_contradict_the_checkpoint(pretrained, other_task, tm
         with pytest.raises(
             ConfigError, match=r"--width_multiplier=0.25 \(the checkpoint's run has 0.125\)"
         ):
-            _cli(*mode, *common, "--width_multiplier=0.25")
+            config_from_argv(*mode, *common, "--width_multiplier=0.25")
         with pytest.raises(
             ConfigError, match=r"--image_size=64 \(the checkpoint's run has 16, the CIFAR stem"
         ):
-            _cli(*mode, *common, "--image_size=64")
-        assert _cli(*mode, *common, "--width_multiplier=0.125", "--image_size=32").image_size == 32
+            config_from_argv(*mode, *common, "--image_size=64")
+        assert (
+            config_from_argv(
+                *mode, *common, "--width_multiplier=0.125", "--image_size=32"
+            ).image_size
+            == 32
+        )
     # Without the run's config.json, the weights themselves tell.
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -348,7 +334,7 @@ def test_eval_with_checkpoint_and_finetune_or_into_a_run_is_refused(
     shutil.copytree(pretrained, run_dir)
     before = sorted(p.name for p in run_dir.iterdir())
     # Nothing fine-tuned to evaluate in a new --model_dir.
-    config = _cli(
+    config = config_from_argv(
         "--mode=eval",
         "--train_mode=finetune",
         f"--checkpoint={run_dir}",
@@ -360,12 +346,14 @@ def test_eval_with_checkpoint_and_finetune_or_into_a_run_is_refused(
     ):
         runner.run(config)
     # Results of another dataset are not written into a run's model_dir (here its own).
-    config = _cli("--mode=eval", f"--checkpoint={run_dir}", f"--model_dir={run_dir}")
+    config = config_from_argv("--mode=eval", f"--checkpoint={run_dir}", f"--model_dir={run_dir}")
     with pytest.raises(ConfigError, match=r"holds a run \(config.json and ckpt-\* files\)"):
         runner.run(config)
     assert sorted(p.name for p in run_dir.iterdir()) == before
     # Without --checkpoint, --mode=eval evaluates the run in --model_dir, as before.
-    config = _cli("--mode=eval", f"--model_dir={run_dir}", "--noknn_eval", "--nolinear_eval")
+    config = config_from_argv(
+        "--mode=eval", f"--model_dir={run_dir}", "--noknn_eval", "--nolinear_eval"
+    )
     assert not config.evaluates_checkpoint()
     result = runner.run(config)
     assert result["checkpoint"] == str(run_dir / "ckpt-2") and "sup_head_top1" in result["metrics"]

@@ -1,30 +1,63 @@
-"""Small Configs for tests."""
+"""The tiny settings every test trains with, defined once: as a Config (`tiny_config`, for
+in-process tests) and as `run.py` flags (`tiny_flags`, for tests that run the command line in
+subprocesses: tests/helpers/rel_proc.py, tests/test_train_distributed.py, bench/soak.py)."""
+
+from __future__ import annotations
 
 from tf_simclr.config import Config
 
+# A model and schedule small enough for a test: ResNet-18 at width 1/8 on 16 px views, batch 32,
+# a checkpoint every 2 steps, no warmup, no export or summaries.
+TINY_SETTINGS = dict(
+    train_batch_size=32,
+    image_size=16,
+    width_multiplier=0.125,
+    proj_out_dim=16,
+    steps_per_loop=2,
+    checkpoint_steps=2,
+    warmup_epochs=0.0,
+    export=False,
+    summaries=False,
+    seed=3,
+    # Fixed, not "auto": the same numbers on CPUs with and without bfloat16 units
+    # (tests/test_precision.py covers the mixed policies).
+    precision="float32",
+)
 
-def tiny_config(model_dir, **changes):
-    """A model and schedule small enough for a test: ResNet-18 at width 1/8 on 16 px views."""
-    values = dict(
-        model_dir=str(model_dir),
-        train_steps=4,
-        train_batch_size=32,
-        eval_batch_size=250,
-        eval_steps=2,
-        image_size=16,
-        width_multiplier=0.125,
-        proj_out_dim=16,
-        steps_per_loop=2,
-        checkpoint_steps=2,
-        linear_eval_epochs=3,
-        knn_k=20,
-        warmup_epochs=0.0,
-        export=False,
-        summaries=False,
-        seed=3,
-        # Fixed, not "auto": the same numbers on CPUs with and without bfloat16 units
-        # (tests/test_precision.py covers the mixed policies).
-        precision="float32",
-    )
+# In-process evaluation settings on top of TINY_SETTINGS (small probe, few eval batches).
+TINY_EVAL_SETTINGS = dict(
+    train_steps=4,
+    eval_batch_size=250,
+    eval_steps=2,
+    linear_eval_epochs=3,
+    knn_k=20,
+)
+
+
+def tiny_config(model_dir, **changes) -> Config:
+    """TINY_SETTINGS (+ TINY_EVAL_SETTINGS) as a Config for `model_dir`, with `changes`."""
+    values = dict(model_dir=str(model_dir), **TINY_SETTINGS, **TINY_EVAL_SETTINGS)
     values.update(changes)
     return Config(**values)
+
+
+def as_flags(settings: dict) -> list[str]:
+    """`--name=value` for each setting (booleans as true/false, as absl reads them)."""
+    flags = []
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        flags.append(f"--{name}={value}")
+    return flags
+
+
+def tiny_flags(model_dir, train_steps: int, *extra: str, **changes) -> list[str]:
+    """`run.py` flags for a tiny pretraining run: TINY_SETTINGS with `changes` (keyword
+    settings), `--mode=train`, model_dir, train_steps, then the `extra` flags verbatim."""
+    settings = {"mode": "train", **TINY_SETTINGS, **changes}
+    return [
+        *as_flags(settings),
+        f"--model_dir={model_dir}",
+        f"--train_steps={train_steps}",
+        *extra,
+    ]

@@ -11,32 +11,21 @@ import subprocess
 import sys
 import time
 
+from helpers.configs import tiny_flags as _tiny_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_PY = os.path.join(ROOT, "run.py")
 
-# The tiny setup of tests/helpers/configs.py::tiny_config, as flags; one log record per step, a
-# checkpoint every 2 steps, a 2-step warmup (0.0128 epochs of the 5000 embedded examples at B=32).
-TINY_FLAGS = (
-    "--mode=train",
-    "--train_batch_size=32",
-    "--image_size=16",
-    "--width_multiplier=0.125",
-    "--proj_out_dim=16",
-    "--steps_per_loop=1",
-    "--checkpoint_steps=2",
-    "--warmup_epochs=0.0128",
-    "--learning_rate=1.0",
-    "--log_every_steps=1",
-    "--export=false",
-    "--summaries=false",
-    "--seed=3",
-)
+# The tiny settings of tests/helpers/configs.py with one log record per step, a checkpoint every
+# 2 steps, a 2-step warmup (0.0128 epochs of the 5000 embedded examples at B=32).
+RUN_SETTINGS = dict(steps_per_loop=1, warmup_epochs=0.0128, learning_rate=1.0, log_every_steps=1)
 TINY_BASE_LR = 1.0 * 32 / 256  # --learning_rate=1.0, linear scaling
 TINY_WARMUP_STEPS = 2
 
 
 def tiny_flags(model_dir: str, train_steps: int, *extra: str) -> list[str]:
-    return [*TINY_FLAGS, f"--model_dir={model_dir}", f"--train_steps={train_steps}", *extra]
+    """`run.py` flags of a tiny pretraining run logged and checkpointed step by step."""
+    return _tiny_flags(model_dir, train_steps, *extra, **RUN_SETTINGS)
 
 
 def start(args: list[str], log_path: str) -> subprocess.Popen:
