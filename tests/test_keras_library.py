@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.numpy_refs import weighted_knn_top1
 
 from tf_simclr.augment import augment_batch
 from tf_simclr.augment.keras_layers import SimCLRAugmentation, TwoViews
@@ -65,17 +66,6 @@ def test_augmentation_layer_draws_a_new_view_each_training_call_and_saves():
     assert (clone.image_size, clone.augmentations, clone.seed) == (16, "cifar", 9)
 
 
-def _numpy_knn_top1(train_x, train_y, test_x, test_y, k, temperature, num_classes):
-    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
-    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
-    sims = b @ a.T
-    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    scores = np.zeros((len(test_x), num_classes))
-    for i, row in enumerate(nearest):
-        np.add.at(scores[i], train_y[row], np.exp(sims[i, row] / temperature))
-    return float(np.mean(scores.argmax(axis=1) == test_y))
-
-
 def test_knn_monitor_logs_the_knn_accuracy_of_the_current_features(tmp_path):
     keras.utils.set_random_seed(1)
     model = build_model(resnet_depth=18, width_multiplier=0.125, image_size=16, num_classes=None)
@@ -101,7 +91,7 @@ def test_knn_monitor_logs_the_knn_accuracy_of_the_current_features(tmp_path):
     # Epoch 1 is skipped (every=2); epoch 2's value is the kNN of the trained features.
     assert len(history["knn_top1"]) == 1
     feats = lambda x: model(x, training=False)["final_avg_pool"].numpy()  # noqa: E731
-    want = _numpy_knn_top1(feats(train_x), train_y, feats(test_x), test_y, 5, 0.2, 4)
+    want = weighted_knn_top1(feats(train_x), train_y, feats(test_x), test_y, 5, 0.2, 4)
     assert history["knn_top1"][0] == pytest.approx(want, abs=1e-9)
     events = [f for f in os.listdir(tmp_path / "logs") if f.startswith("events")]
     logged = [
