@@ -106,13 +106,16 @@ def weak_result_warnings(
     else:
         return []
     teacher = metrics.get("teacher_top1")
-    weak_teacher = teacher is not None and (
-        teacher < NEAR_CHANCE_FACTOR * chance or (probe is not None and teacher < probe)
-    )
-    if config.train_mode == "distill" and weak_teacher:
+    teacher_problem = None
+    if teacher is not None and teacher < NEAR_CHANCE_FACTOR * chance:
+        teacher_problem = "near chance"
+    elif teacher is not None and probe is not None and teacher < probe:
+        teacher_problem = "below that probe"
+    if config.train_mode == "distill" and teacher_problem:
         return [
-            f"The {what}'s top-1 ({100 * top1:.1f}%) {problem}, and so is its teacher "
-            f"({100 * teacher:.1f}%): the student learns what the teacher knows. Fine-tune the "
+            f"The {what}'s top-1 ({100 * top1:.1f}%) {problem}; its teacher's is "
+            f"{100 * teacher:.1f}%, itself {teacher_problem}: the student learns what the "
+            "teacher knows. Fine-tune the "
             "teacher again (--train_mode=finetune with the fine-tuning defaults, and check that "
             "it ends above its encoder's linear probe), then distil it."
         ]
