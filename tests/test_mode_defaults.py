@@ -224,3 +224,30 @@ def test_fine_tuning_with_the_mode_defaults_beats_the_pretraining_defaults(pretr
     (warning,) = theirs["warnings"]
     assert "--learning_rate (this mode's default: 0.5)" in warning
     assert "WARNING: The fine-tuned network" in report.format_report(theirs, old)
+
+
+def test_the_command_logs_the_defaults_its_mode_chose(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "run.py"),
+            "--train_mode=finetune",
+            f"--checkpoint={tmp_path / 'missing'}",  # fails after the config is built
+            "--label_fraction=0.1",
+            "--learning_rate=0.1",
+            f"--model_dir={tmp_path / 'ft'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert (
+        "Fine-tuning defaults (not given on the command line): --train_epochs=200." in proc.stderr
+    )
+    assert "--learning_rate=0.5" not in proc.stderr  # given: 0.1 is kept

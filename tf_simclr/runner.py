@@ -275,16 +275,18 @@ def _encoder_probe_on_labelled(config: Config, num_classes: int) -> dict:
     beat ("labelled_linear_top1", ...; {} when the checkpoint can no longer be read)."""
     from tf_simclr.semi_supervised import probe_on_labelled
 
-    # The pretraining network without a supervised head (its labels are `config`'s).
-    frozen = config.replace(
-        mode="eval",
-        train_mode="pretrain",
-        label_fraction=None,
-        label_ids_file=None,
-        lineareval_while_pretraining=False,
-        num_classes=0,
-    )
     try:
+        # The pretraining network without a supervised head (its labels are `config`'s).
+        frozen = config.replace(
+            mode="eval",
+            train_mode="pretrain",
+            label_fraction=None,
+            label_ids_file=None,
+            fine_tune_after_block=-1,
+            train_batch_size=max(2, config.train_batch_size),
+            lineareval_while_pretraining=False,
+            num_classes=0,
+        )
         model = factory.build_model(frozen, num_classes)
         warm_start.restore_frozen_encoder(frozen, model)
     except (OSError, ValueError) as err:
