@@ -251,3 +251,17 @@ def test_the_command_logs_the_defaults_its_mode_chose(tmp_path):
         "Fine-tuning defaults (not given on the command line): --train_epochs=200." in proc.stderr
     )
     assert "--learning_rate=0.5" not in proc.stderr  # given: 0.1 is kept
+
+
+def test_a_student_is_compared_with_its_teachers_encoder_probe(tmp_path):
+    from tf_simclr import runner
+
+    teacher = tmp_path / "ft"
+    Config(train_mode="finetune", checkpoint="/pre", model_dir=str(teacher)).save()
+    probe = {"labelled_linear_top1": 0.217, "labelled_examples": 500}
+    (teacher / "result.json").write_text(json.dumps({"metrics": {"finetune_top1": 0.368, **probe}}))
+    student = Config(train_mode="distill", teacher=str(teacher))
+    assert runner._teacher_encoder_probe(student) == probe
+    assert runner._teacher_encoder_probe(student.replace(teacher=str(teacher / "ckpt-9"))) == probe
+    # Scored on another split, the teacher run's probe is no yardstick for this student.
+    assert runner._teacher_encoder_probe(student.replace(eval_split="validation")) == {}
