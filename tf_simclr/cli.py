@@ -28,6 +28,7 @@ from tf_simclr.config import (
     CONFIG_FILENAME,
     Config,
     ConfigError,
+    describe_mode_defaults,
     has_flag,
     help_text,
     resolve,
@@ -46,7 +47,7 @@ def _define_flags() -> None:
         kind = hints[name]
         if kind is bool:
             flags.DEFINE_bool(name, default, text)
-        elif kind is int:
+        elif kind is int or kind == (int | None):
             flags.DEFINE_integer(name, default, text)
         elif kind is float:
             flags.DEFINE_float(name, default, text)
@@ -221,6 +222,9 @@ def main(argv: list[str], *, quiet_startup: bool = False) -> int:
         config = config_from_flags()
     except ConfigError as err:
         return usage_error(str(err))
+    mode_defaults = describe_mode_defaults(config)
+    if mode_defaults:
+        log.info("%s", mode_defaults)
 
     if quiet_startup:
         tf = import_tensorflow_quietly()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from tf_simclr.config import RESULT_FILENAME, Config
+from tf_simclr.config import MODE_DEFAULTS, RESULT_FILENAME, Config, mode_defaults_key
 
 # Row order and names of the metrics tf_simclr.runner reports; any other metric follows
 # under its own name.
@@ -23,6 +23,9 @@ _METRIC_LABELS = {
     "student_top5": "distilled student top-5",
     "teacher_top1": "teacher top-1",
     "teacher_top5": "teacher top-5",
+    "labelled_linear_top1": "pretrained encoder, linear probe on the labelled images top-1",
+    "labelled_linear_top5": "pretrained encoder, linear probe on the labelled images top-5",
+    "labelled_examples": "labelled images",
     "linear_train_loss": "linear probe final loss",
     "linear_weight_decay": "linear probe weight decay (chosen)",
 }
@@ -35,6 +38,8 @@ def _is_accuracy(name: str) -> bool:
 
 
 def _value(name: str, value: float) -> str:
+    if name == "labelled_examples":
+        return f"{int(value):,}"
     if name.endswith("weight_decay"):
         return f"{value:g}"
     return f"{100 * value:.1f}%" if _is_accuracy(name) else f"{value:.4f}"
@@ -68,6 +73,73 @@ def metrics_table(metrics: dict[str, float], *, knn_k: int | None = None) -> lis
         return "  " + "   ".join([first, *rest]).rstrip()
 
     return [line(header), *(line(row) for row in rows)]
+
+
+# A network this close to chance (x 1/classes) learned next to nothing: 15% for 10 classes.
+NEAR_CHANCE_FACTOR = 1.5
+_TRAINED = {
+    "finetune": ("finetune_top1", "fine-tuned network"),
+    "distill": ("student_top1", "distilled student"),
+}
+
+
+def weak_result_warnings(
+    metrics: dict[str, float], config: Config, *, num_classes: int, total_steps: int | None = None
+) -> list[str]:
+    """Warnings for a fine-tuned or distilled network whose top-1 ends near chance or below
+    the pretrained encoder's linear probe on the same labelled images ("labelled_linear_top1";
+    for distillation, the teacher's run's), naming the likely cause and the flags to change."""
+    if config.train_mode not in _TRAINED:
+        return []
+    key, what = _TRAINED[config.train_mode]
+    top1 = metrics.get(key)
+    if top1 is None or num_classes < 2:
+        return []
+    chance = 1.0 / num_classes
+    probe = metrics.get("labelled_linear_top1")
+    if top1 < NEAR_CHANCE_FACTOR * chance:
+        problem = f"is near chance ({100 * chance:.1f}% for {num_classes} classes)"
+    elif probe is not None and top1 < probe:
+        labelled = metrics.get("labelled_examples")
+        on = f"the same {int(labelled):,} labelled images" if labelled else "the labelled images"
+        problem = f"is below the pretrained encoder's linear probe on {on} ({100 * probe:.1f}%)"
+    else:
+        return []
+    teacher = metrics.get("teacher_top1")
+    teacher_problem = None
+    if teacher is not None and teacher < NEAR_CHANCE_FACTOR * chance:
+        teacher_problem = "near chance"
+    elif teacher is not None and probe is not None and teacher < probe:
+        teacher_problem = "below that probe"
+    if config.train_mode == "distill" and teacher_problem:
+        return [
+            f"The {what}'s top-1 ({100 * top1:.1f}%) {problem}; its teacher's is "
+            f"{100 * teacher:.1f}%, itself {teacher_problem}: the student learns what the "
+            "teacher knows. Fine-tune the "
+            "teacher again (--train_mode=finetune with the fine-tuning defaults, and check that "
+            "it ends above its encoder's linear probe), then distil it."
+        ]
+    defaults = MODE_DEFAULTS[mode_defaults_key(config.train_mode, config.random_init)]
+    schedule = (
+        f"--train_steps={config.train_steps}"
+        if config.train_steps > 0
+        else f"{config.train_epochs:g} epochs"
+    )
+    if total_steps:
+        schedule += f" = {total_steps} steps"
+    if config.train_mode == "finetune":
+        rate = "too high a rate wipes out what the pretrained encoder knew"
+        over, change = "labelled images", "a lower"
+    else:
+        rate = "the student learns from random weights"
+        over, change = "training images", "another"
+    return [
+        f"The {what}'s top-1 ({100 * top1:.1f}%) {problem}. Likely causes: the learning rate "
+        f"(base {config.learning_rate:g}; {rate}) or a schedule too short for the {over} "
+        f"({schedule}). Try {change} --learning_rate (this mode's default: "
+        f"{defaults['learning_rate']:g}) and a longer --train_epochs (default: "
+        f"{defaults['train_epochs']:g})."
+    ]
 
 
 def _duration(seconds: float) -> str:
@@ -113,6 +185,8 @@ def format_report(result: dict, config: Config) -> str:
     if metrics:
         lines.append(f"Results on split {config.eval_split!r} of {config.dataset}:")
         lines += metrics_table(metrics, knn_k=config.knn_k if config.knn_eval else None)
+    for warning in result.get("warnings", ()):
+        lines.append(f"WARNING: {warning}")
     files = [
         ("exported module", result.get("export_path")),
         ("training curves", result.get("curves")),

@@ -101,6 +101,7 @@ def run(config: Config) -> dict:
     trained = factory.float32_twin(config, state.model, state.num_classes)
     if config.mode == "train_then_eval":
         result.update(evaluate_model(config, trained, state.num_classes))
+        _add_warnings(config, result, state.num_classes)
     result["train_seconds"] = time.perf_counter() - start
     result["images_per_second"] = state.images_per_second
     curves = history_lib.plot_history(
@@ -125,6 +126,23 @@ def _with_checked_data(config: Config) -> Config:
     elif config.checkpoint and not config.random_init:
         run_data.pretrained_identity(config, current, purpose="fine-tuning")
     return config.replace(data_identity=current)
+
+
+def _add_warnings(config: Config, result: dict, num_classes: int) -> None:
+    """A fine-tuned or distilled network that ends below its encoder's linear probe, or near
+    chance: result["warnings"] names the likely cause and the flags (also logged)."""
+    from tf_simclr.report import weak_result_warnings
+
+    warnings = weak_result_warnings(
+        result.get("metrics", {}),
+        config,
+        num_classes=num_classes,
+        total_steps=result.get("total_steps"),
+    )
+    for warning in warnings:
+        log.warning("%s", warning)
+    if warnings:
+        result["warnings"] = warnings
 
 
 def _is_chief(config: Config) -> bool:
@@ -259,6 +277,10 @@ def evaluate_model(
             teacher, factory.eval_dataset(config, config.eval_split)
         )
         metrics.update({f"teacher_{k}": v for k, v in scores.items()})
+        metrics.update(_teacher_encoder_probe(config))
+    if head_fits and config.train_mode == "finetune" and config.checkpoint:
+        if not config.random_init:
+            metrics.update(_encoder_probe_on_labelled(config, num_classes))
     if config.train_mode == "pretrain" or not head_fits:
         probe = dict(choose_weight_decay=choose_weight_decay)
         features, files = _feature_metrics(config, model, num_classes, pictures=True, **probe)
@@ -275,6 +297,63 @@ def evaluate_model(
                 if name.endswith(("_top1", "_top5")) and "random_init_" + name in metrics:
                     metrics[name + "_gain"] = metrics[name] - metrics["random_init_" + name]
     return {"metrics": metrics, **files}
+
+
+def _encoder_probe_on_labelled(config: Config, num_classes: int) -> dict:
+    """Fine-tuning: the pretrained encoder (--checkpoint) frozen, with a linear probe trained
+    on the same labelled images and scored on the eval split, the yardstick fine-tuning must
+    beat ("labelled_linear_top1", ...; {} when the checkpoint can no longer be read)."""
+    from tf_simclr.semi_supervised import probe_on_labelled
+
+    try:
+        # The pretraining network without a supervised head (its labels are `config`'s).
+        frozen = config.replace(
+            mode="eval",
+            train_mode="pretrain",
+            label_fraction=None,
+            label_ids_file=None,
+            fine_tune_after_block=-1,
+            train_batch_size=max(2, config.train_batch_size),
+            lineareval_while_pretraining=False,
+            num_classes=0,
+        )
+        model = factory.build_model(frozen, num_classes)
+        warm_start.restore_frozen_encoder(frozen, model)
+    except (OSError, ValueError) as err:
+        log.warning("The pretrained encoder's linear probe is not reported: %s", err)
+        return {}
+    log.info("Linear probe of the pretrained encoder on the same labelled images.")
+    probe = probe_on_labelled(model, config, num_classes)
+    return {k: v for k, v in probe.items() if k in PROBE_METRICS}
+
+
+# The fine-tuning run's metrics that describe its pretrained encoder's linear probe.
+PROBE_METRICS = ("labelled_linear_top1", "labelled_linear_top5", "labelled_examples")
+
+
+def _teacher_encoder_probe(config: Config) -> dict:
+    """Distillation from a tf_simclr fine-tuning run: the linear probe of that teacher's
+    pretrained encoder on its labelled images, as its result.json reports it for the same
+    dataset and eval split ({} otherwise)."""
+    directory = os.path.expanduser(config.teacher or "")
+    for candidate in (directory, os.path.dirname(directory)):
+        path = os.path.join(candidate, RESULT_FILENAME)
+        if not os.path.isfile(os.path.join(candidate, CONFIG_FILENAME)):
+            continue
+        try:
+            teacher_config = Config.load(candidate)
+            with open(path, encoding="utf-8") as f:
+                metrics = json.load(f).get("metrics", {})
+        except (OSError, ValueError):
+            return {}
+        same_data = (teacher_config.dataset, teacher_config.eval_split) == (
+            config.dataset,
+            config.eval_split,
+        )
+        if same_data and "labelled_linear_top1" in metrics:
+            return {k: metrics[k] for k in PROBE_METRICS if k in metrics}
+        return {}
+    return {}
 
 
 def evaluate_checkpoints(config: Config, strategy) -> dict:
@@ -388,6 +467,8 @@ def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
     step = int(path.rsplit("-", 1)[-1])
     log.info("Evaluating %s.", path)
     result = {"step": step, "checkpoint": path, **evaluate_model(config, model, num_classes)}
+    if not config.eval_timeout:  # the finished network, not one of a run still training
+        _add_warnings(config, result, num_classes)
     write_result(config, result)
     return result
 

@@ -259,6 +259,13 @@ def labelled_linear_probe(pretrain: Config, labelled: Config) -> dict[str, float
     prefix = ckpt_lib.latest_valid_checkpoint(pretrain.model_dir)
     ckpt_lib.check_checkpoint_fits(prefix, model)
     ckpt_lib.training_checkpoint(model).restore(prefix).expect_partial()
+    return probe_on_labelled(model, labelled, info.num_classes)
+
+
+def probe_on_labelled(model, labelled: Config, num_classes: int) -> dict[str, float]:
+    """Linear probe of `model`'s frozen features trained on the labelled subset of `labelled`'s
+    training split (--label_fraction / --label_ids_file) and scored on its eval split:
+    {"labelled_linear_top1", "labelled_linear_top5", ..., "labelled_examples"}."""
     indices = data_lib.labelled_subset_indices(
         labelled.dataset,
         labelled.data_dir,
@@ -269,26 +276,26 @@ def labelled_linear_probe(pretrain: Config, labelled: Config) -> dict[str, float
         labelled.strict_data,
     )
     train_data, _ = data_lib.build_eval_dataset(
-        pretrain.dataset,
-        data_dir=pretrain.data_dir,
-        split=pretrain.train_split,
-        batch_size=pretrain.eval_batch_size,
-        image_size=pretrain.image_size,
-        strict=pretrain.strict_data,
+        labelled.dataset,
+        data_dir=labelled.data_dir,
+        split=labelled.train_split,
+        batch_size=labelled.eval_batch_size,
+        image_size=labelled.image_size,
+        strict=labelled.strict_data,
         indices=indices,
     )
     train_x, train_y = eval_lib.extract_features(model, train_data)
     test_x, test_y = eval_lib.extract_features(
-        model, factory.eval_dataset(pretrain, pretrain.eval_split)
+        model, factory.eval_dataset(labelled, labelled.eval_split)
     )
     probe = eval_lib.linear_eval(
         train_x,
         train_y,
         test_x,
         test_y,
-        num_classes=info.num_classes,
-        epochs=pretrain.linear_eval_epochs,
-        seed=pretrain.seed,
+        num_classes=num_classes,
+        epochs=labelled.linear_eval_epochs,
+        seed=labelled.seed,
     )
     return {"labelled_" + k: v for k, v in probe.items()} | {"labelled_examples": len(train_x)}
 
