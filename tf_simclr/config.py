@@ -13,21 +13,22 @@ import math
 import os
 from typing import Any
 
-MODES = ("train", "eval", "train_then_eval", "preview", "export", "semi_supervised")
-TRAIN_MODES = ("pretrain", "finetune", "distill")
-# The train modes whose supervised head is trained through the network (on labels or on a
-# teacher's predictions).
-SUPERVISED_TRAIN_MODES = ("finetune", "distill")
-OPTIMIZERS = ("lars", "momentum", "adam", "adamw")
-LR_SCALINGS = ("linear", "sqrt")
-PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-# tf_simclr.precision.PRECISIONS (not imported: this module does not load TensorFlow).
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-LOSS_SCALES = ("paper", "reference")
-SUP_HEAD_OPTIMIZERS = ("momentum", "shared")
-BRIGHTNESS_MODES = ("multiplicative", "additive")
-RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+from tf_simclr.choices import (
+    BRIGHTNESS_MODES,
+    LOSS_SCALES,
+    LR_SCALINGS,
+    MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PROJ_HEAD_MODES,
+    RESNET_DEPTHS,
+    STRATEGIES,
+    SUP_HEAD_OPTIMIZERS,
+    SUPERVISED_TRAIN_MODES,
+    TRAIN_MODES,
+    ConfigError,
+)
+
 CONFIG_FILENAME = "config.json"
 RESULT_FILENAME = "result.json"  # written by tf_simclr.runner at the end of a run
 CONFIG_HISTORY_FILENAME = "config_history.jsonl"
@@ -121,9 +122,6 @@ def describe_mode_defaults(config: Config) -> str | None:
 _INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
 # What the runner records about a run (no flag; see Config.data_identity).
 _RECORD_FIELDS = ("data_identity",)
-# 100 x 100 thumbnails of at most 64 px (tf_simclr.visualize) keep the projector's sprite
-# within the 8192 px TensorBoard accepts.
-MAX_PROJECTOR_EMBEDDINGS = 10_000
 
 
 def _setting(default, help: str, *, choices: tuple | None = None):
@@ -147,10 +145,6 @@ def help_text(field: dataclasses.Field) -> str:
     if choices:
         text = f"{text} One of: {', '.join(str(c) for c in choices)}."
     return text
-
-
-class ConfigError(ValueError):
-    """A flag value or a combination of flags is invalid; the message names the flag."""
 
 
 @dataclasses.dataclass

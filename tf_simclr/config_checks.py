@@ -8,15 +8,12 @@ import math
 import os
 from typing import Any
 
-from tf_simclr.config import (
-    MAX_PROJECTOR_EMBEDDINGS,
-    SUPERVISED_TRAIN_MODES,
-    Config,
-    ConfigError,
-)
+# Below tf_simclr.config, which calls `validate` on every Config it builds: the rules take the
+# Config as it is (its fields), so this module needs only the choices.
+from tf_simclr.choices import MAX_PROJECTOR_EMBEDDINGS, SUPERVISED_TRAIN_MODES, ConfigError
 
 
-def validate(config: Config) -> None:
+def validate(config) -> None:
     """Raise ConfigError naming the first invalid flag and its valid values."""
     for field in dataclasses.fields(config):
         if field.metadata.get("choices"):
@@ -177,7 +174,7 @@ def validate(config: Config) -> None:
         )
 
 
-def _validate_semi_supervised(config: Config) -> None:
+def _validate_semi_supervised(config) -> None:
     if config.label_fraction is None and not config.label_ids_file:
         raise ConfigError(
             "--mode=semi_supervised needs the labelled subset: --label_fraction (e.g. 0.1) "
@@ -198,7 +195,7 @@ def _validate_semi_supervised(config: Config) -> None:
     _non_negative("semi_finetune_batch_size", config.semi_finetune_batch_size)
 
 
-def _validate_distillation(config: Config) -> None:
+def _validate_distillation(config) -> None:
     if config.train_mode == "distill" and not config.teacher:
         raise ConfigError(
             "--train_mode=distill needs --teacher: the model_dir, checkpoint or export of "

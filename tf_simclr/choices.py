@@ -1,0 +1,29 @@
+"""The valid values of each setting with a fixed set of choices, and the settings' error type:
+one definition each, read by the Config, its checks and the command line (no TensorFlow)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A flag value or a combination of flags is invalid; the message names the flag."""
+
+
+MODES = ("train", "eval", "train_then_eval", "preview", "export", "semi_supervised")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
+# The train modes whose supervised head is trained through the network (on labels or on a
+# teacher's predictions).
+SUPERVISED_TRAIN_MODES = ("finetune", "distill")
+OPTIMIZERS = ("lars", "momentum", "adam", "adamw")
+LR_SCALINGS = ("linear", "sqrt")
+PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# tf_simclr.precision.PRECISIONS (not imported: this module does not load TensorFlow).
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+LOSS_SCALES = ("paper", "reference")
+SUP_HEAD_OPTIMIZERS = ("momentum", "shared")
+BRIGHTNESS_MODES = ("multiplicative", "additive")
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+
+# 100 x 100 thumbnails of at most 64 px (tf_simclr.visualize) keep the projector's sprite
+# within the 8192 px TensorBoard accepts.
+MAX_PROJECTOR_EMBEDDINGS = 10_000
