@@ -351,3 +351,39 @@ def test_paths_are_made_absolute_against_the_invocations_directory(runs, monkeyp
         config.replace(train_mode="finetune", teacher=None, checkpoint="finetune/ckpt-2")
     ).checkpoint
     assert prefix == str(runs["finetune"] / "ckpt-2")
+
+
+@pytest.mark.parametrize(
+    "source, subset, kept",
+    [("pretrain", None, True), ("pretrain", 0.5, False), ("finetune", 0.5, False)],
+)
+def test_a_head_that_saw_labels_outside_the_labelled_subset_starts_afresh(
+    runs, data, source, subset, kept, caplog
+):
+    """Fine-tuning on a labelled subset never starts from a head trained on other labels: a
+    pretraining run's online head learned from every training label, and a run fine-tuned on
+    all of them (or on another subset) too; kept, they would put those labels into the
+    fine-tuned accuracy. With all labels, the head is kept."""
+    config = _small(
+        "/unused",
+        train_mode="finetune",
+        checkpoint=str(runs[source]),
+        dataset=str(data["colours"]),
+        label_fraction=subset,
+    )
+    model = factory.build_model(config, 3)
+    fresh = {w.path: w.numpy().copy() for w in model.weights}
+    with caplog.at_level(logging.INFO):
+        warm_start.restore_initial_weights(config, model)
+    prefix = ckpt_lib.latest_valid_checkpoint(str(runs[source]))
+    stored = ckpt_lib.read_model_weights(prefix, [w.path for w in model.weights])
+    now = {w.path: w.numpy() for w in model.weights}
+    for path in now:
+        want = fresh[path] if SUPERVISED_HEAD_NAME in path and not kept else stored[path]
+        np.testing.assert_array_equal(now[path], want, err_msg=path)
+    assert ("labels outside this run's labelled subset" in caplog.text) is not kept
+    # The same subset (fraction and seed) as the checkpoint's own fine-tuning keeps it.
+    same = Config.load(str(runs["finetune"])).replace(label_fraction=0.5)
+    assert not warm_start._head_saw_other_labels(same, config.replace(label_fraction=0.5))
+    assert warm_start._head_saw_other_labels(same, config.replace(label_fraction=0.5, seed=7))
+    assert warm_start._head_saw_other_labels(None, config.replace(label_fraction=0.5))

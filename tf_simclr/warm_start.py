@@ -165,11 +165,27 @@ def _same_label_space(source: Config, config: Config) -> bool:
     return run_data.same_label_space(source.data_identity, current)
 
 
+def _head_saw_other_labels(source: Config | None, config: Config) -> bool:
+    """With a labelled subset (--label_fraction / --label_ids_file): whether the checkpoint's
+    supervised head may have been trained on labels outside it. A pretraining run's online
+    head learns from every label of its training split, and a run on another subset (or of
+    unknown origin) from others: kept, they would carry those labels into the fine-tuned
+    network and its accuracy. (The reference code restores no head for its label-fraction
+    fine-tuning either.)"""
+    if config.label_fraction is None and config.label_ids_file is None:
+        return False
+    if source is None or source.train_mode == "pretrain":
+        return True
+    same_subset = (source.label_fraction, source.label_ids_file, source.seed)
+    return same_subset != (config.label_fraction, config.label_ids_file, config.seed)
+
+
 def restore_initial_weights(config: Config, model) -> None:
     """Fine-tuning: load pretrained weights from --checkpoint (a checkpoint prefix, a model_dir
-    or an exported module). A supervised head for another number of classes, or one trained
+    or an exported module). A supervised head for another number of classes, one trained
     on other classes (by the checkpoint run's recorded data: another label space, whatever
-    the number of classes), starts afresh."""
+    the number of classes), or one that saw labels outside this run's labelled subset,
+    starts afresh."""
     if not config.checkpoint:
         raise ValueError(
             "--train_mode=finetune needs --checkpoint: a pretraining checkpoint (prefix or "
@@ -186,6 +202,17 @@ def restore_initial_weights(config: Config, model) -> None:
             path,
             source.dataset,
             config.dataset,
+        )
+    elif _head_saw_other_labels(source, config):
+        values = {p: v for p, v in values.items() if SUPERVISED_HEAD_NAME not in p}
+        log.info(
+            "The supervised head of %s was trained on labels outside this run's labelled "
+            "subset (%s): it starts afresh, so only the subset's labels reach the fine-tuned "
+            "network.",
+            path,
+            "a pretraining run's online head saw all of them"
+            if source is not None and source.train_mode == "pretrain"
+            else "another or an unknown subset",
         )
     counts = ckpt_lib.assign_weights_by_path(
         model.weights, values, replaceable=(SUPERVISED_HEAD_NAME,), source=f"--checkpoint={path}"
