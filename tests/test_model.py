@@ -243,7 +243,7 @@ def _objective_by_hand(model, data):
     n = data["view1"].shape[0]
     outs = model(tf.concat([data["view1"], data["view2"]], 0), training=True)
     z = tf.math.l2_normalize(tf.cast(outs["proj_head_output"], tf.float32), axis=1)
-    sim = tf.matmul(z, z, transpose_b=True) / model.temperature
+    sim = tf.matmul(z, z, transpose_b=True) / model.objective.temperature
     sim = tf.where(tf.eye(2 * n, dtype=tf.bool), -1e9, sim)  # an anchor is not its own negative
     positives = tf.concat([tf.range(n, 2 * n), tf.range(n)], 0)
     contrastive = tf.reduce_mean(
