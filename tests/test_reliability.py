@@ -219,6 +219,9 @@ def test_soak_twenty_kills_and_resumes(tmp_path):
             sys.executable,
             os.path.join(ROOT, "bench", "soak.py"),
             f"--cycles={cycles}",
+            # 12 steps a cycle (the script's default) ran out before the 20th kill on an idle
+            # 2-core machine (40 steps in one 15 s cycle): 30 keep the run going to the end.
+            f"--steps={cycles * 30}",
             f"--workdir={tmp_path}",
             f"--json={tmp_path / 'soak.json'}",
             "--reference",
