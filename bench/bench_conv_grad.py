@@ -2,7 +2,7 @@
 
 For each ResNet stage shape (the CIFAR ResNet at 32 px: 32x32x64 ... 4x4x512, plus the
 stride-2 entry convs), times ``Conv2DBackpropFilter`` and
-``tf_simclr.conv_grad.filter_gradient_by_matmuls`` on the same inputs in one process,
+``tf_simclr.network.conv_grad.filter_gradient_by_matmuls`` on the same inputs in one process,
 interleaved, and prints GFLOP/s of each and their ratio as JSON lines. The matmul path is used
 by tf_simclr where it wins (bfloat16, at most ``MAX_MATMUL_GRAD_POSITIONS`` output positions).
 
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_simclr.conv_grad import MAX_MATMUL_GRAD_POSITIONS, filter_gradient_by_matmuls  # noqa: E402
+from tf_simclr.network.conv_grad import MAX_MATMUL_GRAD_POSITIONS, filter_gradient_by_matmuls  # noqa: E402
 
 # (input size after padding, in channels, out channels, stride, kernel): every distinct conv
 # of ResNet-18 1x at 32 px (CIFAR stem) but the stem, then ResNet-50's 1x1 convs at 4x4.

@@ -88,15 +88,15 @@ def _conv_gflops(dtype=tf.float32, batch: int = 256) -> float:
 
 def _optimizer(name: str, lr: float):
     if name == "lars":
-        from tf_simclr.optim import LARS
+        from tf_simclr.training.optim import LARS
 
         return LARS(learning_rate=lr, momentum=0.9, weight_decay=1e-4)
     return keras.optimizers.SGD(lr, momentum=0.9)
 
 
 def _build(args, fused: bool, precision: str = "float32"):
-    from tf_simclr.model import build_model
-    from tf_simclr.precision import policy_scope
+    from tf_simclr.network.model import build_model
+    from tf_simclr.training.precision import policy_scope
 
     keras.utils.set_random_seed(0)
     with policy_scope(precision):

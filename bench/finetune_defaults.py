@@ -86,9 +86,9 @@ def _write_bytes(encoded: bytes, target: str) -> None:
 
 def labelled_probe(pretrained: str, data: str, label_fraction: float, seed: int) -> dict:
     """The pretrained encoder's linear probe trained on the labelled subset of data/train and
-    scored on data/heldout (tf_simclr.semi_supervised.labelled_linear_probe)."""
-    from tf_simclr import semi_supervised
+    scored on data/heldout (tf_simclr.workflows.semi_supervised.labelled_linear_probe)."""
     from tf_simclr.config import Config
+    from tf_simclr.workflows import semi_supervised
 
     encoder = Config.load(pretrained).replace(
         model_dir=pretrained, dataset=data, eval_split=HELDOUT_SPLIT, seed=seed

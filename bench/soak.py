@@ -51,7 +51,7 @@ def _schedule(step: int, total: int) -> float:
 
 
 def _newest_intact(model_dir: str) -> int:
-    from tf_simclr import checkpoints as ckpt_lib
+    from tf_simclr.training import checkpoints as ckpt_lib
 
     for prefix in reversed(ckpt_lib.list_checkpoints(model_dir)):
         try:
@@ -65,7 +65,8 @@ def _newest_intact(model_dir: str) -> int:
 def _data_resumes_mid_stream() -> bool:
     import inspect
 
-    from tf_simclr import data, train
+    from tf_simclr import data
+    from tf_simclr.workflows import train
 
     return "start_batch" in inspect.signature(
         data.build_pretrain_dataset

@@ -14,10 +14,10 @@ import keras
 import tensorflow as tf
 
 from tf_simclr.augment.keras_layers import TwoViews
-from tf_simclr.callbacks import KNNMonitor
-from tf_simclr.model import SimCLRModel
-from tf_simclr.optim import LARS
-from tf_simclr.resnet import build_resnet
+from tf_simclr.evaluation.callbacks import KNNMonitor
+from tf_simclr.network.model import SimCLRModel
+from tf_simclr.network.resnet import build_resnet
+from tf_simclr.training.optim import LARS
 
 
 def image_batches(images_dir, split, image_size, batch_size, shuffle):

@@ -26,9 +26,11 @@ from helpers.configs import tiny_config
 from helpers.files import png_bytes
 from PIL import Image
 
-from tf_simclr import augment, export, factory, optim, runner, train
+from tf_simclr import augment, factory
 from tf_simclr import data as data_lib
 from tf_simclr.config import Config, ConfigError
+from tf_simclr.training import optim
+from tf_simclr.workflows import export, runner, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = tf.constant([1, 2], tf.int64)
@@ -611,7 +613,7 @@ def test_valid_image_folder_layouts_pass_the_check(tmp_path):
 # ------------------------------------------------------------------------------------------
 def _untrained_run(model_dir, **changes):
     """A model_dir holding config.json and a checkpoint (step 2) of an untrained network."""
-    from tf_simclr import checkpoints as ckpt_lib
+    from tf_simclr.training import checkpoints as ckpt_lib
 
     config = tiny_config(model_dir, mode="train", **changes)
     model = factory.build_model(config, 10)
@@ -631,7 +633,7 @@ def _listing(directory):
 
 @pytest.mark.parametrize("mode", ["eval", "export"])
 def test_eval_and_export_refuse_a_checkpoint_of_another_architecture(tmp_path, mode):
-    from tf_simclr.checkpoints import CheckpointError
+    from tf_simclr.training.checkpoints import CheckpointError
 
     run_dir = tmp_path / "r34"
     deep = _untrained_run(run_dir, resnet_depth=34)
@@ -682,7 +684,7 @@ def test_finetune_takes_the_encoder_of_its_checkpoint_run(tmp_path):
 
 
 def test_untrained_probe_and_batches_without_negatives_are_refused():
-    from tf_simclr import evaluate
+    from tf_simclr.evaluation import evaluate
 
     with pytest.raises(ConfigError, match=r"--linear_eval_epochs=0 .*--nolinear_eval"):
         Config(linear_eval_epochs=0)
@@ -693,7 +695,7 @@ def test_untrained_probe_and_batches_without_negatives_are_refused():
     labels = np.arange(8) % 2
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         evaluate.linear_eval(features, labels, features, labels, num_classes=2, epochs=0)
-    from tf_simclr import model as model_lib
+    from tf_simclr.network import model as model_lib
 
     simclr = model_lib.build_model(
         resnet_depth=18, width_multiplier=0.125, image_size=16, num_classes=2, num_proj_layers=1
@@ -715,7 +717,7 @@ def test_home_directory_is_expanded_in_model_dir_and_checkpoint(tmp_path, monkey
 
 
 def test_damaged_files_of_a_model_dir_are_named(tmp_path, caplog):
-    from tf_simclr import checkpoints as ckpt_lib
+    from tf_simclr.training import checkpoints as ckpt_lib
 
     run_dir = tmp_path / "run"
     config = _untrained_run(run_dir)
@@ -756,7 +758,7 @@ def test_tensorflow_errors_keep_their_cause_and_path():
 
 
 def test_model_call_names_bad_images():
-    from tf_simclr import model as model_lib
+    from tf_simclr.network import model as model_lib
 
     model = model_lib.build_model(
         resnet_depth=18, width_multiplier=0.125, image_size=16, num_classes=3, num_proj_layers=1
@@ -840,7 +842,7 @@ def test_one_class_dataset_cannot_be_evaluated(tmp_path):
 
 
 def test_top5_is_not_reported_with_five_classes_or_fewer(caplog):
-    from tf_simclr import evaluate
+    from tf_simclr.evaluation import evaluate
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 8)).astype(np.float32), np.arange(40) % 3
@@ -865,7 +867,7 @@ def test_finetune_checkpoint_given_as_index_file_or_damaged_newest(tmp_path, cap
     checkpoint in a model_dir the previous intact one: with the encoder frozen
     (--fine_tune_after_block=4), its kernels end equal to those of ckpt-2 (random weights of
     seed 11), not to ckpt-5's (seed 99) nor to a fresh start's."""
-    from tf_simclr import checkpoints as ckpt_lib
+    from tf_simclr.training import checkpoints as ckpt_lib
 
     source = tmp_path / "pretrained"
     keras.utils.set_random_seed(11)
@@ -896,7 +898,7 @@ def test_finetune_checkpoint_given_as_index_file_or_damaged_newest(tmp_path, cap
 
 def _restored(prefix, config):
     """The network of `config` with the weights of checkpoint `prefix`."""
-    from tf_simclr import checkpoints as ckpt_lib
+    from tf_simclr.training import checkpoints as ckpt_lib
 
     model = factory.build_model(config, 10)
     reader = tf.train.load_checkpoint(str(prefix))
@@ -906,7 +908,7 @@ def _restored(prefix, config):
 
 
 def _assert_kernels(prefix, expected: dict):
-    from tf_simclr import checkpoints as ckpt_lib
+    from tf_simclr.training import checkpoints as ckpt_lib
 
     reader = tf.train.load_checkpoint(str(prefix))
     assert len(expected) > 10
@@ -926,7 +928,7 @@ def test_a_binary_checkpoint_state_file_is_named_and_nothing_is_touched(tmp_path
     """TensorFlow's readers fail on a non-text `checkpoint` state file with a bare
     UnicodeDecodeError; training says which file and what to do, before touching anything,
     and the fix it names (moving the file away) resumes from the checkpoint."""
-    from tf_simclr.checkpoints import CheckpointError
+    from tf_simclr.training.checkpoints import CheckpointError
 
     run_dir = tmp_path / "run"
     config = tiny_config(run_dir, mode="train", train_steps=2, checkpoint_steps=1, export=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_simclr import checkpoints
+from tf_simclr.training import checkpoints
 
 
 def _save_three(directory):

@@ -77,7 +77,8 @@ def test_library_and_cli_share_their_defaults():
     """One default each: the projection head's depth, and LARS's exclusions."""
     import inspect
 
-    from tf_simclr import model, optim
+    from tf_simclr.network import model
+    from tf_simclr.training import optim
 
     for fn in (model.SimCLRModel.__init__, model.ProjectionHead.__init__):
         assert inspect.signature(fn).parameters["num_proj_layers"].default == Config.num_proj_layers

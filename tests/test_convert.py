@@ -1,4 +1,4 @@
-"""tf_simclr.convert: reference models (../shared/fixtures) become ordinary tf_simclr model_dirs."""
+"""tf_simclr.workflows.convert: reference models (../shared/fixtures) become ordinary tf_simclr model_dirs."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import tensorflow as tf
 from helpers.cli import config_from_argv
 from helpers.files import reference_io
 
-from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import cli, convert, factory, reference, runner
-from tf_simclr.export import SimCLRHubLayer
+from tf_simclr import cli, factory, reference
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import convert, runner
+from tf_simclr.workflows.export import SimCLRHubLayer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R18 = "r18_cifar_w025_v1"
@@ -403,7 +404,7 @@ def test_damaged_saved_model_pb_is_named(reference_fixtures, tmp_path):
 
 def test_a_converted_published_model_is_a_distillation_teacher(reference_fixtures, r18_dst):
     """--teacher=<converted model_dir>: the teacher's logits are the reference's own."""
-    from tf_simclr import distill
+    from tf_simclr.workflows import distill
 
     io = reference_io(reference_fixtures, R18)
     teacher = distill.load_teacher(r18_dst, image_size=32)

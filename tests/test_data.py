@@ -12,7 +12,7 @@ from helpers.files import png_bytes
 from PIL import Image
 
 from tf_simclr import data as D
-from tf_simclr import preview
+from tf_simclr.evaluation import preview
 
 # Real CIFAR-10 as an image folder, in ../shared beside the checkout (not part of the repository).
 CIFAR_DIR = os.path.join(

@@ -18,11 +18,12 @@ import pytest
 from helpers.configs import tiny_config
 from PIL import Image
 
-from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import cli, factory, run_data, runner, warm_start
+from tf_simclr import cli, factory
 from tf_simclr.config import Config
 from tf_simclr.data.identity import data_identity
-from tf_simclr.model import SUPERVISED_HEAD_NAME
+from tf_simclr.network.model import SUPERVISED_HEAD_NAME
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import run_data, runner, warm_start
 
 COLOURS = {"blue": (40, 60, 200), "green": (40, 190, 60), "red": (210, 50, 40)}
 PER_SPLIT = {"train": 8, "test": 4}
@@ -218,7 +219,7 @@ def test_a_moved_folder_is_the_same_data(runs, data, tmp_path, caplog):
     config = Config.load(str(run)).replace(
         mode="eval", model_dir=str(run), dataset=str(data["moved"])
     )
-    with caplog.at_level(logging.INFO, logger="tf_simclr.run_data"):
+    with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.run_data"):
         result = runner.run(config)
     assert "moved" in caplog.text and str(data["moved"]) in caplog.text
     # The same files: the same accuracy as on the original folder.
@@ -232,7 +233,7 @@ def test_a_run_resumes_on_its_moved_folder(runs, data, tmp_path, caplog):
     config = Config.load(str(run)).replace(
         mode="train", model_dir=str(run), dataset=str(data["moved"]), train_steps=4
     )
-    with caplog.at_level(logging.INFO, logger="tf_simclr.run_data"):
+    with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.run_data"):
         runner.run(config)
     assert "moved" in caplog.text
     assert _ckpts(run)[-1] == 4
@@ -251,7 +252,7 @@ def test_a_run_from_before_identities_loads_with_one_warning(
     (run / "config.json").write_text(json.dumps(values))
     monkeypatch.chdir(data["root"] / "work")
     config = Config.load(str(run)).replace(mode="eval", model_dir=str(run))
-    with caplog.at_level(logging.WARNING, logger="tf_simclr.run_data"):
+    with caplog.at_level(logging.WARNING, logger="tf_simclr.workflows.run_data"):
         result = runner.run(config)
     assert caplog.text.count("cannot be checked") == 1
     assert "--dataset=colours was stored as given, a relative path" in caplog.text
@@ -281,7 +282,7 @@ def test_a_teacher_of_the_same_classes_on_other_images_is_allowed_and_said(runs,
     config = _small("/unused", train_mode="distill", teacher=str(runs["finetune"]))
     for other in ("other_images", "moved"):
         current = data_identity(str(data[other]), None, "train")
-        with caplog.at_level(logging.INFO, logger="tf_simclr.run_data"):
+        with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.run_data"):
             run_data.check_teacher(config.replace(dataset=str(data[other])), current)
     assert caplog.text.count("fine-tuned on other data with the same classes") == 1
 
@@ -328,7 +329,7 @@ def test_fine_tuning_and_transfer_from_a_run_on_other_data_are_logged(runs, data
     config = _small(
         "/unused", mode="eval", checkpoint=str(runs["pretrain"]), dataset=str(data["renamed"])
     )
-    with caplog.at_level(logging.INFO, logger="tf_simclr.run_data"):
+    with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.run_data"):
         recorded = run_data.pretrained_identity(config, current, purpose="fine-tuning")
         run_data.pretrained_identity(
             config.replace(dataset=str(data["colours"])),

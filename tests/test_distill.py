@@ -23,12 +23,13 @@ from helpers.rel_proc import (
 )
 from PIL import Image
 
-from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
-from tf_simclr import distill, factory, runner
-from tf_simclr import evaluate as eval_lib
+from tf_simclr import factory
 from tf_simclr.config import Config, ConfigError
+from tf_simclr.evaluation import evaluate as eval_lib
 from tf_simclr.objectives import distillation
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import distill, runner
 
 
 def _np_log_softmax(x):

@@ -1,4 +1,4 @@
-"""Tests for tf_simclr.distribute, and the multi-replica equality of tf_simclr.loss / LARS.
+"""Tests for tf_simclr.training.distribute, and the multi-replica equality of tf_simclr.objectives.loss / LARS.
 
 The MirroredStrategy checks run in one subprocess (tests/helpers/distributed_check.py), because logical
 CPU devices must be configured before TensorFlow initialises."""
@@ -12,8 +12,8 @@ import sys
 import pytest
 import tensorflow as tf
 
-from tf_simclr import distribute
-from tf_simclr.distribute import (
+from tf_simclr.training import distribute
+from tf_simclr.training.distribute import (
     check_batch_divisible,
     global_mean,
     make_strategy,

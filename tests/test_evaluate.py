@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from helpers.numpy_refs import softmax_regression_optimum, weighted_knn_scores
 
-from tf_simclr import evaluate
+from tf_simclr.evaluation import evaluate
 
 # The probe's class probabilities against its objective's optimum (the test below): measured
 # 0.0135 at most (AMD EPYC, AVX2); halving or doubling the weight decay moves the optimum's

@@ -1,4 +1,4 @@
-"""Tests for tf_simclr.export: the exported module against the in-memory model, per consumer.
+"""Tests for tf_simclr.workflows.export: the exported module against the in-memory model, per consumer.
 
 One ResNet-18 (width 0.25, synchronised batch norm) SimCLRModel is exported once per module;
 every consumer (tf.saved_model / hub.load, hub.KerasLayer in tf-keras, Keras 3 TFSMLayer,
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_simclr import export
-from tf_simclr.model import build_model
+from tf_simclr.network.model import build_model
+from tf_simclr.workflows import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")

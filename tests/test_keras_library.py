@@ -15,8 +15,8 @@ from helpers.numpy_refs import weighted_knn_top1
 
 from tf_simclr.augment import augment_batch
 from tf_simclr.augment.keras_layers import SimCLRAugmentation, TwoViews
-from tf_simclr.callbacks import KNNMonitor
-from tf_simclr.model import SimCLRModel, build_model
+from tf_simclr.evaluation.callbacks import KNNMonitor
+from tf_simclr.network.model import SimCLRModel, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Tests for tf_simclr.loss against a NumPy implementation written from the paper's formula.
+"""Tests for tf_simclr.objectives.loss against a NumPy implementation written from the paper's formula.
 
 (Multi-replica equality is tested in test_distribute.py, in a subprocess.)"""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_simclr.loss import contrastive_metrics, nt_xent_loss
+from tf_simclr.objectives.loss import contrastive_metrics, nt_xent_loss
 
 
 def np_nt_xent(z1, z2, tau, hidden_norm=True):
@@ -195,7 +195,7 @@ def test_bad_shapes():
 
 
 def test_labelled_cross_entropy_matches_numpy_and_skips_unlabelled_rows():
-    from tf_simclr.loss import labelled_cross_entropy
+    from tf_simclr.objectives.loss import labelled_cross_entropy
 
     rng = np.random.default_rng(7)
     logits = rng.normal(size=(10, 4)).astype(np.float32) * 3

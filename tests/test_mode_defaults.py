@@ -10,8 +10,9 @@ import json
 import pytest
 from helpers.configs import tiny_config
 
-from tf_simclr import cli, report
+from tf_simclr import cli
 from tf_simclr.config import Config, describe_mode_defaults, help_text
+from tf_simclr.workflows import report
 
 # The values the issue and the README's measurements give for each mode (written out here,
 # not read from config.MODE_DEFAULTS, so a change of the table is a visible change of a test).
@@ -124,7 +125,7 @@ def test_the_recipe_fine_tunes_with_the_fine_tuning_mode_defaults():
     recipe = Config(mode="semi_supervised", label_fraction=0.1)
     assert recipe.semi_finetune_learning_rate == FINETUNE["learning_rate"]
     assert recipe.semi_finetune_epochs == FINETUNE["train_epochs"]
-    from tf_simclr import semi_supervised
+    from tf_simclr.workflows import semi_supervised
 
     stages = semi_supervised.stage_configs(recipe)
     assert _schedule(stages["finetune"]) == FINETUNE
@@ -185,7 +186,7 @@ def test_the_warning_and_the_probe_appear_in_the_results_table():
 # -- a tiny fine-tuning run -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from tf_simclr import runner
+    from tf_simclr.workflows import runner
 
     model_dir = tmp_path_factory.mktemp("defaults") / "pretrain"
     runner.run(tiny_config(model_dir, mode="train", train_steps=8))
@@ -193,7 +194,7 @@ def pretrained(tmp_path_factory):
 
 
 def _fine_tune(pretrained, model_dir, **schedule):
-    from tf_simclr import runner
+    from tf_simclr.workflows import runner
 
     config = tiny_config(
         model_dir,
@@ -254,7 +255,7 @@ def test_the_command_logs_the_defaults_its_mode_chose(tmp_path):
 
 
 def test_a_student_is_compared_with_its_teachers_encoder_probe(tmp_path):
-    from tf_simclr import runner
+    from tf_simclr.workflows import runner
 
     teacher = tmp_path / "ft"
     Config(train_mode="finetune", checkpoint="/pre", model_dir=str(teacher)).save()

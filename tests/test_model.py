@@ -1,4 +1,4 @@
-"""Tests for tf_simclr.model: heads vs NumPy, two-view BN, stop-gradient, fine-tune freezing,
+"""Tests for tf_simclr.network.model: heads vs NumPy, two-view BN, stop-gradient, fine-tune freezing,
 Keras-native compile()/fit() with our ResNet and a keras.applications encoder."""
 
 import keras
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_simclr import model as model_lib
-from tf_simclr.loss import nt_xent_loss
-from tf_simclr.model import SimCLRModel, build_model
+from tf_simclr.network import model as model_lib
+from tf_simclr.network.model import SimCLRModel, build_model
+from tf_simclr.objectives.loss import nt_xent_loss
 
 SIZE = 16
 EPS = 1e-5
@@ -330,7 +330,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
-from tf_simclr.model import build_model
+from tf_simclr.network.model import build_model
 
 def make(strategy):
     with strategy.scope():

@@ -1,4 +1,4 @@
-"""Tests for tf_simclr.optim against NumPy references written from the update rules.
+"""Tests for tf_simclr.training.optim against NumPy references written from the update rules.
 
 (LARS under MirroredStrategy is tested in test_distribute.py, in a subprocess.)"""
 
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from helpers.numpy_refs import warmup_cosine
 
-from tf_simclr.optim import (
+from tf_simclr.training.optim import (
     DEFAULT_EXCLUDE,
     LARS,
     NORM_AND_BIAS_PATTERNS,
@@ -366,7 +366,7 @@ def test_loss_scale_optimizer_lars_custom_loop_equals_plain():
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_fit_with_nt_xent(policy):
-    from tf_simclr.loss import nt_xent_loss
+    from tf_simclr.objectives.loss import nt_xent_loss
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)

@@ -8,11 +8,14 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers.configs import tiny_config
-from tf_simclr import conv_grad, factory, optim, precision, train
+from tf_simclr import factory
 from tf_simclr.config import PRECISIONS as CONFIG_PRECISIONS
 from tf_simclr.config import Config
-from tf_simclr.layers import FixedPaddingConv2D, FusedBatchNormalization
-from tf_simclr.model import build_model
+from tf_simclr.network import conv_grad
+from tf_simclr.network.layers import FixedPaddingConv2D, FusedBatchNormalization
+from tf_simclr.network.model import build_model
+from tf_simclr.training import optim, precision
+from tf_simclr.workflows import train
 
 # bfloat16 keeps 8 significant bits: one rounding is up to 2^-8 relative.
 BF16_EPS = 2.0**-8
@@ -275,8 +278,8 @@ def test_optimizers_are_built_for_every_precision_setting(tmp_path):
 def test_a_bfloat16_run_exports_a_float32_module(tmp_path):
     """The runner trains in bfloat16 but exports (and evaluates) the float32 twin: the
     reloaded module computes exactly what a float32 model with the checkpoint's weights does."""
-    from tf_simclr import checkpoints as ckpt_lib
-    from tf_simclr import runner
+    from tf_simclr.training import checkpoints as ckpt_lib
+    from tf_simclr.workflows import runner
 
     config = tiny_config(
         tmp_path, precision="mixed_bfloat16", mode="train", train_steps=2, export=True

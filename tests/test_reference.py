@@ -2,7 +2,7 @@
 
 The fixtures (../shared/fixtures, see its README) hold small randomised models in both of the
 reference's formats, the outputs it computed for fixed images, and one complete reference
-training step. The network is imported with tf_simclr.convert and compared number by number.
+training step. The network is imported with tf_simclr.workflows.convert and compared number by number.
 
 Batch statistics over 4 or 8 images are ill-conditioned: perturbing the input images by one
 float32 ulp moves some training-mode outputs (and some variables after a step) by more than the
@@ -23,7 +23,8 @@ import pytest
 import tensorflow as tf
 from helpers.files import reference_io
 
-from tf_simclr import convert, factory, reference, train
+from tf_simclr import factory, reference
+from tf_simclr.workflows import convert, train
 
 ALL = ("r18_cifar_w025_v1", "r50_sk1_w0125_v2", "r50_sk0_w0125_finetuned_v2")
 WITH_STEP = ("r18_cifar_w025_v1", "r50_sk0_w0125_finetuned_v2")

@@ -38,9 +38,10 @@ from helpers.rel_proc import (
     wait_for,
 )
 
-from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
-from tf_simclr import factory, runner, train
+from tf_simclr import factory
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import runner, train
 
 STRATEGY = tf.distribute.get_strategy()
 

@@ -1,4 +1,4 @@
-"""Tests for tf_simclr.resnet: architecture (parameter counts vs formula and keras.applications),
+"""Tests for tf_simclr.network.resnet: architecture (parameter counts vs formula and keras.applications),
 stems, endpoints, BN settings, zero-init residual gamma, SK / SE numerics, fixed padding."""
 
 import keras
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_simclr import resnet
+from tf_simclr.network import resnet
 
 
 def _conv(k, cin, cout):

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from tf_simclr import cli, report, runner
+from tf_simclr import cli
 from tf_simclr.config import Config
+from tf_simclr.workflows import report, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

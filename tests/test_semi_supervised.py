@@ -14,10 +14,11 @@ import tensorflow as tf
 from helpers.configs import tiny_config
 from PIL import Image
 
-from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
-from tf_simclr import factory, report, run_data, runner, semi_supervised
+from tf_simclr import factory
 from tf_simclr.config import Config, ConfigError, changed_settings
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import report, run_data, runner, semi_supervised
 
 FRACTION = 0.02  # 10 labelled images per class of the embedded dataset's 5,000
 
@@ -124,7 +125,7 @@ def test_a_rerun_skips_finished_stages_and_changed_settings_are_refused_until_de
     recipe, caplog
 ):
     config, first = recipe
-    with caplog.at_level(logging.INFO, logger="tf_simclr.semi_supervised"):
+    with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.semi_supervised"):
         again = runner.run(config)
     assert again["table"] == first["table"]
     assert caplog.text.count("done before") == 4
@@ -138,7 +139,7 @@ def test_a_rerun_skips_finished_stages_and_changed_settings_are_refused_until_de
         runner.run(changed)
     shutil.rmtree(distill_dir)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="tf_simclr.semi_supervised"):
+    with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.semi_supervised"):
         result = runner.run(changed)
     assert caplog.text.count("done before") == 3
     assert "Stage 3/4, distill, in" in caplog.text
@@ -209,7 +210,7 @@ def test_the_labelled_subset_is_logged_per_class_before_any_stage(tmp_path, capl
         train_batch_size=4,
     )
     configs = semi_supervised.stage_configs(config)
-    with caplog.at_level(logging.INFO, logger="tf_simclr.semi_supervised"):
+    with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.semi_supervised"):
         counts = semi_supervised.check_stages_fit_data(config, configs)
     assert counts == {"ant": 3, "bee": 1, "cow": 0}
     assert "Labelled subset: 4 of the 18 training examples; per class: ant 3, bee 1, cow 0" in (

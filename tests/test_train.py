@@ -11,9 +11,10 @@ import tensorflow as tf
 from helpers.configs import tiny_config
 from PIL import Image
 
-from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import factory, runner, train
-from tf_simclr.loss import labelled_cross_entropy
+from tf_simclr import factory
+from tf_simclr.objectives.loss import labelled_cross_entropy
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import runner, train
 
 
 def _history_steps(model_dir):
@@ -25,7 +26,9 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         result = runner.run(config)
     assert result["step"] == 4
-    assert "knn_top1" not in caplog.text  # the metrics are printed once, by tf_simclr.report
+    assert (
+        "knn_top1" not in caplog.text
+    )  # the metrics are printed once, by tf_simclr.workflows.report
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["config_hash"] == config.hash()
     metrics = saved["metrics"]
@@ -273,8 +276,8 @@ def test_mixed_precision_training_keeps_float32_weights_and_loss(
 def test_fit_and_the_training_loop_take_the_same_step():
     """`SimCLRModel.fit()` and tf_simclr's training loop run one objective: on the same batch
     and weights, with the same optimizers, one step gives the same losses and weights."""
-    from tf_simclr import optim
-    from tf_simclr.model import build_model
+    from tf_simclr.network.model import build_model
+    from tf_simclr.training import optim
 
     def fresh():
         keras.utils.set_random_seed(0)

@@ -28,8 +28,9 @@ import pytest
 import tensorflow as tf
 from helpers.configs import TINY_SETTINGS, as_flags, tiny_config
 
-from tf_simclr import distribute, factory
+from tf_simclr import factory
 from tf_simclr.config import Config, ConfigError
+from tf_simclr.training import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "run.py")

@@ -15,9 +15,11 @@ from helpers.configs import tiny_config
 from helpers.numpy_refs import weighted_knn_top1
 from PIL import Image
 
-from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import factory, runner, visualize, warm_start
+from tf_simclr import factory
 from tf_simclr.config import Config, ConfigError
+from tf_simclr.evaluation import visualize
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import runner, warm_start
 
 # Another task than shapes10's 10 shapes: 3 colour classes, images larger and smaller than the
 # encoder's 16 px input, not square, of mixed sizes.
@@ -154,7 +156,7 @@ def test_frozen_features_at_another_input_size(pretrained, other_task, tmp_path)
 
 
 def test_the_weight_decay_is_chosen_on_held_out_training_examples():
-    from tf_simclr import evaluate
+    from tf_simclr.evaluation import evaluate
 
     labels = np.repeat(np.arange(3), [10, 5, 1])
     fit, held = evaluate.holdout_split(labels, 0.2, seed=0)

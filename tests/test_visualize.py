@@ -1,4 +1,4 @@
-"""tf_simclr.visualize: nearest neighbours found while features stream past equal a NumPy
+"""tf_simclr.evaluation.visualize: nearest neighbours found while features stream past equal a NumPy
 cosine top-k over the same features; the picture shows them; the projector files hold the
 features, their labels and a sprite of their images, as TensorBoard reads them."""
 
@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector
 
-from tf_simclr import evaluate, visualize
+from tf_simclr.evaluation import evaluate, visualize
 
 
 def _images_with_ids(count: int, side: int = 8, seed: int = 0) -> np.ndarray:

@@ -17,13 +17,13 @@ OPTIMIZERS = ("lars", "momentum", "adam", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-# tf_simclr.precision.PRECISIONS (not imported: this module does not load TensorFlow).
+# tf_simclr.training.precision.PRECISIONS (not imported: this module does not load TensorFlow).
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 LOSS_SCALES = ("paper", "reference")
 SUP_HEAD_OPTIMIZERS = ("momentum", "shared")
 BRIGHTNESS_MODES = ("multiplicative", "additive")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 
-# 100 x 100 thumbnails of at most 64 px (tf_simclr.visualize) keep the projector's sprite
+# 100 x 100 thumbnails of at most 64 px (tf_simclr.evaluation.visualize) keep the projector's sprite
 # within the 8192 px TensorBoard accepts.
 MAX_PROJECTOR_EMBEDDINGS = 10_000

@@ -1,4 +1,4 @@
-"""The tf_simclr command line: absl flags -> Config -> tf_simclr.runner.run -> a results table.
+"""The tf_simclr command line: absl flags -> Config -> tf_simclr.workflows.runner.run -> a results table.
 
     tf-simclr --mode=train_then_eval            # the embedded default dataset, a few minutes
     tf-simclr --helpfull                        # every flag
@@ -233,9 +233,10 @@ def main(argv: list[str], *, quiet_startup: bool = False) -> int:
     gpus = len(tf.config.list_physical_devices("GPU"))
     log.info("TensorFlow %s, %s.", tf.__version__, f"{gpus} GPU(s)" if gpus else "CPU only")
 
-    from tf_simclr import distribute, report, runner
-    from tf_simclr.checkpoints import CheckpointError
-    from tf_simclr.train import NonFiniteLossError, TrainingInterrupted
+    from tf_simclr.training import distribute
+    from tf_simclr.training.checkpoints import CheckpointError
+    from tf_simclr.workflows import report, runner
+    from tf_simclr.workflows.train import NonFiniteLossError, TrainingInterrupted
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:

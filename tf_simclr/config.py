@@ -30,7 +30,7 @@ from tf_simclr.choices import (
 )
 
 CONFIG_FILENAME = "config.json"
-RESULT_FILENAME = "result.json"  # written by tf_simclr.runner at the end of a run
+RESULT_FILENAME = "result.json"  # written by tf_simclr.workflows.runner at the end of a run
 CONFIG_HISTORY_FILENAME = "config_history.jsonl"
 
 # The encoder and projection head a run with --checkpoint (fine-tuning, transfer evaluation)
@@ -176,7 +176,7 @@ class Config:
     teacher: str | None = _setting(
         None,
         "Distillation: the frozen teacher, a tf_simclr model_dir or checkpoint prefix with a "
-        "supervised head (a fine-tuned run, or a model converted by tf_simclr.convert), or an "
+        "supervised head (a fine-tuned run, or a model converted by python -m tf_simclr.convert), or an "
         "exported module model_dir/saved_model/<step>.",
     )
     distill_temperature: float = _setting(
@@ -290,7 +290,7 @@ class Config:
         "paper", "The paper's loss, or the reference code's 2x.", choices=LOSS_SCALES
     )
 
-    # --mode=semi_supervised (tf_simclr.semi_supervised): the stages after pretraining.
+    # --mode=semi_supervised (tf_simclr.workflows.semi_supervised): the stages after pretraining.
     # On the embedded recipe's 500 labelled images (10%), fine-tuning for 30 / 100 / 200 epochs
     # gave 20.6 / 37.1 / 45.8% top-1 (README, "Semi-supervised learning"): few labels need
     # many passes. SimCLRv2 used 60 (1%) and 30 (10%) ImageNet epochs.
@@ -341,11 +341,11 @@ class Config:
     )
     num_classes: int = _setting(
         0,
-        "Classes of the supervised head (0: the dataset's). Set by tf_simclr.convert for published models (1000 ImageNet classes).",
+        "Classes of the supervised head (0: the dataset's). Set by python -m tf_simclr.convert for published models (1000 ImageNet classes).",
     )
 
     # Where tf_simclr departs from the reference code on purpose; each setting has the
-    # reference's behaviour as its other value (tf_simclr.convert writes those for models
+    # reference's behaviour as its other value (python -m tf_simclr.convert writes those for models
     # converted from the reference; README "Parity with the reference code").
     sup_head_input_norm: bool = _setting(
         True,
@@ -413,7 +413,7 @@ class Config:
 
     # Not a setting (no flag): the identity of the data the run trains on (dataset, split,
     # classes, example count, fingerprint; tf_simclr.data.identity), recorded by the runner
-    # when a run starts and compared by tf_simclr.run_data wherever a run is read again. It
+    # when a run starts and compared by tf_simclr.workflows.run_data wherever a run is read again. It
     # lives in config.json, the file every reader of a run already opens, so a run stays one
     # self-describing file; it is left out of Config.hash and changed_settings (it is not a
     # choice) and a given value is never taken over by `resolve`. None: not recorded yet, or a
@@ -459,7 +459,7 @@ class Config:
     # -- derived values ---------------------------------------------------------------------
     def evaluates_checkpoint(self) -> bool:
         """--mode=eval --checkpoint=PRETRAINED: the frozen features of that model evaluated on
-        --dataset (transfer; tf_simclr.runner), the results written into --model_dir."""
+        --dataset (transfer; tf_simclr.workflows.runner), the results written into --model_dir."""
         return self.mode == "eval" and bool(self.checkpoint) and self.train_mode == "pretrain"
 
     def augmentation_spec(self) -> str:

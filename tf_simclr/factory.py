@@ -11,10 +11,11 @@ import logging
 import tensorflow as tf
 
 from tf_simclr import data as data_lib
-from tf_simclr import model as model_lib
-from tf_simclr import optim, resnet
 from tf_simclr.config import Config
-from tf_simclr.precision import policy_scope
+from tf_simclr.network import model as model_lib
+from tf_simclr.network import resnet
+from tf_simclr.training import optim
+from tf_simclr.training.precision import policy_scope
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def build_model(
     """The SimCLR model (ResNet encoder + heads) described by `config`; `num_classes` (the
     dataset's) is used unless the config fixes the head's classes (--num_classes).
 
-    ``precision`` is the Keras dtype policy its layers compute in (a `tf_simclr.precision`
+    ``precision`` is the Keras dtype policy its layers compute in (a `tf_simclr.training.precision`
     policy, not "auto"): training passes its chosen one, evaluation and export use float32.
     """
     with policy_scope(precision):

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tf_simclr.distribute import (  # noqa: E402  (must come before TF initialises)
+from tf_simclr.training.distribute import (  # noqa: E402  (must come before TF initialises)
     check_batch_divisible,
     global_mean,
     make_strategy,
@@ -29,8 +29,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_simclr.loss import contrastive_metrics, nt_xent_loss  # noqa: E402
-from tf_simclr.optim import LARS  # noqa: E402
+from tf_simclr.objectives.loss import contrastive_metrics, nt_xent_loss  # noqa: E402
+from tf_simclr.training.optim import LARS  # noqa: E402
 
 GLOBAL_B, IN_DIM, TAU = 8, 5, 0.2
 results = {}

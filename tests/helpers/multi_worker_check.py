@@ -10,14 +10,14 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tf_simclr.distribute import make_strategy, run_and_reduce  # noqa: E402
+from tf_simclr.training.distribute import make_strategy, run_and_reduce  # noqa: E402
 
 strategy = make_strategy("multi_worker")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_simclr.loss import nt_xent_loss  # noqa: E402
+from tf_simclr.objectives.loss import nt_xent_loss  # noqa: E402
 
 rng = np.random.default_rng(0)
 z1 = rng.normal(size=(6, 4)).astype(np.float32)

@@ -1,6 +1,6 @@
 """A dataset split's identity: what it is, where it was read, its classes and a cheap fingerprint.
 
-A run records the identity of its training split when it starts (tf_simclr.run_data), so that
+A run records the identity of its training split when it starts (tf_simclr.workflows.run_data), so that
 whoever reads the run later (resume, evaluation, export, fine-tuning from it, distilling from
 it, transfer) can tell whether the data in front of it is the data the run was trained on.
 

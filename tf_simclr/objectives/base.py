@@ -7,7 +7,7 @@ from typing import NamedTuple
 import tensorflow as tf
 from keras import ops
 
-from tf_simclr.distribute import replica_share
+from tf_simclr.training.distribute import replica_share
 
 
 class Objective(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tf_simclr import loss as loss_lib
+from tf_simclr.objectives import loss as loss_lib
 from tf_simclr.objectives.base import Objective, check_positive, head_l2_share, with_total
 
 
@@ -18,7 +18,7 @@ def _num_replicas() -> int:
 @keras.saving.register_keras_serializable(package="tf_simclr")
 class ContrastivePretraining:
     """Batches {"view1", "view2"[, "label"]}: the NT-Xent loss of the two views' projections
-    (`tf_simclr.loss.nt_xent_loss`, negatives from all replicas) and, when the model has a
+    (`tf_simclr.objectives.loss.nt_xent_loss`, negatives from all replicas) and, when the model has a
     supervised head and the batch has labels, the online linear probe's cross-entropy on both
     views' labelled rows (its input is stop-gradient features) with its L2 term
     (`head_weight_decay`). Labels < 0 mark unlabelled images."""

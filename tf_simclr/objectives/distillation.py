@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tf_simclr import loss as loss_lib
+from tf_simclr.objectives import loss as loss_lib
 from tf_simclr.objectives.base import (
     Objective,
     head_l2_share,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from tf_simclr import loss as loss_lib
+from tf_simclr.objectives import loss as loss_lib
 from tf_simclr.objectives.base import Objective, head_l2_share, labelled_images, with_total
 
 

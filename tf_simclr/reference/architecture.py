@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from tf_simclr.network.resnet import RESNET_LAYERS
 from tf_simclr.reference.files import ReferenceFormatError, ReferenceSource
-from tf_simclr.resnet import RESNET_LAYERS
 
 SK_MIN_DIM = 32  # the reference's SK_Conv2D min_dim
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from tf_simclr.network.resnet import RESNET_LAYERS
 from tf_simclr.reference.architecture import Architecture
 from tf_simclr.reference.files import ReferenceFormatError, ReferenceSource
-from tf_simclr.resnet import RESNET_LAYERS
 
 _BN_PARTS = ("gamma", "beta", "moving_mean", "moving_variance")
 

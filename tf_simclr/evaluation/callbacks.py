@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_simclr import evaluate
+from tf_simclr.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class KNNMonitor(keras.callbacks.Callback):
 
     The features (``feature_key`` of the model's outputs, in inference mode) of ``train_data``
     form the memory bank and those of ``test_data`` are classified by their ``k`` nearest
-    neighbours, each voting with weight exp(cosine / temperature) (`tf_simclr.evaluate`, the
+    neighbours, each voting with weight exp(cosine / temperature) (`tf_simclr.evaluation.evaluate`, the
     protocol of Wu et al. 2018 that SimCLR ports report). Both datasets yield batches of
     {"image", "label"} or (images, labels) with the test split's images preprocessed for
     evaluation. The accuracy joins the epoch's logs as ``name`` (``fit()``'s history shows it;

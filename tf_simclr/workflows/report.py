@@ -8,7 +8,7 @@ import os
 
 from tf_simclr.config import MODE_DEFAULTS, RESULT_FILENAME, Config, mode_defaults_key
 
-# Row order and names of the metrics tf_simclr.runner reports; any other metric follows
+# Row order and names of the metrics tf_simclr.workflows.runner reports; any other metric follows
 # under its own name.
 _METRIC_LABELS = {
     "linear_top1": "linear probe top-1",
@@ -157,7 +157,7 @@ def _has_event_files(model_dir: str) -> bool:
 
 
 def format_report(result: dict, config: Config) -> str:
-    """The end-of-run summary of `result` (what tf_simclr.runner.run returned)."""
+    """The end-of-run summary of `result` (what tf_simclr.workflows.runner.run returned)."""
     lines = []
     if "step" in result:
         line = f"Step {result['step']}"
@@ -170,7 +170,7 @@ def format_report(result: dict, config: Config) -> str:
             line += f" in {result['precision']})" if result.get("precision") else ")"
         lines.append(line + ".")
     if "table" in result:
-        from tf_simclr.semi_supervised import table_lines
+        from tf_simclr.workflows.semi_supervised import table_lines
 
         lines.append(
             f"Semi-supervised recipe, {result.get('labelled_examples')} labelled training "

@@ -10,7 +10,7 @@ of it:
   class names, in label order, must be the dataset's (not only their number);
 - a pretrained --checkpoint (fine-tuning, transfer evaluation): other data is the point of
   transfer, so it is allowed and logged; fine-tuning keeps the checkpoint's supervised head
-  only for the same class names in the same order (tf_simclr.warm_start).
+  only for the same class names in the same order (tf_simclr.workflows.warm_start).
 
 Runs written before identities were recorded still load, with a warning that their data
 cannot be checked.
@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import os
 
-from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError, run_config_of_checkpoint
 from tf_simclr.data.identity import data_identity, describe
+from tf_simclr.training import checkpoints as ckpt_lib
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 
 from tf_simclr import validation
-from tf_simclr.resnet import ENDPOINTS
+from tf_simclr.network.resnet import ENDPOINTS
 
 # Names of the endpoints a SimCLRModel returns (logits_sup only with a supervised head).
 OUTPUT_NAMES = ENDPOINTS + ("proj_head_input", "proj_head_output", "logits_sup")

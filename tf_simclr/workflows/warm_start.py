@@ -2,7 +2,7 @@
 exported module): fine-tuning's starting point, and the frozen encoder `--mode=eval
 --checkpoint` evaluates on another dataset (transfer). Weights of another architecture are
 refused; a supervised head for another number of classes, or (fine-tuning) for other class
-names or another label order (by the runs' recorded data, tf_simclr.run_data), starts afresh."""
+names or another label order (by the runs' recorded data, tf_simclr.workflows.run_data), starts afresh."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import re
 
 import tensorflow as tf
 
-from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import factory, run_data
+from tf_simclr import factory
 from tf_simclr.config import Config, run_config_of_checkpoint
-from tf_simclr.model import SUPERVISED_HEAD_NAME
+from tf_simclr.network.model import SUPERVISED_HEAD_NAME
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import run_data
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _values_from_exported_module(config: Config, model, path: str) -> dict:
     export sits in a model_dir, else from `config` as a pretraining model), checked shape by
     shape.
     """
-    from tf_simclr import export as export_lib
+    from tf_simclr.workflows import export as export_lib
 
     loaded = tf.saved_model.load(path)
     source = run_config_of_checkpoint(path)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError
+from tf_simclr.training import checkpoints as ckpt_lib
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Teacher:
 
 def _head_classes(prefix: str) -> int | None:
     """Classes of the supervised head stored in a tf_simclr checkpoint (None: it has none)."""
-    from tf_simclr.model import SUPERVISED_HEAD_NAME
+    from tf_simclr.network.model import SUPERVISED_HEAD_NAME
 
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
@@ -95,7 +95,7 @@ def _teacher_from_checkpoint(path: str, precision: str, strategy) -> Teacher:
         config = Config.load(run_dir)
     except ConfigError as err:
         raise _not_a_model(path, str(err)) from err
-    from tf_simclr.warm_start import resolve_checkpoint
+    from tf_simclr.workflows.warm_start import resolve_checkpoint
 
     try:
         _, prefix = resolve_checkpoint(path, flag="--teacher")

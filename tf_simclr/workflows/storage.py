@@ -13,9 +13,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import config as config_lib
 from tf_simclr.config import Config
+from tf_simclr.training import checkpoints as ckpt_lib
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tf_simclr.layers import batch_norm
+from tf_simclr.network.layers import batch_norm
 
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 # The head's depth when not given: SimCLRv1's 2 layers (the same default as

@@ -16,8 +16,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-# The layers live in tf_simclr.layers; these names stay importable from here.
-from tf_simclr.layers import (  # noqa: F401
+# The layers live in tf_simclr.network.layers; these names stay importable from here.
+from tf_simclr.network.layers import (  # noqa: F401
     FixedPaddingConv2D,
     FusedBatchNormalization,
     SelectiveKernel,
@@ -508,7 +508,7 @@ def freeze_up_to_block(encoder: keras.Model, fine_tune_after_block: int) -> None
     if not groups:
         raise ValueError(
             f"fine_tune_after_block={k} needs an encoder with named block groups "
-            "(build it with tf_simclr.resnet.build_resnet); for other encoders use -1 (train all) "
+            "(build it with tf_simclr.network.resnet.build_resnet); for other encoders use -1 (train all) "
             "or 4 (freeze the encoder)."
         )
     names = ["stem"] + [f"block_group{i}" for i in range(1, k + 1)]

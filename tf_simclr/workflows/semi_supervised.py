@@ -24,10 +24,8 @@ import logging
 import os
 from collections.abc import Callable
 
-from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
-from tf_simclr import evaluate as eval_lib
-from tf_simclr import factory, run_data
+from tf_simclr import factory
 from tf_simclr.config import (
     CONFIG_FILENAME,
     RECIPE_FIELDS,
@@ -36,6 +34,9 @@ from tf_simclr.config import (
     ConfigError,
     changed_settings,
 )
+from tf_simclr.evaluation import evaluate as eval_lib
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.workflows import run_data
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ def probe_on_labelled(model, labelled: Config, num_classes: int) -> dict[str, fl
 
 
 def run_recipe(config: Config, run_stage: Callable[[Config], dict]) -> dict:
-    """Run (or pick up) every stage with `run_stage` (tf_simclr.runner.run) and return
+    """Run (or pick up) every stage with `run_stage` (tf_simclr.workflows.runner.run) and return
     {"stages": {stage: result}, "table": {row: top-1}, "chart": path}."""
     configs = stage_configs(config)
     current = run_data.identity_of(config)

@@ -346,7 +346,7 @@ while True:
         peers_msg = ""
     msg = f"{what} did not finish within {timeout:g} s (--collective_timeout). {peers_msg} {hint}"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    sys.stderr.write(f"{stamp} ERROR tf_simclr.distribute: {msg.strip()} Killing process {parent}.\n")
+    sys.stderr.write(f"{stamp} ERROR tf_simclr.training.distribute: {msg.strip()} Killing process {parent}.\n")
     sys.stderr.flush()
     os.kill(parent, signal.SIGKILL)
     sys.exit(0)

@@ -33,7 +33,7 @@ def extract_features(
 
     Returns (features [N, D] float32, labels [N] int64). `model` may return a tensor or a dict
     holding `feature_key`. Each function of `on_batch` is called with every batch's features
-    and the batch itself (e.g. the collectors of tf_simclr.visualize), in order.
+    and the batch itself (e.g. the collectors of tf_simclr.evaluation.visualize), in order.
     """
 
     @tf.function(reduce_retracing=True)

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tf_simclr.conv_grad import (
+from tf_simclr.network.conv_grad import (
     conv2d_with_matmul_filter_gradient,
     matmul_filter_gradient_pays_off,
 )

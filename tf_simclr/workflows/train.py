@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 import keras
 import tensorflow as tf
 
-from tf_simclr import checkpoints as ckpt_lib
-from tf_simclr import distribute, factory, run_data, storage, warm_start
-from tf_simclr import history as history_lib
-from tf_simclr import precision as precision_lib
+from tf_simclr import factory
 from tf_simclr.config import Config
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.training import distribute
+from tf_simclr.training import history as history_lib
+from tf_simclr.training import precision as precision_lib
 
 # Kept importable from here, where they were defined before the loop was cut into modules.
-from tf_simclr.history import plot_history, read_history  # noqa: F401
-from tf_simclr.interrupts import StopRequest
-from tf_simclr.progress import Progress
-from tf_simclr.storage import ModelDirWriteError  # noqa: F401
-from tf_simclr.storage import checkpoint_bytes as _checkpoint_bytes  # noqa: F401
+from tf_simclr.training.history import plot_history, read_history  # noqa: F401
+from tf_simclr.training.interrupts import StopRequest
+from tf_simclr.training.progress import Progress
+from tf_simclr.workflows import run_data, storage, warm_start
+from tf_simclr.workflows.storage import ModelDirWriteError  # noqa: F401
+from tf_simclr.workflows.storage import checkpoint_bytes as _checkpoint_bytes  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: 
 
 def _load_teacher(config: Config, info, strategy):
     """Distillation's frozen teacher, refused unless it predicts the dataset's classes."""
-    from tf_simclr import distill
+    from tf_simclr.workflows import distill
 
     teacher = distill.load_teacher(
         config.teacher, image_size=config.image_size, precision=config.precision, strategy=strategy

@@ -8,9 +8,9 @@ synchronised across replicas (``keras.layers.BatchNormalization(synchronized=Tru
 
 Usage from user code (no CLI needed)::
 
-    encoder = tf_simclr.resnet.build_resnet(18, input_shape=(32, 32, 3))   # or any Keras model
+    encoder = tf_simclr.network.resnet.build_resnet(18, input_shape=(32, 32, 3))   # or any Keras model
     model = SimCLRModel(encoder, num_classes=10, temperature=0.5)
-    model.compile(optimizer=tf_simclr.optim.LARS(learning_rate=1.0, weight_decay=1e-4))
+    model.compile(optimizer=tf_simclr.training.optim.LARS(learning_rate=1.0, weight_decay=1e-4))
     model.fit(two_view_ds)     # elements {"view1": [B,H,W,3], "view2": ..., "label": [B]}
 
 No ``build()`` is needed first. A label < 0 marks an unlabelled image: the contrastive loss uses
@@ -24,10 +24,10 @@ import tensorflow as tf
 from keras import ops
 
 from tf_simclr import objectives, validation
-from tf_simclr.heads import DEFAULT_NUM_PROJ_LAYERS, PROJ_HEAD_MODES, ProjectionHead  # noqa: F401
-from tf_simclr.loss import labelled_cross_entropy
+from tf_simclr.network.heads import DEFAULT_NUM_PROJ_LAYERS, PROJ_HEAD_MODES, ProjectionHead  # noqa: F401
+from tf_simclr.network.resnet import freeze_up_to_block, layer_groups
 from tf_simclr.objectives import Objective
-from tf_simclr.resnet import freeze_up_to_block, layer_groups
+from tf_simclr.objectives.loss import labelled_cross_entropy
 
 TRAIN_MODES = ("pretrain", "finetune", "distill")
 # Modes whose supervised head is trained through the network.
@@ -49,7 +49,7 @@ class SimCLRModel(keras.Model):
     """SimCLR network: ``encoder`` -> projection head -> (optional) supervised head.
 
     ``encoder`` is any Keras model/layer mapping images to either a dict containing
-    ``"final_avg_pool"`` [B, D] (``tf_simclr.resnet.build_resnet``), a [B, D] tensor, or a
+    ``"final_avg_pool"`` [B, D] (``tf_simclr.network.resnet.build_resnet``), a [B, D] tensor, or a
     [B, H, W, C] feature map (global-average-pooled here; e.g. keras.applications with
     ``include_top=False``).
 
@@ -427,7 +427,7 @@ class SimCLRModel(keras.Model):
         if head_optimizer == "shared" or self.train_mode != "pretrain":
             head_optimizer = None
         elif head_optimizer is None and self.supervised_head is not None:
-            from tf_simclr.optim import build_optimizer
+            from tf_simclr.training.optim import build_optimizer
 
             head_optimizer = build_optimizer("momentum", learning_rate=0.1, momentum=0.9)
         # Not Keras-tracked: the head optimizer's state is not part of the model's weights.
@@ -508,12 +508,12 @@ def build_model(
     fused_batch_norm: bool = True,
     **model_kwargs,
 ) -> SimCLRModel:
-    """Build a ResNet encoder (``tf_simclr.resnet.build_resnet``) wrapped in a ``SimCLRModel``.
+    """Build a ResNet encoder (``tf_simclr.network.resnet.build_resnet``) wrapped in a ``SimCLRModel``.
 
     ``model_kwargs`` go to ``SimCLRModel`` (proj_head_mode, temperature, train_mode, ...).
     With ``image_size`` the variables are created at once.
     """
-    from tf_simclr.resnet import build_resnet
+    from tf_simclr.network.resnet import build_resnet
 
     shape = (image_size, image_size, 3) if image_size else (None, None, 3)
     encoder = build_resnet(

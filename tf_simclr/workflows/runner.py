@@ -1,5 +1,5 @@
 """Top-level workflows behind `tf-simclr --mode=...`: train, eval, train_then_eval, preview,
-export, and semi_supervised (tf_simclr.semi_supervised runs its stages through `run`)."""
+export, and semi_supervised (tf_simclr.workflows.semi_supervised runs its stages through `run`)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ import time
 
 import tensorflow as tf
 
-from tf_simclr import checkpoints as ckpt_lib
 from tf_simclr import data as data_lib
-from tf_simclr import distill as distill_lib
-from tf_simclr import distribute, factory, run_data, storage, visualize, warm_start
-from tf_simclr import evaluate as eval_lib
-from tf_simclr import history as history_lib
-from tf_simclr import model as model_lib
-from tf_simclr import train as train_lib
+from tf_simclr import factory
 from tf_simclr.config import CONFIG_FILENAME, RESULT_FILENAME, Config, ConfigError
 from tf_simclr.data import identity as identity_lib
+from tf_simclr.evaluation import evaluate as eval_lib
+from tf_simclr.evaluation import visualize
+from tf_simclr.network import model as model_lib
+from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.training import distribute
+from tf_simclr.training import history as history_lib
+from tf_simclr.workflows import distill as distill_lib
+from tf_simclr.workflows import run_data, storage, warm_start
+from tf_simclr.workflows import train as train_lib
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ def run(config: Config) -> dict:
     if config.mode == "preview":
         return {"preview": preview(config)}
     if config.mode == "semi_supervised":
-        from tf_simclr import semi_supervised
+        from tf_simclr.workflows import semi_supervised
 
         result = semi_supervised.run_recipe(config, run_stage=run)
         if _is_chief(config):
@@ -131,7 +134,7 @@ def _with_checked_data(config: Config) -> Config:
 def _add_warnings(config: Config, result: dict, num_classes: int) -> None:
     """A fine-tuned or distilled network that ends below its encoder's linear probe, or near
     chance: result["warnings"] names the likely cause and the flags (also logged)."""
-    from tf_simclr.report import weak_result_warnings
+    from tf_simclr.workflows.report import weak_result_warnings
 
     warnings = weak_result_warnings(
         result.get("metrics", {}),
@@ -303,7 +306,7 @@ def _encoder_probe_on_labelled(config: Config, num_classes: int) -> dict:
     """Fine-tuning: the pretrained encoder (--checkpoint) frozen, with a linear probe trained
     on the same labelled images and scored on the eval split, the yardstick fine-tuning must
     beat ("labelled_linear_top1", ...; {} when the checkpoint can no longer be read)."""
-    from tf_simclr.semi_supervised import probe_on_labelled
+    from tf_simclr.workflows.semi_supervised import probe_on_labelled
 
     try:
         # The pretraining network without a supervised head (its labels are `config`'s).
@@ -474,7 +477,7 @@ def _evaluate_one(config, checkpoint, model, num_classes, path) -> dict:
 
 
 def _export(config: Config, model, step: int) -> str:
-    from tf_simclr import export as export_lib
+    from tf_simclr.workflows import export as export_lib
 
     path = export_lib.export_saved_model(
         model,
@@ -497,7 +500,7 @@ def export_latest(config: Config, strategy) -> str:
 
 def preview(config: Config) -> str:
     """mode=preview: a PNG grid of sample images and their two augmented views."""
-    from tf_simclr import preview as preview_lib
+    from tf_simclr.evaluation import preview as preview_lib
 
     os.makedirs(config.model_dir, exist_ok=True)
     path = os.path.join(config.model_dir, "preview.png")

@@ -1,0 +1,1 @@
+"""Evaluation of learned representations: features, kNN, linear probes, the kNN callback, and pictures."""

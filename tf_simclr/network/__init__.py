@@ -1,0 +1,1 @@
+"""The network: ResNet encoders, projection and supervised heads, and SimCLRModel (forward pass and variable sets)."""
