@@ -1,5 +1,6 @@
 """The valid values of each setting with a fixed set of choices, and the settings' error type:
-one definition each, read by the Config, its checks and the command line (no TensorFlow)."""
+one definition each, read by the Config, its checks, the command line and the library modules
+that take these values (no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ class ConfigError(ValueError):
 
 
 MODES = ("train", "eval", "train_then_eval", "preview", "export", "semi_supervised")
+# The --mode values that train a network, and those that evaluate one.
+TRAINING_MODES = ("train", "train_then_eval", "semi_supervised")
+EVALUATING_MODES = ("eval", "train_then_eval", "semi_supervised")
 TRAIN_MODES = ("pretrain", "finetune", "distill")
 # The train modes whose supervised head is trained through the network (on labels or on a
 # teacher's predictions).
@@ -17,7 +21,7 @@ OPTIMIZERS = ("lars", "momentum", "adam", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-# tf_simclr.training.precision.PRECISIONS (not imported: this module does not load TensorFlow).
+# tf_simclr.training.precision resolves "auto" to one of the others, the Keras policies.
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 LOSS_SCALES = ("paper", "reference")
 SUP_HEAD_OPTIMIZERS = ("momentum", "shared")

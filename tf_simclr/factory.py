@@ -11,6 +11,7 @@ import logging
 import tensorflow as tf
 
 from tf_simclr import data as data_lib
+from tf_simclr.choices import SUPERVISED_TRAIN_MODES
 from tf_simclr.config import Config
 from tf_simclr.network import model as model_lib
 from tf_simclr.network import resnet
@@ -119,7 +120,7 @@ def head_l2_coefficient(config: Config) -> float:
     instead. That applies when the main optimizer trains the head: fine-tuning, and
     pretraining with --sup_head_optimizer=shared.
     """
-    shared = config.train_mode in ("finetune", "distill") or config.sup_head_optimizer == "shared"
+    shared = config.train_mode in SUPERVISED_TRAIN_MODES or config.sup_head_optimizer == "shared"
     return config.weight_decay if config.optimizer == "lars" and shared else 0.0
 
 

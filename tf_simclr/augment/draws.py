@@ -19,6 +19,7 @@ from tf_simclr.augment.params import (
     JITTER_MAGNITUDE,
     JITTER_P,
 )
+from tf_simclr.choices import BRIGHTNESS_MODES
 
 # Colour-jitter operation ids of one stage; NO_COLOR_OP means the stage does nothing.
 BRIGHTNESS, CONTRAST, SATURATION, HUE, NO_COLOR_OP = range(5)
@@ -70,7 +71,7 @@ def _boxes_from_draws(frac, ratio, u_y, u_x, height, width):
 
 
 def _check_brightness(brightness: str) -> None:
-    if brightness not in ("multiplicative", "additive"):
+    if brightness not in BRIGHTNESS_MODES:
         raise ValueError(
             f"brightness must be 'multiplicative' (SimCLRv2) or 'additive' (SimCLRv1), "
             f"got {brightness!r}."

@@ -6,9 +6,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tf_simclr.choices import PROJ_HEAD_MODES
 from tf_simclr.network.layers import batch_norm
 
-PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 # The head's depth when not given: SimCLRv1's 2 layers (the same default as
 # Config.num_proj_layers and --num_proj_layers); SimCLRv2 uses 3.
 DEFAULT_NUM_PROJ_LAYERS = 2

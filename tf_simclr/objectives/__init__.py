@@ -22,7 +22,7 @@ __all__ = [
     "for_train_mode",
 ]
 
-# The objective of each train mode (tf_simclr.config.TRAIN_MODES lists the same names).
+# The objective of each train mode (tf_simclr.choices.TRAIN_MODES lists the same names).
 OBJECTIVES = {
     "pretrain": ContrastivePretraining,
     "finetune": SupervisedFineTuning,

@@ -24,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-LOSS_SCALES = ("paper", "reference")
+from tf_simclr.choices import LOSS_SCALES
+
 METRIC_MODES = ("reference", "all")
 
 # Logit given to an anchor's similarity with itself. Finite (so no inf - inf = NaN anywhere)

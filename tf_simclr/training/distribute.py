@@ -41,9 +41,10 @@ import sys
 
 import tensorflow as tf
 
+from tf_simclr.choices import STRATEGIES
+
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 _REDUCE_OPS = {"sum": tf.distribute.ReduceOp.SUM, "mean": tf.distribute.ReduceOp.MEAN}
 
 # Exit status of a multi-worker process that gave up on its peers: EX_TEMPFAIL ("try again"),

@@ -16,8 +16,10 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+from tf_simclr.choices import PRECISIONS
+
+# The Keras dtype policies; "auto" resolves to one of them.
+POLICIES = tuple(p for p in PRECISIONS if p != "auto")
 # /proc/cpuinfo flags of the x86 units that compute bfloat16 dot products in hardware.
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 

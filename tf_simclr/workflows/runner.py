@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tf_simclr import data as data_lib
 from tf_simclr import factory
+from tf_simclr.choices import SUPERVISED_TRAIN_MODES
 from tf_simclr.config import CONFIG_FILENAME, RESULT_FILENAME, Config, ConfigError
 from tf_simclr.data import identity as identity_lib
 from tf_simclr.evaluation import evaluate as eval_lib
@@ -265,7 +266,7 @@ def evaluate_model(
             config.dataset,
             num_classes,
         )
-    supervised = config.train_mode in ("finetune", "distill")
+    supervised = config.train_mode in SUPERVISED_TRAIN_MODES
     if head_fits and (supervised or config.lineareval_while_pretraining):
         sup = eval_lib.classification_accuracy(
             model, factory.eval_dataset(config, config.eval_split)
