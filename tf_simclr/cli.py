@@ -29,6 +29,7 @@ from tf_simclr.config import (
     Config,
     ConfigError,
     describe_mode_defaults,
+    group_of,
     has_flag,
     help_text,
     resolve,
@@ -38,47 +39,48 @@ from tf_simclr.config import (
 log = logging.getLogger(__name__)
 
 
+_DEFINE = {
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    str: flags.DEFINE_string,
+}
+
+
+def _flag_type(name: str) -> tuple[type, bool]:
+    """The flag type of a Config field (its type without `| None`) and whether None is one
+    of its values."""
+    hint = typing.get_type_hints(Config)[name]
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+    return (kinds[0], True) if kinds else (hint, False)
+
+
 def _define_flags() -> None:
-    """One absl flag per Config field, with the field's help (tf_simclr.config)."""
-    hints = typing.get_type_hints(Config)
+    """One absl flag per Config field, with the field's help (tf_simclr.config); --helpfull
+    lists them by group."""
     for field in filter(has_flag, dataclasses.fields(Config)):
-        name, default = field.name, field.default
-        text = help_text(field)
-        kind = hints[name]
-        if kind is bool:
-            flags.DEFINE_bool(name, default, text)
-        elif kind is int or kind == (int | None):
-            flags.DEFINE_integer(name, default, text)
-        elif kind is float:
-            flags.DEFINE_float(name, default, text)
-        elif kind == (float | None):
-            flags.DEFINE_float(name, default, text)
-        else:
-            flags.DEFINE_string(name, default, text)
+        kind, _ = _flag_type(field.name)
+        _DEFINE[kind](
+            field.name,
+            field.default,
+            help_text(field),
+            module_name=f"tf_simclr settings: {group_of(field.name)}",
+        )
 
 
 _define_flags()
 FLAGS = flags.FLAGS
 
 
-_EMPTY_IS_NONE = (
-    "checkpoint",
-    "data_dir",
-    "augmentations",
-    "label_ids_file",
-    "tpu_name",
-    "tpu_zone",
-    "gcp_project",
-)
-
-
 def _given_flags() -> dict:
-    """The Config fields set on the command line (or in a --flagfile), with '' as None."""
+    """The Config fields set on the command line (or in a --flagfile), with '' as None for the
+    optional string settings (--data_dir=, --checkpoint=, ...)."""
     given = {}
     for field in filter(has_flag, dataclasses.fields(Config)):
         if FLAGS[field.name].present:
             value = getattr(FLAGS, field.name)
-            given[field.name] = None if field.name in _EMPTY_IS_NONE and value == "" else value
+            kind, optional = _flag_type(field.name)
+            given[field.name] = None if optional and kind is str and value == "" else value
     return given
 
 

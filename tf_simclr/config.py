@@ -1,7 +1,27 @@
-"""One validated dataclass of hyperparameters, with a JSON round trip.
+"""The settings of a tf_simclr run: one validated `Config`, declared in typed groups, with a
+JSON round trip.
 
 `run.py` turns absl flags into a `Config`; the library only ever sees the `Config` (or explicit
 arguments taken from it), never global flags.
+
+How the settings are laid out:
+
+- Each group of settings is a dataclass of its own fields: `RunSettings` (what to do, from
+  which model), `DataSettings`, `AugmentationSettings`, `ModelSettings`,
+  `OptimisationSettings` (the loss, the optimizer and the schedule), `EvaluationSettings`,
+  `RuntimeSettings` (devices, checkpoints and what the run writes) and `RecipeSettings`
+  (--mode=semi_supervised's stages). A field is declared once, in its group, with
+  `_setting(default, help, choices=..., role=...)`: its flag help, its valid values and, where
+  it has one, its role for a saved run (ENCODER, ARCHITECTURE, INVOCATION, OPERATIONAL, RECORD).
+- `Config` inherits every group, so it stays one flat dataclass: `config.learning_rate`,
+  `Config(learning_rate=...)`, `config.replace(learning_rate=...)`, the flags (one per field,
+  same name) and config.json (one flat object) are what they always were.
+- `config.model` (and `.run`, `.data`, ... one per name in GROUPS) is that group's values as an
+  instance of its dataclass: a typed view for code that needs one group. It is a copy; change a
+  setting with `config.replace`.
+- The field lists a saved run is read with (ENCODER_FIELDS, ARCHITECTURE_FIELDS, RECIPE_FIELDS,
+  ...) are computed from the roles and groups, never kept by hand; the valid values come from
+  tf_simclr.choices and the rules from tf_simclr.config_checks, one function per group.
 """
 
 from __future__ import annotations
@@ -33,35 +53,23 @@ CONFIG_FILENAME = "config.json"
 RESULT_FILENAME = "result.json"  # written by tf_simclr.workflows.runner at the end of a run
 CONFIG_HISTORY_FILENAME = "config_history.jsonl"
 
-# The encoder and projection head a run with --checkpoint (fine-tuning, transfer evaluation)
-# takes from it; image_size too, unless given.
-ENCODER_FIELDS = (
-    "resnet_depth",
-    "width_multiplier",
-    "sk_ratio",
-    "se_ratio",
-    "proj_head_mode",
-    "proj_out_dim",
-    "num_proj_layers",
-)
-# Settings that decide which variables the network has: a model_dir's checkpoints only fit a
-# model built with the same values (image_size matters through the stem it selects).
-ARCHITECTURE_FIELDS = (
-    "train_mode",
-    *ENCODER_FIELDS,
-    "ft_proj_selector",
-    "lineareval_while_pretraining",
-    "num_classes",
-    "sup_head_input_norm",
-)
-# --mode=semi_supervised's own settings: they shape the recipe's stages, no single trained
-# model (so they are left out of Config.hash and of changed_settings).
-RECIPE_FIELDS = (
-    "semi_finetune_epochs",
-    "semi_finetune_learning_rate",
-    "semi_distill_epochs",
-    "semi_finetune_batch_size",
-)
+# The role of a setting for a saved run (a field has at most one):
+# Part of the encoder and projection head a run with --checkpoint (fine-tuning, transfer
+# evaluation) takes from it; image_size too, unless given (ENCODER_FIELDS).
+ENCODER = "encoder"
+# Decides, with the encoder, which variables the network has: a model_dir's checkpoints only fit
+# a model built with the same values; image_size matters through the stem it selects
+# (ARCHITECTURE_FIELDS).
+ARCHITECTURE = "architecture"
+# What to do now, never inherited from a saved run, and not part of Config.hash.
+INVOCATION = "invocation"
+# How the run waits, logs and what it writes besides the model: not part of Config.hash.
+OPERATIONAL = "operational"
+# What the runner records about a run: no flag, not part of Config.hash or changed_settings
+# (see DataSettings.data_identity).
+RECORD = "record"
+ROLES = (ENCODER, ARCHITECTURE, INVOCATION, OPERATIONAL, RECORD)
+
 # Settings whose default depends on --train_mode (and --random_init): their Config field
 # defaults to None, "the mode's default", filled in from this table when the Config is built, so
 # config.json records the value that ran and a value the user gave is always kept.
@@ -79,7 +87,7 @@ MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "finetune_from_scratch": {"learning_rate": 4.0, "train_epochs": 200},
     "distill": {"learning_rate": 4.0, "train_epochs": 12},
 }
-MODE_DEFAULT_FIELDS = ("learning_rate", "train_epochs")
+MODE_DEFAULT_FIELDS = tuple(MODE_DEFAULTS["pretrain"])
 _MODE_NAMES = {
     "pretrain": "Pretraining",
     "finetune": "Fine-tuning",
@@ -118,21 +126,17 @@ def describe_mode_defaults(config: Config) -> str | None:
     )
 
 
-# What to do now, never inherited from a saved run.
-_INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
-# What the runner records about a run (no flag; see Config.data_identity).
-_RECORD_FIELDS = ("data_identity",)
-
-
-def _setting(default, help: str, *, choices: tuple | None = None):
-    """A Config field with its flag help and valid values next to it (run.py builds its
-    flags from these; `validate` checks the choices)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def _setting(default, help: str, *, choices: tuple | None = None, role: str | None = None):
+    """A Config field with its flag help, valid values and role (ROLES) next to it (run.py
+    builds its flags from these; `validate` checks the choices)."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "role": role}
+    )
 
 
 def has_flag(field: dataclasses.Field) -> bool:
     """Whether a Config field is a command-line flag (records such as data_identity are not)."""
-    return field.metadata.get("flag", True)
+    return field.metadata.get("role") != RECORD
 
 
 def help_text(field: dataclasses.Field) -> str:
@@ -148,21 +152,21 @@ def help_text(field: dataclasses.Field) -> str:
 
 
 @dataclasses.dataclass
-class Config:
-    """All hyperparameters of a tf_simclr run. Defaults: the CIFAR-style recipe on the embedded
-    dataset, sized so `python run.py --mode=train_then_eval` finishes in minutes on 2 CPU cores."""
+class RunSettings:
+    """What to do, and from which model."""
 
-    # What to do.
-    mode: str = _setting("train_then_eval", "What to do.", choices=MODES)
+    mode: str = _setting("train_then_eval", "What to do.", choices=MODES, role=INVOCATION)
     train_mode: str = _setting(
         "pretrain",
         "Contrastive pretraining, supervised fine-tuning, or distillation of --teacher into a "
         "student on all training images.",
         choices=TRAIN_MODES,
+        role=ARCHITECTURE,
     )
     model_dir: str = _setting(
         "/tmp/tf_simclr",
         "Directory for checkpoints, summaries, config.json, result.json and exports.",
+        role=INVOCATION,
     )
     checkpoint: str | None = _setting(
         None,
@@ -179,17 +183,12 @@ class Config:
         "supervised head (a fine-tuned run, or a model converted by python -m tf_simclr.convert), or an "
         "exported module model_dir/saved_model/<step>.",
     )
-    distill_temperature: float = _setting(
-        1.0, "Distillation: temperature softening both the teacher's and the student's logits."
-    )
-    distill_alpha: float = _setting(
-        0.0,
-        "Distillation: weight of the supervised loss on the labelled examples (--label_fraction"
-        " / --label_ids_file, or all); the distillation loss gets 1 - alpha (0: pure "
-        "distillation).",
-    )
 
-    # Data.
+
+@dataclasses.dataclass
+class DataSettings:
+    """The images: where they come from, their size, the labelled subset."""
+
     dataset: str = _setting(
         "embedded",
         "'embedded' (shapes10, shipped inside the package), a TFDS name (with --data_dir), a TFDS-format directory, or an image folder root/<split>/<class>/*.jpg.",
@@ -203,6 +202,29 @@ class Config:
     image_size: int = _setting(
         32, "Input side in pixels; <= 32 selects the CIFAR stem (--checkpoint: its run's)."
     )
+    label_fraction: float | None = _setting(
+        None, "Fine-tuning: class-balanced fraction of labelled training examples."
+    )
+    label_ids_file: str | None = _setting(
+        None, "Fine-tuning: file of training example ids (one per line) to use."
+    )
+    strict_data: bool = _setting(
+        False, "Fail on corrupt image files instead of skipping them with a count."
+    )
+    # Not a setting (no flag): the identity of the data the run trains on (dataset, split,
+    # classes, example count, fingerprint; tf_simclr.data.identity), recorded by the runner
+    # when a run starts and compared by tf_simclr.workflows.run_data wherever a run is read again. It
+    # lives in config.json, the file every reader of a run already opens, so a run stays one
+    # self-describing file; it is left out of Config.hash and changed_settings (it is not a
+    # choice) and a given value is never taken over by `resolve`. None: not recorded yet, or a
+    # run written before tf_simclr recorded it (its data cannot be checked).
+    data_identity: dict | None = _setting(None, "", role=RECORD)
+
+
+@dataclasses.dataclass
+class AugmentationSettings:
+    """The random views of each image."""
+
     augmentations: str | None = _setting(
         None,
         "Comma-separated operators, e.g. crop,flip,color,blur (default from the recipe: crop,flip,color plus blur with --use_blur).",
@@ -223,44 +245,82 @@ class Config:
         "Brightness jitter form (multiplicative: SimCLRv2, additive: v1).",
         choices=BRIGHTNESS_MODES,
     )
-    label_fraction: float | None = _setting(
-        None, "Fine-tuning: class-balanced fraction of labelled training examples."
+
+
+@dataclasses.dataclass
+class ModelSettings:
+    """The network: encoder, projection head, supervised head and their batch norm."""
+
+    resnet_depth: int = _setting(18, "ResNet depth.", choices=RESNET_DEPTHS, role=ENCODER)
+    width_multiplier: float = _setting(
+        0.25, "ResNet width multiplier (e.g. 0.25, 0.5, 1, 2, 4).", role=ENCODER
     )
-    label_ids_file: str | None = _setting(
-        None, "Fine-tuning: file of training example ids (one per line) to use."
+    sk_ratio: float = _setting(
+        0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625; 0 disables).", role=ENCODER
     )
-    strict_data: bool = _setting(
-        False, "Fail on corrupt image files instead of skipping them with a count."
+    se_ratio: float = _setting(0.0, "Squeeze-excitation ratio (0 disables).", role=ENCODER)
+    proj_head_mode: str = _setting(
+        "nonlinear", "Projection head.", choices=PROJ_HEAD_MODES, role=ENCODER
+    )
+    proj_out_dim: int = _setting(128, "Projection output dimension.", role=ENCODER)
+    num_proj_layers: int = _setting(
+        2, "Layers in the nonlinear projection head (SimCLRv2: 3).", role=ENCODER
+    )
+    ft_proj_selector: int = _setting(
+        0, "Fine-tune from this projection-head layer (0: encoder output).", role=ARCHITECTURE
+    )
+    global_bn: bool = _setting(True, "Synchronise batch-norm statistics across replicas.")
+    batch_norm_decay: float = _setting(0.9, "Batch-norm moving-average decay (momentum).")
+    lineareval_while_pretraining: bool = _setting(
+        True, "Train a linear head on stop_gradient features meanwhile.", role=ARCHITECTURE
+    )
+    zero_init_logits_layer: bool = _setting(
+        False, "Zero-initialise the supervised head when fine-tuning."
+    )
+    fine_tune_after_block: int = _setting(
+        -1, "Fine-tuning: freeze the stem and block groups <= this (-1: none)."
+    )
+    num_classes: int = _setting(
+        0,
+        "Classes of the supervised head (0: the dataset's). Set by python -m tf_simclr.convert for published models (1000 ImageNet classes).",
+        role=ARCHITECTURE,
+    )
+    # Where tf_simclr departs from the reference code on purpose; each setting has the
+    # reference's behaviour as its other value (python -m tf_simclr.convert writes those for models
+    # converted from the reference; README "Parity with the reference code"). Also
+    # OptimisationSettings.sup_head_optimizer.
+    sup_head_input_norm: bool = _setting(
+        True,
+        "Pretraining: standardise the linear-eval head's input with a parameter-free batch norm (tf_simclr; the reference code has none).",
+        role=ARCHITECTURE,
+    )
+    ft_update_unused_head_bn: bool = _setting(
+        False,
+        "Fine-tuning: keep the batch-norm layers of projection-head layers above --ft_proj_selector in training mode, so their moving statistics follow the batches, as the reference code does (they get no gradient either way).",
+    )
+    fused_batch_norm: bool = _setting(
+        True,
+        "Batch norm through TF's fused kernel (faster; numerically stabler statistics). false: statistics as the reference code computes them (E[x^2]-E[x]^2), for bit-level parity with it.",
     )
 
-    # Schedule.
+
+@dataclasses.dataclass
+class OptimisationSettings:
+    """What is minimised (the loss), with which optimizer, on which batches, for how long."""
+
     train_batch_size: int = _setting(256, "Global training batch size (split over replicas).")
-    # None: the --train_mode's default (MODE_DEFAULTS), filled in by __post_init__.
+    # None: the --train_mode's default (MODE_DEFAULTS), filled in by Config.__post_init__.
     train_epochs: int | None = _setting(
         None,
         "Training epochs, over the labelled examples when fine-tuning (ignored when "
         "--train_steps > 0).",
     )
     train_steps: int = _setting(0, "Training steps; overrides --train_epochs when > 0.")
-    eval_batch_size: int = _setting(256, "Evaluation batch size.")
-    eval_steps: int = _setting(0, "Evaluation batches per split (0: the whole split).")
     warmup_epochs: float = _setting(2.0, "Linear learning-rate warmup, in epochs.")
-    steps_per_loop: int = _setting(10, "Training steps per tf.function call.")
-    checkpoint_epochs: int = _setting(10, "Epochs between checkpoints.")
-    checkpoint_steps: int = _setting(
-        0, "Steps between checkpoints; overrides --checkpoint_epochs when > 0."
-    )
-    keep_checkpoint_max: int = _setting(5, "Checkpoints to keep.")
-    keep_hub_module_max: int = _setting(1, "Exported SavedModels to keep.")
-    log_every_steps: int = _setting(
-        10, "Steps between progress log lines (non-interactive output)."
-    )
-
-    # Optimisation.
     optimizer: str = _setting("lars", "Optimizer.", choices=OPTIMIZERS)
     # LARS moves each weight by about lr * 0.001 of its norm per step: a short schedule needs
     # a larger base rate than the 1.0 of 1000-epoch CIFAR runs. None: the --train_mode's
-    # default (MODE_DEFAULTS), filled in by __post_init__.
+    # default (MODE_DEFAULTS), filled in by Config.__post_init__.
     learning_rate: float | None = _setting(
         None, "Base learning rate, scaled by --learning_rate_scaling."
     )
@@ -268,12 +328,85 @@ class Config:
         "linear", "lr = base*B/256 (linear) or base*sqrt(B) (sqrt).", choices=LR_SCALINGS
     )
     momentum: float = _setting(0.9, "Momentum of LARS / SGD.")
+    weight_decay: float = _setting(1e-4, "Weight decay (batch norm and biases excluded).")
     sup_head_learning_rate: float = _setting(
         0.1,
         "Pretraining: base learning rate (x B/256) of the linear-eval head, which has its own momentum-SGD optimizer.",
     )
-    weight_decay: float = _setting(1e-4, "Weight decay (batch norm and biases excluded).")
-    batch_norm_decay: float = _setting(0.9, "Batch-norm moving-average decay (momentum).")
+    sup_head_optimizer: str = _setting(
+        "momentum",
+        "Pretraining. momentum: the linear-eval head has its own momentum SGD at --sup_head_learning_rate (tf_simclr); shared: the main optimizer trains it at the main learning rate, with an L2 term on its kernel and no LARS trust ratio (the reference code).",
+        choices=SUP_HEAD_OPTIMIZERS,
+    )
+    temperature: float = _setting(0.5, "NT-Xent temperature tau.")
+    hidden_norm: bool = _setting(True, "L2-normalise projections before the contrastive loss.")
+    loss_scale: str = _setting(
+        "paper", "The paper's loss, or the reference code's 2x.", choices=LOSS_SCALES
+    )
+    distill_temperature: float = _setting(
+        1.0, "Distillation: temperature softening both the teacher's and the student's logits."
+    )
+    distill_alpha: float = _setting(
+        0.0,
+        "Distillation: weight of the supervised loss on the labelled examples (--label_fraction"
+        " / --label_ids_file, or all); the distillation loss gets 1 - alpha (0: pure "
+        "distillation).",
+    )
+
+
+@dataclasses.dataclass
+class EvaluationSettings:
+    """How the learned features and the trained network are scored and pictured."""
+
+    eval_batch_size: int = _setting(256, "Evaluation batch size.")
+    eval_steps: int = _setting(0, "Evaluation batches per split (0: the whole split).")
+    knn_eval: bool = _setting(True, "Report weighted kNN accuracy of frozen features.")
+    knn_k: int = _setting(200, "Neighbours for the kNN evaluation.")
+    knn_temperature: float = _setting(0.1, "Temperature of the weighted kNN vote.")
+    linear_eval: bool = _setting(True, "Train a linear probe on frozen features after pretraining.")
+    linear_eval_epochs: int = _setting(100, "Epochs of the frozen-feature linear probe.")
+    random_init_baseline: bool = _setting(
+        True, "Also evaluate the same architecture with random weights."
+    )
+    eval_timeout: int = _setting(
+        0,
+        "mode=eval: wait this many seconds for each new checkpoint (0: latest once).",
+        role=INVOCATION,
+    )
+    # Pictures from the features the kNN and linear evaluations extract anyway (pretraining).
+    neighbour_images: int = _setting(
+        8,
+        "Test images in neighbours.png, each next to its 8 nearest training images by the learned features (0: no picture).",
+        role=OPERATIONAL,
+    )
+    projector_embeddings: int = _setting(
+        1000,
+        "Test-set features written, with their images and labels, for TensorBoard's projector (0: none; at most 10000).",
+        role=OPERATIONAL,
+    )
+
+
+@dataclasses.dataclass
+class RuntimeSettings:
+    """Where and how the run executes: devices, numerics, seeds, checkpoints, logs, exports."""
+
+    strategy: str = _setting(
+        "default", "Distribution strategy (multi_worker reads TF_CONFIG).", choices=STRATEGIES
+    )
+    num_cpu_devices: int = _setting(
+        0, "mirrored on a CPU-only machine: split the CPU into this many devices."
+    )
+    # multi_worker: seconds to wait for the other workers (at startup and for each training loop)
+    # before exiting with an error naming them; 0 waits forever.
+    collective_timeout: int = _setting(
+        600,
+        "multi_worker: seconds to wait for the other workers (at startup and for each training loop) before exiting with an error naming them (exit code 75; rerun all workers to resume). 0 waits forever.",
+        role=OPERATIONAL,
+    )
+    use_tpu: bool = _setting(False, "Same as --strategy=tpu.")
+    tpu_name: str | None = _setting(None, "TPU name or grpc:// address.")
+    tpu_zone: str | None = _setting(None, "GCE zone of the TPU.")
+    gcp_project: str | None = _setting(None, "GCP project of the TPU.")
     precision: str = _setting(
         "auto",
         "Training's numeric policy: 'auto' is mixed_bfloat16 where the hardware computes "
@@ -282,15 +415,32 @@ class Config:
         "checkpoints stay float32; evaluation and exports compute in float32.",
         choices=PRECISIONS,
     )
-
-    # Loss.
-    temperature: float = _setting(0.5, "NT-Xent temperature tau.")
-    hidden_norm: bool = _setting(True, "L2-normalise projections before the contrastive loss.")
-    loss_scale: str = _setting(
-        "paper", "The paper's loss, or the reference code's 2x.", choices=LOSS_SCALES
+    seed: int = _setting(0, "Random seed for weights, data order and augmentations.")
+    deterministic: bool = _setting(
+        False, "Enable TF op determinism (slower; bit-reproducible runs)."
     )
+    steps_per_loop: int = _setting(10, "Training steps per tf.function call.")
+    checkpoint_epochs: int = _setting(10, "Epochs between checkpoints.")
+    checkpoint_steps: int = _setting(
+        0, "Steps between checkpoints; overrides --checkpoint_epochs when > 0."
+    )
+    keep_checkpoint_max: int = _setting(5, "Checkpoints to keep.")
+    keep_hub_module_max: int = _setting(1, "Exported SavedModels to keep.")
+    log_every_steps: int = _setting(
+        10, "Steps between progress log lines (non-interactive output).", role=OPERATIONAL
+    )
+    export: bool = _setting(
+        True, "Export a SavedModel (TF-Hub module) at the end of training.", role=OPERATIONAL
+    )
+    summaries: bool = _setting(True, "Write TensorBoard summaries to model_dir.", role=OPERATIONAL)
 
-    # --mode=semi_supervised (tf_simclr.workflows.semi_supervised): the stages after pretraining.
+
+@dataclasses.dataclass
+class RecipeSettings:
+    """--mode=semi_supervised (tf_simclr.workflows.semi_supervised): the stages after
+    pretraining. They shape the recipe's stages, no single trained model (so they are left out
+    of Config.hash and of changed_settings)."""
+
     # On the embedded recipe's 500 labelled images (10%), fine-tuning for 30 / 100 / 200 epochs
     # gave 20.6 / 37.1 / 45.8% top-1 (README, "Semi-supervised learning"): few labels need
     # many passes. SimCLRv2 used 60 (1%) and 30 (10%) ImageNet epochs.
@@ -318,109 +468,84 @@ class Config:
         "the labelled examples only (0: --train_batch_size).",
     )
 
-    # Model.
-    resnet_depth: int = _setting(18, "ResNet depth.", choices=RESNET_DEPTHS)
-    width_multiplier: float = _setting(0.25, "ResNet width multiplier (e.g. 0.25, 0.5, 1, 2, 4).")
-    sk_ratio: float = _setting(0.0, "Selective-kernel ratio (SimCLRv2 uses 0.0625; 0 disables).")
-    se_ratio: float = _setting(0.0, "Squeeze-excitation ratio (0 disables).")
-    proj_head_mode: str = _setting("nonlinear", "Projection head.", choices=PROJ_HEAD_MODES)
-    proj_out_dim: int = _setting(128, "Projection output dimension.")
-    num_proj_layers: int = _setting(2, "Layers in the nonlinear projection head (SimCLRv2: 3).")
-    ft_proj_selector: int = _setting(
-        0, "Fine-tune from this projection-head layer (0: encoder output)."
-    )
-    global_bn: bool = _setting(True, "Synchronise batch-norm statistics across replicas.")
-    lineareval_while_pretraining: bool = _setting(
-        True, "Train a linear head on stop_gradient features meanwhile."
-    )
-    zero_init_logits_layer: bool = _setting(
-        False, "Zero-initialise the supervised head when fine-tuning."
-    )
-    fine_tune_after_block: int = _setting(
-        -1, "Fine-tuning: freeze the stem and block groups <= this (-1: none)."
-    )
-    num_classes: int = _setting(
-        0,
-        "Classes of the supervised head (0: the dataset's). Set by python -m tf_simclr.convert for published models (1000 ImageNet classes).",
-    )
 
-    # Where tf_simclr departs from the reference code on purpose; each setting has the
-    # reference's behaviour as its other value (python -m tf_simclr.convert writes those for models
-    # converted from the reference; README "Parity with the reference code").
-    sup_head_input_norm: bool = _setting(
-        True,
-        "Pretraining: standardise the linear-eval head's input with a parameter-free batch norm (tf_simclr; the reference code has none).",
-    )
-    sup_head_optimizer: str = _setting(
-        "momentum",
-        "Pretraining. momentum: the linear-eval head has its own momentum SGD at --sup_head_learning_rate (tf_simclr); shared: the main optimizer trains it at the main learning rate, with an L2 term on its kernel and no LARS trust ratio (the reference code).",
-        choices=SUP_HEAD_OPTIMIZERS,
-    )
-    ft_update_unused_head_bn: bool = _setting(
-        False,
-        "Fine-tuning: keep the batch-norm layers of projection-head layers above --ft_proj_selector in training mode, so their moving statistics follow the batches, as the reference code does (they get no gradient either way).",
-    )
-    fused_batch_norm: bool = _setting(
-        True,
-        "Batch norm through TF's fused kernel (faster; numerically stabler statistics). false: statistics as the reference code computes them (E[x^2]-E[x]^2), for bit-level parity with it.",
-    )
+# The groups by the name of their view on a Config (config.model, ...), in the order of
+# Config's fields.
+GROUPS: dict[str, type] = {
+    "run": RunSettings,
+    "data": DataSettings,
+    "augmentation": AugmentationSettings,
+    "model": ModelSettings,
+    "optimisation": OptimisationSettings,
+    "evaluation": EvaluationSettings,
+    "runtime": RuntimeSettings,
+    "recipe": RecipeSettings,
+}
 
-    # Evaluation.
-    knn_eval: bool = _setting(True, "Report weighted kNN accuracy of frozen features.")
-    knn_k: int = _setting(200, "Neighbours for the kNN evaluation.")
-    knn_temperature: float = _setting(0.1, "Temperature of the weighted kNN vote.")
-    linear_eval: bool = _setting(True, "Train a linear probe on frozen features after pretraining.")
-    linear_eval_epochs: int = _setting(100, "Epochs of the frozen-feature linear probe.")
-    random_init_baseline: bool = _setting(
-        True, "Also evaluate the same architecture with random weights."
-    )
-    eval_timeout: int = _setting(
-        0, "mode=eval: wait this many seconds for each new checkpoint (0: latest once)."
-    )
-    # Pictures from the features the kNN and linear evaluations extract anyway (pretraining).
-    neighbour_images: int = _setting(
-        8,
-        "Test images in neighbours.png, each next to its 8 nearest training images by the learned features (0: no picture).",
-    )
-    projector_embeddings: int = _setting(
-        1000,
-        "Test-set features written, with their images and labels, for TensorBoard's projector (0: none; at most 10000).",
-    )
 
-    # Runtime.
-    strategy: str = _setting(
-        "default", "Distribution strategy (multi_worker reads TF_CONFIG).", choices=STRATEGIES
-    )
-    num_cpu_devices: int = _setting(
-        0, "mirrored on a CPU-only machine: split the CPU into this many devices."
-    )
-    # multi_worker: seconds to wait for the other workers (at startup and for each training loop)
-    # before exiting with an error naming them; 0 waits forever.
-    collective_timeout: int = _setting(
-        600,
-        "multi_worker: seconds to wait for the other workers (at startup and for each training loop) before exiting with an error naming them (exit code 75; rerun all workers to resume). 0 waits forever.",
-    )
-    use_tpu: bool = _setting(False, "Same as --strategy=tpu.")
-    tpu_name: str | None = _setting(None, "TPU name or grpc:// address.")
-    tpu_zone: str | None = _setting(None, "GCE zone of the TPU.")
-    gcp_project: str | None = _setting(None, "GCP project of the TPU.")
-    seed: int = _setting(0, "Random seed for weights, data order and augmentations.")
-    deterministic: bool = _setting(
-        False, "Enable TF op determinism (slower; bit-reproducible runs)."
-    )
-    export: bool = _setting(True, "Export a SavedModel (TF-Hub module) at the end of training.")
-    summaries: bool = _setting(True, "Write TensorBoard summaries to model_dir.")
+def group_of(name: str) -> str:
+    """The GROUPS name of the group that declares the Config field `name`."""
+    for group, settings in GROUPS.items():
+        if name in settings.__dataclass_fields__:
+            return group
+    raise KeyError(name)
 
-    # Not a setting (no flag): the identity of the data the run trains on (dataset, split,
-    # classes, example count, fingerprint; tf_simclr.data.identity), recorded by the runner
-    # when a run starts and compared by tf_simclr.workflows.run_data wherever a run is read again. It
-    # lives in config.json, the file every reader of a run already opens, so a run stays one
-    # self-describing file; it is left out of Config.hash and changed_settings (it is not a
-    # choice) and a given value is never taken over by `resolve`. None: not recorded yet, or a
-    # run written before tf_simclr recorded it (its data cannot be checked).
-    data_identity: dict | None = dataclasses.field(
-        default=None, metadata={"help": "", "choices": None, "flag": False}
-    )
+
+def _view(config: Config, group: type):
+    return group(**{f.name: getattr(config, f.name) for f in dataclasses.fields(group)})
+
+
+# The bases in reverse: a dataclass takes its fields from the last base first, so Config's
+# fields run from RunSettings to RecipeSettings, the order of GROUPS.
+@dataclasses.dataclass
+class Config(
+    RecipeSettings,
+    RuntimeSettings,
+    EvaluationSettings,
+    OptimisationSettings,
+    ModelSettings,
+    AugmentationSettings,
+    DataSettings,
+    RunSettings,
+):
+    """All hyperparameters of a tf_simclr run. Defaults: the CIFAR-style recipe on the embedded
+    dataset, sized so `python run.py --mode=train_then_eval` finishes in minutes on 2 CPU cores.
+
+    Its fields are declared in the groups it inherits (GROUPS); `config.model` and the like give
+    one group's values as that group's dataclass."""
+
+    # -- typed views of the groups (copies: change a setting with `replace`) -----------------
+    @property
+    def run(self) -> RunSettings:
+        return _view(self, RunSettings)
+
+    @property
+    def data(self) -> DataSettings:
+        return _view(self, DataSettings)
+
+    @property
+    def augmentation(self) -> AugmentationSettings:
+        return _view(self, AugmentationSettings)
+
+    @property
+    def model(self) -> ModelSettings:
+        return _view(self, ModelSettings)
+
+    @property
+    def optimisation(self) -> OptimisationSettings:
+        return _view(self, OptimisationSettings)
+
+    @property
+    def evaluation(self) -> EvaluationSettings:
+        return _view(self, EvaluationSettings)
+
+    @property
+    def runtime(self) -> RuntimeSettings:
+        return _view(self, RuntimeSettings)
+
+    @property
+    def recipe(self) -> RecipeSettings:
+        return _view(self, RecipeSettings)
 
     def __post_init__(self) -> None:
         self._fill_mode_defaults()
@@ -524,20 +649,7 @@ class Config:
 
     def hash(self) -> str:
         """A short hash of the settings that define the trained model (not mode/paths)."""
-        ignored = {
-            "mode",
-            "model_dir",
-            "eval_timeout",
-            "export",
-            "summaries",
-            "log_every_steps",
-            "collective_timeout",  # how long to wait for peers does not change the model
-            "neighbour_images",  # pictures of the evaluation, not the model
-            "projector_embeddings",
-            "data_identity",  # a record of the data, not a setting (its dataset is one)
-            *RECIPE_FIELDS,
-        }
-        payload = {k: v for k, v in sorted(self.to_dict().items()) if k not in ignored}
+        payload = {k: v for k, v in sorted(self.to_dict().items()) if k not in _UNHASHED_FIELDS}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def save(self, model_dir: str | None = None) -> str:
@@ -582,6 +694,20 @@ class Config:
                 f"--image_size: {self.image_size} vs {other.image_size} (a different stem)"
             )
         return conflicts
+
+
+def _fields_with_role(*roles: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata["role"] in roles)
+
+
+# Read from the declarations above (in the order of Config's fields); see ROLES.
+ENCODER_FIELDS = _fields_with_role(ENCODER)
+ARCHITECTURE_FIELDS = _fields_with_role(ARCHITECTURE, ENCODER)
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(RecipeSettings))
+_INVOCATION_FIELDS = _fields_with_role(INVOCATION)
+_RECORD_FIELDS = _fields_with_role(RECORD)
+# What Config.hash leaves out: all but the settings that define the trained model.
+_UNHASHED_FIELDS = _fields_with_role(INVOCATION, OPERATIONAL, RECORD) + RECIPE_FIELDS
 
 
 def resolve(given: dict[str, Any], saved: Config | None, *, source: str = "") -> Config:
