@@ -506,3 +506,32 @@ def test_an_empty_optional_string_flag_means_none():
     finally:
         cli.FLAGS.unparse_flags()
     assert given == {"teacher": None, "checkpoint": None, "tpu_zone": None, "dataset": "x"}
+
+
+@pytest.mark.parametrize(
+    "group, changes, message",
+    [
+        ("run", dict(teacher="/t"), "--teacher only applies to --train_mode=distill"),
+        ("data", dict(label_fraction=0.1), "--label_fraction/--label_ids_file only apply"),
+        ("augmentation", dict(use_blur=True, augmentations="crop"), "add 'blur'"),
+        ("model", dict(fine_tune_after_block=5), "--fine_tune_after_block must be in"),
+        ("optimisation", dict(momentum=1.0), "--momentum must be in"),
+        ("evaluation", dict(knn_k=0), "--knn_k must be a positive number"),
+        ("runtime", dict(num_cpu_devices=2), "--num_cpu_devices only applies"),
+        ("recipe", dict(mode="semi_supervised"), "needs the labelled subset"),
+    ],
+)
+def test_each_rule_is_checked_by_its_groups_check(group, changes, message):
+    """A rule lives in the check of the group whose flag it names (config_checks)."""
+    from tf_simclr import config_checks
+
+    config = Config()
+    for name, value in changes.items():
+        setattr(config, name, value)  # past validation, to call each group's check alone
+    for other in config_lib.GROUPS:
+        check = getattr(config_checks, f"_check_{other}")
+        if other == group:
+            with pytest.raises(ConfigError, match=message):
+                check(config)
+        else:
+            check(config)

@@ -1,5 +1,8 @@
 """The rules a `Config` must satisfy: valid choices and ranges, and combinations of flags that
-would be ignored or contradict each other. Each error names the flag and the fix."""
+would be ignored or contradict each other. Each error names the flag and the fix.
+
+One function per group of settings (tf_simclr.config.GROUPS): a rule lives with the group of
+the flag its message names, also when it depends on settings of another group."""
 
 from __future__ import annotations
 
@@ -10,7 +13,13 @@ from typing import Any
 
 # Below tf_simclr.config, which calls `validate` on every Config it builds: the rules take the
 # Config as it is (its fields), so this module needs only the choices.
-from tf_simclr.choices import MAX_PROJECTOR_EMBEDDINGS, SUPERVISED_TRAIN_MODES, ConfigError
+from tf_simclr.choices import (
+    EVALUATING_MODES,
+    MAX_PROJECTOR_EMBEDDINGS,
+    SUPERVISED_TRAIN_MODES,
+    TRAINING_MODES,
+    ConfigError,
+)
 
 
 def validate(config) -> None:
@@ -18,97 +27,77 @@ def validate(config) -> None:
     for field in dataclasses.fields(config):
         if field.metadata.get("choices"):
             _choice(field.name, getattr(config, field.name), field.metadata["choices"])
+    for check in (
+        _check_run,
+        _check_data,
+        _check_augmentation,
+        _check_model,
+        _check_optimisation,
+        _check_evaluation,
+        _check_runtime,
+        _check_recipe,
+    ):
+        check(config)
+
+
+def _check_run(config) -> None:
     if not config.model_dir:
         raise ConfigError("--model_dir must be a directory path (it holds checkpoints).")
+    if config.checkpoint and config.train_mode == "pretrain" and config.mode != "eval":
+        does = {
+            "export": "exports the newest checkpoint in --model_dir",
+            "preview": "uses no model",
+        }.get(config.mode, "pretrains, resuming from the checkpoints in --model_dir by itself")
+        raise ConfigError(
+            "--checkpoint only applies to --train_mode=finetune or distill (the weights to "
+            "start from) and to --mode=eval (that model's frozen features, evaluated on "
+            f"--dataset); --mode={config.mode} {does}. Drop --checkpoint, add "
+            "--train_mode=finetune, or use --mode=eval."
+        )
+    if config.random_init and (config.train_mode != "finetune" or config.checkpoint):
+        raise ConfigError(
+            "--random_init trains the supervised head and encoder from random weights: it "
+            "needs --train_mode=finetune and no --checkpoint."
+        )
+    if config.train_mode == "distill" and not config.teacher:
+        raise ConfigError(
+            "--train_mode=distill needs --teacher: the model_dir, checkpoint or export of "
+            "a network with a supervised head (e.g. a --train_mode=finetune run)."
+        )
+    if config.teacher and config.train_mode != "distill":
+        raise ConfigError(
+            f"--teacher only applies to --train_mode=distill (got --train_mode="
+            f"{config.train_mode}): add --train_mode=distill or drop --teacher."
+        )
+
+
+def _check_data(config) -> None:
     if not config.dataset:
         raise ConfigError("--dataset is empty: give a TFDS name, a directory or 'embedded'.")
-    _positive("train_batch_size", config.train_batch_size)
-    _positive("eval_batch_size", config.eval_batch_size)
     _positive("image_size", config.image_size)
     if config.image_size < 8:
         raise ConfigError(
             f"--image_size={config.image_size} is too small for a ResNet: use 8 or more "
             "(32 for CIFAR-size data, 224 for ImageNet)."
         )
-    _positive("steps_per_loop", config.steps_per_loop)
-    _positive("log_every_steps", config.log_every_steps)
-    _positive("keep_checkpoint_max", config.keep_checkpoint_max)
-    _positive("keep_hub_module_max", config.keep_hub_module_max)
-    _positive("proj_out_dim", config.proj_out_dim)
-    _positive("knn_k", config.knn_k)
-    _positive("width_multiplier", config.width_multiplier)
-    for name in (
-        "train_epochs",
-        "train_steps",
-        "eval_steps",
-        "checkpoint_epochs",
-        "checkpoint_steps",
-        "linear_eval_epochs",
-        "eval_timeout",
-        "num_cpu_devices",
-        "num_proj_layers",
-        "collective_timeout",
-        "num_classes",
-        "neighbour_images",
-        "projector_embeddings",
-    ):
-        _non_negative(name, getattr(config, name))
-    if config.projector_embeddings > MAX_PROJECTOR_EMBEDDINGS:
-        raise ConfigError(
-            f"--projector_embeddings={config.projector_embeddings} is too many: TensorBoard's "
-            f"sprite of their images would exceed 8192 px; use {MAX_PROJECTOR_EMBEDDINGS} "
-            "or fewer."
-        )
-    if (
-        config.train_steps == 0
-        and config.train_epochs == 0
-        and config.mode in ("train", "train_then_eval", "semi_supervised")
-    ):
-        raise ConfigError("Set --train_epochs or --train_steps to a positive number.")
-    for name in ("learning_rate", "sup_head_learning_rate", "temperature", "knn_temperature"):
-        value = getattr(config, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"--{name} must be a positive number, got {value}.")
-    for name in ("weight_decay", "warmup_epochs", "color_jitter_strength"):
-        value = getattr(config, name)
-        if value is None and name == "color_jitter_strength":
-            continue
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"--{name} must be >= 0, got {value}.")
-    if not 0.0 <= config.momentum < 1.0:
-        raise ConfigError(f"--momentum must be in [0, 1), got {config.momentum}.")
-    if not 0.0 < config.batch_norm_decay < 1.0:
-        raise ConfigError(f"--batch_norm_decay must be in (0, 1), got {config.batch_norm_decay}.")
-    if not 0.0 <= config.sk_ratio < 1.0 or not 0.0 <= config.se_ratio < 1.0:
-        raise ConfigError("--sk_ratio and --se_ratio must be in [0, 1) (0 turns them off).")
     if config.label_fraction is not None and not 0.0 < config.label_fraction <= 1.0:
         raise ConfigError(
             f"--label_fraction must be in (0, 1] (e.g. 0.01 or 0.1), got {config.label_fraction}."
         )
     if config.label_fraction is not None and config.label_ids_file:
         raise ConfigError("Give either --label_fraction or --label_ids_file, not both.")
-    if config.mode == "semi_supervised":
-        _validate_semi_supervised(config)
-    elif (
-        config.label_fraction is not None or config.label_ids_file
-    ) and config.train_mode not in SUPERVISED_TRAIN_MODES:
+    labelled = config.label_fraction is not None or config.label_ids_file
+    # (--mode=semi_supervised gives the labels to its fine-tuning stages: _check_recipe)
+    if (
+        labelled
+        and config.mode != "semi_supervised"
+        and config.train_mode not in SUPERVISED_TRAIN_MODES
+    ):
         raise ConfigError(
             "--label_fraction/--label_ids_file only apply to --train_mode=finetune (the "
             "labels it trains on) and distill (those its --distill_alpha term uses)."
         )
-    _validate_distillation(config)
-    if config.train_mode == "pretrain" and config.train_batch_size < 2:
-        raise ConfigError(
-            f"--train_batch_size={config.train_batch_size} gives the contrastive loss no "
-            "negatives (every other image of the batch is one): use 2 or more (SimCLR uses "
-            "256-4096)."
-        )
-    if config.linear_eval and config.linear_eval_epochs == 0:
-        raise ConfigError(
-            "--linear_eval_epochs=0 would report the accuracy of an untrained probe: give a "
-            "positive number of epochs, or --nolinear_eval to skip the linear probe."
-        )
-    evaluates = config.mode in ("eval", "train_then_eval", "semi_supervised") and (
+    evaluates = config.mode in EVALUATING_MODES and (
         config.knn_eval or config.linear_eval or config.random_init_baseline
     )
     if evaluates and config.eval_split == config.train_split:
@@ -117,6 +106,32 @@ def validate(config) -> None:
             "probe would be scored on the examples they were fit on (a kNN finds each image "
             "itself). Give a held-out split (e.g. --eval_split=test)."
         )
+
+
+def _check_augmentation(config) -> None:
+    if config.color_jitter_strength is not None:
+        _non_negative_number("color_jitter_strength", config.color_jitter_strength)
+    if (
+        config.use_blur
+        and config.augmentations
+        and "blur" not in config.augmentations.lower()
+        and config.augmentations.strip().lower() != "imagenet"
+    ):
+        raise ConfigError(
+            f"--use_blur only changes the default augmentations, but --augmentations="
+            f"{config.augmentations} is given: add 'blur' to that list (or drop --use_blur)."
+        )
+
+
+def _check_model(config) -> None:
+    _positive("proj_out_dim", config.proj_out_dim)
+    _positive("width_multiplier", config.width_multiplier)
+    _non_negative("num_proj_layers", config.num_proj_layers)
+    _non_negative("num_classes", config.num_classes)
+    if not 0.0 < config.batch_norm_decay < 1.0:
+        raise ConfigError(f"--batch_norm_decay must be in (0, 1), got {config.batch_norm_decay}.")
+    if not 0.0 <= config.sk_ratio < 1.0 or not 0.0 <= config.se_ratio < 1.0:
+        raise ConfigError("--sk_ratio and --se_ratio must be in [0, 1) (0 turns them off).")
     if config.ft_proj_selector < 0:
         raise ConfigError("--ft_proj_selector must be >= 0 (0: encoder output).")
     if config.proj_head_mode == "nonlinear" and config.num_proj_layers < 1:
@@ -132,6 +147,77 @@ def validate(config) -> None:
         raise ConfigError(
             "--fine_tune_after_block only applies to --train_mode=finetune or distill."
         )
+
+
+def _check_optimisation(config) -> None:
+    _positive("train_batch_size", config.train_batch_size)
+    _non_negative("train_epochs", config.train_epochs)
+    _non_negative("train_steps", config.train_steps)
+    if config.train_steps == 0 and config.train_epochs == 0 and config.mode in TRAINING_MODES:
+        raise ConfigError("Set --train_epochs or --train_steps to a positive number.")
+    for name in ("learning_rate", "sup_head_learning_rate", "temperature"):
+        _positive_number(name, getattr(config, name))
+    for name in ("weight_decay", "warmup_epochs"):
+        _non_negative_number(name, getattr(config, name))
+    if not 0.0 <= config.momentum < 1.0:
+        raise ConfigError(f"--momentum must be in [0, 1), got {config.momentum}.")
+    if config.train_mode == "pretrain" and config.train_batch_size < 2:
+        raise ConfigError(
+            f"--train_batch_size={config.train_batch_size} gives the contrastive loss no "
+            "negatives (every other image of the batch is one): use 2 or more (SimCLR uses "
+            "256-4096)."
+        )
+    if not (math.isfinite(config.distill_temperature) and config.distill_temperature > 0):
+        raise ConfigError(
+            f"--distill_temperature must be a positive number, got {config.distill_temperature}."
+        )
+    if not 0.0 <= config.distill_alpha <= 1.0:
+        raise ConfigError(
+            f"--distill_alpha must be in [0, 1] (0: pure distillation, 1: labels only), got "
+            f"{config.distill_alpha}."
+        )
+    if config.distill_alpha == 1.0 and config.train_mode == "distill":
+        raise ConfigError(
+            "--distill_alpha=1 ignores the teacher: that is fine-tuning on the labelled "
+            "examples (--train_mode=finetune). Use a value below 1."
+        )
+
+
+def _check_evaluation(config) -> None:
+    _positive("eval_batch_size", config.eval_batch_size)
+    _positive("knn_k", config.knn_k)
+    _positive_number("knn_temperature", config.knn_temperature)
+    for name in (
+        "eval_steps",
+        "linear_eval_epochs",
+        "eval_timeout",
+        "neighbour_images",
+        "projector_embeddings",
+    ):
+        _non_negative(name, getattr(config, name))
+    if config.projector_embeddings > MAX_PROJECTOR_EMBEDDINGS:
+        raise ConfigError(
+            f"--projector_embeddings={config.projector_embeddings} is too many: TensorBoard's "
+            f"sprite of their images would exceed 8192 px; use {MAX_PROJECTOR_EMBEDDINGS} "
+            "or fewer."
+        )
+    if config.linear_eval and config.linear_eval_epochs == 0:
+        raise ConfigError(
+            "--linear_eval_epochs=0 would report the accuracy of an untrained probe: give a "
+            "positive number of epochs, or --nolinear_eval to skip the linear probe."
+        )
+    if config.evaluates_checkpoint() and config.eval_timeout:
+        raise ConfigError(
+            "--eval_timeout waits for new checkpoints in --model_dir, but --mode=eval "
+            "--checkpoint evaluates the one model --checkpoint names: drop one of them."
+        )
+
+
+def _check_runtime(config) -> None:
+    for name in ("steps_per_loop", "log_every_steps", "keep_checkpoint_max", "keep_hub_module_max"):
+        _positive(name, getattr(config, name))
+    for name in ("checkpoint_epochs", "checkpoint_steps", "num_cpu_devices", "collective_timeout"):
+        _non_negative(name, getattr(config, name))
     if config.strategy == "tpu" and not (config.tpu_name or os.environ.get("TPU_NAME")):
         raise ConfigError("--strategy=tpu (or --use_tpu) needs --tpu_name (name or grpc address).")
     if config.num_cpu_devices and config.strategy != "mirrored":
@@ -141,40 +227,11 @@ def validate(config) -> None:
         raise ConfigError(
             f"--use_tpu contradicts --strategy={config.strategy}: give only one of them."
         )
-    if config.checkpoint and config.train_mode == "pretrain" and config.mode != "eval":
-        does = {
-            "export": "exports the newest checkpoint in --model_dir",
-            "preview": "uses no model",
-        }.get(config.mode, "pretrains, resuming from the checkpoints in --model_dir by itself")
-        raise ConfigError(
-            "--checkpoint only applies to --train_mode=finetune or distill (the weights to "
-            "start from) and to --mode=eval (that model's frozen features, evaluated on "
-            f"--dataset); --mode={config.mode} {does}. Drop --checkpoint, add "
-            "--train_mode=finetune, or use --mode=eval."
-        )
-    if config.evaluates_checkpoint() and config.eval_timeout:
-        raise ConfigError(
-            "--eval_timeout waits for new checkpoints in --model_dir, but --mode=eval "
-            "--checkpoint evaluates the one model --checkpoint names: drop one of them."
-        )
-    if config.random_init and (config.train_mode != "finetune" or config.checkpoint):
-        raise ConfigError(
-            "--random_init trains the supervised head and encoder from random weights: it "
-            "needs --train_mode=finetune and no --checkpoint."
-        )
-    if (
-        config.use_blur
-        and config.augmentations
-        and "blur" not in config.augmentations.lower()
-        and config.augmentations.strip().lower() != "imagenet"
-    ):
-        raise ConfigError(
-            f"--use_blur only changes the default augmentations, but --augmentations="
-            f"{config.augmentations} is given: add 'blur' to that list (or drop --use_blur)."
-        )
 
 
-def _validate_semi_supervised(config) -> None:
+def _check_recipe(config) -> None:
+    if config.mode != "semi_supervised":
+        return
     if config.label_fraction is None and not config.label_ids_file:
         raise ConfigError(
             "--mode=semi_supervised needs the labelled subset: --label_fraction (e.g. 0.1) "
@@ -195,33 +252,6 @@ def _validate_semi_supervised(config) -> None:
     _non_negative("semi_finetune_batch_size", config.semi_finetune_batch_size)
 
 
-def _validate_distillation(config) -> None:
-    if config.train_mode == "distill" and not config.teacher:
-        raise ConfigError(
-            "--train_mode=distill needs --teacher: the model_dir, checkpoint or export of "
-            "a network with a supervised head (e.g. a --train_mode=finetune run)."
-        )
-    if config.teacher and config.train_mode != "distill":
-        raise ConfigError(
-            f"--teacher only applies to --train_mode=distill (got --train_mode="
-            f"{config.train_mode}): add --train_mode=distill or drop --teacher."
-        )
-    if not (math.isfinite(config.distill_temperature) and config.distill_temperature > 0):
-        raise ConfigError(
-            f"--distill_temperature must be a positive number, got {config.distill_temperature}."
-        )
-    if not 0.0 <= config.distill_alpha <= 1.0:
-        raise ConfigError(
-            f"--distill_alpha must be in [0, 1] (0: pure distillation, 1: labels only), got "
-            f"{config.distill_alpha}."
-        )
-    if config.distill_alpha == 1.0 and config.train_mode == "distill":
-        raise ConfigError(
-            "--distill_alpha=1 ignores the teacher: that is fine-tuning on the labelled "
-            "examples (--train_mode=finetune). Use a value below 1."
-        )
-
-
 def _choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         valid = ", ".join(str(c) for c in choices)
@@ -235,4 +265,16 @@ def _positive(name: str, value: float) -> None:
 
 def _non_negative(name: str, value: float) -> None:
     if value is None or value < 0:
+        raise ConfigError(f"--{name} must be >= 0, got {value}.")
+
+
+def _positive_number(name: str, value: float) -> None:
+    """_positive for a float setting, which NaN and infinity also fail."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--{name} must be a positive number, got {value}.")
+
+
+def _non_negative_number(name: str, value: float) -> None:
+    """_non_negative for a float setting, which NaN and infinity also fail."""
+    if not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"--{name} must be >= 0, got {value}.")
