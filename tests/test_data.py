@@ -1,5 +1,6 @@
 """Tests of tf_simclr.data: sources, pipelines, label fractions, sharding, conversion, bad input."""
 
+import importlib.util
 import io
 import logging
 import os
@@ -71,22 +72,34 @@ def test_embedded_source_info_and_examples():
     assert set(labels) == set(range(10))
 
 
-def test_embedded_dataset_lives_inside_the_package():
-    """Found relative to the package (so an installed tf_simclr has it), not to the cwd."""
+def _generator():
+    """data/generate_embedded.py, the embedded dataset's generator (a script beside the data)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(D.__file__)), "..", "data")
+    spec = importlib.util.spec_from_file_location(
+        "generate_embedded", os.path.join(path, "generate_embedded.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_embedded_dataset_lives_in_the_top_level_data_folder():
+    """Found relative to the package (a checkout's data/ folder beside it; an installed wheel's
+    tf_simclr/embedded_data/, tests/test_packaging.py), not to the cwd."""
     import tf_simclr
 
     package = os.path.dirname(os.path.abspath(tf_simclr.__file__))
-    assert D.EMBEDDED_DIR == os.path.join(package, "data", "embedded")
+    assert D.EMBEDDED_DIR == os.path.join(os.path.dirname(package), "data")
     version_dir = os.path.join(D.EMBEDDED_DIR, "shapes10", "1.0.0")
     assert os.path.isfile(os.path.join(version_dir, "dataset_info.json"))
-    from tf_simclr.data import generate_embedded as G
+    G = _generator()
 
     # The generator writes to the same place by default.
     assert G.argument_parser().parse_args([]).out == D.EMBEDDED_DIR
 
 
 def test_embedded_generator_is_deterministic():
-    from tf_simclr.data import generate_embedded as G
+    G = _generator()
 
     a = G.make_image(np.random.default_rng(5), 3)
     b = G.make_image(np.random.default_rng(5), 3)

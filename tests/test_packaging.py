@@ -1,5 +1,6 @@
-"""The installable package: the wheel holds the embedded dataset, which the installed
-tf_simclr finds from any directory; its dependencies are requirements.txt's pins; the
+"""The installable package: the wheel holds the embedded dataset (the checkout's top-level
+data/ folder, installed as tf_simclr/embedded_data/), which the installed tf_simclr finds from
+any directory; pyproject.toml lists every package of the checkout; its dependencies are requirements.txt's pins; the
 `tf-simclr` console command resolves to the CLI. (.ci/run installs the wheel with its
 dependencies into a clean virtualenv and runs `tf-simclr --mode=preview` elsewhere.)"""
 
@@ -27,7 +28,8 @@ _SOURCES = (
     "requirements-hub.txt",
     "requirements-test.txt",
 )
-EMBEDDED = "tf_simclr/data/embedded/shapes10/1.0.0"
+SHIPPED_DATA = "data/shapes10/1.0.0"  # in the checkout
+EMBEDDED = "tf_simclr/embedded_data/shapes10/1.0.0"  # in the wheel
 
 
 def _pins(name: str) -> set[str]:
@@ -44,6 +46,9 @@ def _build_wheel(out_dir) -> str:
         os.path.join(ROOT, "tf_simclr"),
         src / "tf_simclr",
         ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copytree(
+        os.path.join(ROOT, "data"), src / "data", ignore=shutil.ignore_patterns("__pycache__")
     )
     for name in _SOURCES:
         shutil.copy(os.path.join(ROOT, name), src / name)
@@ -70,14 +75,15 @@ def test_wheel_holds_the_embedded_dataset_and_the_console_command(wheel):
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
         metadata = archive.read(f"{dist_info}/METADATA").decode()
-    shipped = sorted(os.listdir(os.path.join(ROOT, EMBEDDED)))
+    shipped = sorted(os.listdir(os.path.join(ROOT, SHIPPED_DATA)))
     assert len(shipped) == 5
     for name in shipped:
         assert f"{EMBEDDED}/{name}" in names
     for module in (
         "tf_simclr/cli.py",
         "tf_simclr/__main__.py",
-        "tf_simclr/data/generate_embedded.py",
+        "tf_simclr/embedded_data/generate_embedded.py",
+        "tf_simclr/embedded_data/README.md",
     ):
         assert module in names
     assert not any(n.startswith(("tests/", "bench/", "examples/")) for n in names)
@@ -133,7 +139,7 @@ def test_installed_package_finds_the_embedded_dataset_from_another_directory(whe
     assert proc.returncode == 0, proc.stderr[-3000:]
     package_file, embedded_dir, sizes = proc.stdout.splitlines()[-3:]
     assert package_file == str(installed / "tf_simclr" / "__init__.py")  # not the checkout
-    assert embedded_dir == str(installed / "tf_simclr" / "data" / "embedded")
+    assert embedded_dir == str(installed / "tf_simclr" / "embedded_data")
     assert sizes == "5000 1000"
 
 
@@ -171,3 +177,19 @@ def test_pip_installed_command_runs_from_another_directory(wheel, tmp_path):
     assert f"augmentation preview   {model_dir / 'preview.png'}" in proc.stdout
     assert os.path.getsize(model_dir / "preview.png") > 1000
     assert "cuInit" not in proc.stderr and "absl::InitializeLog" not in proc.stderr
+
+
+def test_pyproject_lists_every_package_of_the_checkout():
+    """The wheel's packages are listed by hand (data/ is mapped onto tf_simclr.embedded_data):
+    a new subpackage missing from the list would be left out of the wheel."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        setuptools_table = tomllib.load(f)["tool"]["setuptools"]
+    found = {
+        os.path.relpath(directory, ROOT).replace(os.sep, ".")
+        for directory, _, files in os.walk(os.path.join(ROOT, "tf_simclr"))
+        if "__init__.py" in files
+    }
+    assert set(setuptools_table["packages"]) == found | {"tf_simclr.embedded_data"}
+    assert setuptools_table["package-dir"] == {"tf_simclr.embedded_data": "data"}

@@ -2,8 +2,9 @@
 
 Sources (``load_source``): a TFDS dataset by name (prepared in ``data_dir``; nothing is
 downloaded), a TFDS-format directory, an image folder ``root/<split>/<class>/*.jpg``, or
-``"embedded"``: the small dataset shipped inside the package (``tf_simclr/data/embedded/``,
-``EMBEDDED_DIR``; written by ``python -m tf_simclr.data.generate_embedded``).
+``"embedded"``: the small dataset shipped with the package (the project's ``data/`` folder,
+installed as ``tf_simclr/embedded_data/``; ``EMBEDDED_DIR``; written by
+``data/generate_embedded.py``).
 
 Pipelines: ``build_pretrain_dataset`` (two augmented views per image), ``build_eval_dataset``
 (central crop, single pass), ``build_finetune_dataset`` (crop + flip, optional label

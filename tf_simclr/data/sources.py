@@ -20,9 +20,20 @@ from tf_simclr.data.folders import (
 
 DEFAULT_DATASET = "embedded"
 EMBEDDED_NAME = "shapes10"
-# Inside the package (tf_simclr/data/embedded/), found relative to this file whatever the
-# working directory.
-EMBEDDED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _embedded_dir() -> str:
+    # The dataset lives in the project's top-level data/ folder. The wheel installs that folder
+    # as the package tf_simclr/embedded_data/ (pyproject.toml), so an installed tf_simclr finds
+    # it inside itself and a checkout beside the package, whatever the working directory.
+    installed = os.path.join(_PACKAGE_DIR, "embedded_data")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(_PACKAGE_DIR), "data")
+
+
+EMBEDDED_DIR = _embedded_dir()
 
 
 @dataclasses.dataclass
@@ -219,8 +230,8 @@ def _open_raw(
         if vdir is None:
             raise FileNotFoundError(
                 f"The embedded dataset is missing from {EMBEDDED_DIR!r} (an installation "
-                "without its package data?). Reinstall tf_simclr, or regenerate it with "
-                "`python -m tf_simclr.data.generate_embedded`."
+                "without its package data?). Reinstall tf_simclr, or regenerate it from a checkout "
+                "with `python data/generate_embedded.py`."
             )
         return _tfds_raw(_builder_from_dir(vdir), split, "embedded", "embedded", input_context, *sh)
     path = os.path.expanduser(dataset)

@@ -8,11 +8,13 @@ rotation and stroke thickness, a few small distractor dots, and mild pixel noise
 convolutional features mostly see the colours, so they cluster the data badly; the augmentations
 SimCLR learns invariances to (crop, colour jitter, grayscale) leave the shape as the signal.
 
-From any directory (the default output is the package's own copy, tf_simclr/data/embedded/):
+From a checkout (the default output is the project's data/ folder, the dataset's home; an
+installed tf_simclr holds the same file as tf_simclr/embedded_data/generate_embedded.py and runs
+it as `python -m tf_simclr.embedded_data.generate_embedded`):
 
-    python -m tf_simclr.data.generate_embedded          # writes embedded/shapes10/1.0.0/
-    python -m tf_simclr.data.generate_embedded --check  # also prints nearest-neighbour baselines
-    python -m tf_simclr.data.generate_embedded --out=/tmp/shapes  # somewhere else
+    python data/generate_embedded.py          # writes data/shapes10/1.0.0/
+    python data/generate_embedded.py --check  # also prints nearest-neighbour baselines
+    python data/generate_embedded.py --out=/tmp/shapes  # somewhere else
 
 The output depends only on the seed and the code: NumPy's PCG64 generator drives every random
 choice and Pillow draws the shapes at 4x resolution before an antialiased downsample.
@@ -23,11 +25,16 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
+import sys
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tf_simclr.data.sources import EMBEDDED_DIR
+if __package__ in (None, ""):  # run as a script from a checkout: the package sits beside data/
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tf_simclr.data.sources import EMBEDDED_DIR  # noqa: E402
 
 CLASS_NAMES = (
     "disk",
@@ -279,12 +286,12 @@ def _knn_check():
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    """The command line of `python -m tf_simclr.data.generate_embedded`."""
+    """The command line of `python data/generate_embedded.py`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--out",
         default=EMBEDDED_DIR,
-        help="root of the TFDS-format output (default: the package's copy, %(default)s)",
+        help="root of the TFDS-format output (default: the shipped copy, %(default)s)",
     )
     parser.add_argument("--check", action="store_true", help="print kNN baselines too")
     parser.add_argument("--check-only", action="store_true", help="only print kNN baselines")
