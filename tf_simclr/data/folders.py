@@ -23,6 +23,8 @@ _CONVERT_EXTENSIONS = IMAGE_EXTENSIONS + (".tif", ".tiff", ".ppm", ".pgm", ".pbm
 _MAX_LOGGED = 5
 # Folder names that mean a split, not a class (images directly inside one are misplaced).
 _SPLIT_NAMES = ("train", "test", "validation", "val", "valid", "eval")
+# The layouts an image folder may have, as error messages name them.
+_LAYOUT = "root/<split>/<class>/*.jpg (or root/<class>/*.jpg for a folder without splits)"
 
 
 def _is_image_name(name: str, exts=IMAGE_EXTENSIONS) -> bool:
@@ -146,39 +148,7 @@ def check_image_folder(root: str, splits: Sequence[str] = ("train",)) -> tuple[s
     (``list_image_folder``).
     """
     root = os.path.expanduser(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"Image folder {root!r} does not exist. Pass an existing directory laid out as "
-            "root/<split>/<class>/*.jpg."
-        )
-    layout = "root/<split>/<class>/*.jpg (or root/<class>/*.jpg for a folder without splits)"
-    stray = _image_names(root)
-    if stray:
-        raise ValueError(
-            f"{len(stray)} image(s) lie directly in the image folder {root!r} (e.g. "
-            f"{stray[0]!r}), where they would be ignored. Move them into class folders: {layout}."
-        )
-    splits_found = _folder_splits(root)
-    if not splits_found:
-        raise ValueError(
-            f"Image folder {root!r} is empty: expected root/<split>/<class>/*.jpg (e.g. "
-            "root/train/cat/0001.jpg). Add images or point to the right directory."
-        )
-    top = _subdirs(root)
-    if splits_found == {"train": root}:
-        with_images = [d for d in top if _image_names(os.path.join(root, d))]
-        if set(with_images) <= set(_SPLIT_NAMES):
-            raise ValueError(
-                f"Images lie directly in the split folder(s) {with_images} of {root!r}, which "
-                "would be read as one split with those folders as classes. Put them into class "
-                f"folders, e.g. {os.path.join(root, with_images[0], '<class>')}/: {layout}."
-            )
-        nested = [d for d in top if d not in with_images and _subdirs(os.path.join(root, d))]
-        if nested:
-            raise ValueError(
-                f"Image folder {root!r} mixes class folders (e.g. {with_images[0]!r} holds "
-                f"images) with folders of folders (e.g. {nested[0]!r}). Use one layout: {layout}."
-            )
+    splits_found = _check_folder_layout(root)
     for split in splits:
         if split not in splits_found:
             raise ValueError(
@@ -189,32 +159,82 @@ def check_image_folder(root: str, splits: Sequence[str] = ("train",)) -> tuple[s
     classes = sorted({c for d in splits_found.values() for c in _subdirs(d)})
     train_classes = set(_subdirs(splits_found["train"])) if "train" in splits_found else None
     for split in splits:
-        split_dir = splits_found[split]
-        split_classes = _subdirs(split_dir)
-        counts = {c: len(_image_names(os.path.join(split_dir, c))) for c in split_classes}
-        if not sum(counts.values()):
-            raise ValueError(
-                f"No readable images in {split_dir!r} (classes found: {split_classes or 'none'}). "
-                f"Expected files with extensions {', '.join(IMAGE_EXTENSIONS)} in class "
-                "subfolders."
-            )
-        empty = [c for c, n in counts.items() if n == 0]
-        if empty:
-            raise ValueError(
-                f"Class folder {os.path.join(split_dir, empty[0])!r} has no images"
-                f"{f' (nor do {empty[1:]})' if len(empty) > 1 else ''}: add images with "
-                f"extensions {', '.join(IMAGE_EXTENSIONS)} or remove the folder (an empty "
-                "class is one the model never sees)."
-            )
-        if train_classes is not None and split != "train":
-            extra = sorted(set(split_classes) - train_classes)
-            if extra:
-                raise ValueError(
-                    f"Split {split!r} of {root!r} has class folder(s) {extra} that 'train' "
-                    "lacks: a model trained on 'train' cannot predict them. Add training "
-                    f"images for them or remove them from {split!r}."
-                )
+        _check_split_classes(root, split, splits_found[split], train_classes)
     return tuple(classes)
+
+
+def _check_folder_layout(root: str) -> dict[str, str]:
+    """The splits of the image folder ``root`` ({split: directory}) after checking that it
+    exists, holds no stray images and uses one layout (with or without split folders)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"Image folder {root!r} does not exist. Pass an existing directory laid out as "
+            "root/<split>/<class>/*.jpg."
+        )
+    stray = _image_names(root)
+    if stray:
+        raise ValueError(
+            f"{len(stray)} image(s) lie directly in the image folder {root!r} (e.g. "
+            f"{stray[0]!r}), where they would be ignored. Move them into class folders: {_LAYOUT}."
+        )
+    splits_found = _folder_splits(root)
+    if not splits_found:
+        raise ValueError(
+            f"Image folder {root!r} is empty: expected root/<split>/<class>/*.jpg (e.g. "
+            "root/train/cat/0001.jpg). Add images or point to the right directory."
+        )
+    if splits_found == {"train": root}:
+        _check_flat_layout(root)
+    return splits_found
+
+
+def _check_flat_layout(root: str) -> None:
+    """A folder without split folders: its top folders must all be class folders of images."""
+    top = _subdirs(root)
+    with_images = [d for d in top if _image_names(os.path.join(root, d))]
+    if set(with_images) <= set(_SPLIT_NAMES):
+        raise ValueError(
+            f"Images lie directly in the split folder(s) {with_images} of {root!r}, which "
+            "would be read as one split with those folders as classes. Put them into class "
+            f"folders, e.g. {os.path.join(root, with_images[0], '<class>')}/: {_LAYOUT}."
+        )
+    nested = [d for d in top if d not in with_images and _subdirs(os.path.join(root, d))]
+    if nested:
+        raise ValueError(
+            f"Image folder {root!r} mixes class folders (e.g. {with_images[0]!r} holds "
+            f"images) with folders of folders (e.g. {nested[0]!r}). Use one layout: {_LAYOUT}."
+        )
+
+
+def _check_split_classes(
+    root: str, split: str, split_dir: str, train_classes: set[str] | None
+) -> None:
+    """Every class folder of the split holds images, and (unless it is "train") no class is
+    missing from ``train_classes`` (None: the folder has no "train" split)."""
+    split_classes = _subdirs(split_dir)
+    counts = {c: len(_image_names(os.path.join(split_dir, c))) for c in split_classes}
+    if not sum(counts.values()):
+        raise ValueError(
+            f"No readable images in {split_dir!r} (classes found: {split_classes or 'none'}). "
+            f"Expected files with extensions {', '.join(IMAGE_EXTENSIONS)} in class "
+            "subfolders."
+        )
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise ValueError(
+            f"Class folder {os.path.join(split_dir, empty[0])!r} has no images"
+            f"{f' (nor do {empty[1:]})' if len(empty) > 1 else ''}: add images with "
+            f"extensions {', '.join(IMAGE_EXTENSIONS)} or remove the folder (an empty "
+            "class is one the model never sees)."
+        )
+    if train_classes is not None and split != "train":
+        extra = sorted(set(split_classes) - train_classes)
+        if extra:
+            raise ValueError(
+                f"Split {split!r} of {root!r} has class folder(s) {extra} that 'train' "
+                "lacks: a model trained on 'train' cannot predict them. Add training "
+                f"images for them or remove them from {split!r}."
+            )
 
 
 def _list_split(

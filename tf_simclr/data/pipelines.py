@@ -74,68 +74,93 @@ def _augmented(
         brightness=brightness,
         blur_per_image=blur_per_image,
     )
-
-    def view_seeds(i):
-        # Per-example view seeds, the same on both per-image routes below.
-        s = _fold(_fold(seed, i), 7)
-        return [_fold(s, v) for v in range(num_views)]
-
-    def as_dict(outs, labels):
-        labels = tf.cast(labels, tf.int32)
-        if num_views == 2:
-            return {"view1": outs[0], "view2": outs[1], "label": labels}
-        return {"image": outs[0], "label": labels}
-
+    batching = dict(per_replica=per_replica, drop_remainder=drop_remainder)
+    first_example = int(start_batch) * per_replica
     src_side = max(info.image_shape[0] or 10**6, info.image_shape[1] or 10**6)
     if info.fixed_size and max(src_side, image_size) <= 64:
-        # Small fixed-size images (CIFAR-like): augment whole batches with vectorised kernels.
-        ds = ds.batch(per_replica, drop_remainder=drop_remainder)
-
-        def views(i, batch):
-            images, labels = batch
-            # All views of the batch in one call: every row gets its own random draws.
-            stacked = tf.concat([images] * num_views, axis=0)
-            out = augment.augment_batch(stacked, _fold(seed, i), **kw)
-            return tf.split(out, num_views, axis=0) if num_views > 1 else [out], labels
-
+        ds, views = _augment_batches_whole(ds, kw, seed, num_views, **batching)
     elif augment.has_crop_stage(ops):
-        # Large or variable-size images (ImageNet-like), crop first: a parallel map cuts and
-        # resizes each view's crop from the full-size image (the only per-image work that
-        # needs the source), then the per-pixel rest of each batch runs in one XLA call.
-        kw_crop = {k: v for k, v in kw.items() if k != "blur_per_image"}
-
-        def crops(i, example):
-            image, label = example
-            return tuple(
-                augment.augment_single_crop(image, s, **kw_crop) for s in view_seeds(i)
-            ), label
-
-        ds = _map(_enumerate(ds, int(start_batch) * per_replica), crops)
-        ds = ds.batch(per_replica, drop_remainder=drop_remainder)
-
-        def views(i, batch):
-            stages, labels = batch
-            return [
-                augment.augment_finish_batch(x, p, brightness=brightness) for x, p in stages
-            ], labels
-
+        ds, views = _augment_crops_first(ds, kw, seed, num_views, first_example, **batching)
     else:
-        # Other compositions on large or variable-size images: one image per call in a
-        # parallel map, cropping from the full-size image and running only the operations
-        # drawn; the map emits the final dict so batching is the only copy.
-        def per_image(i, example):
-            image, label = example
-            return as_dict([augment.augment_single(image, s, **kw) for s in view_seeds(i)], label)
-
-        return _map(_enumerate(ds, int(start_batch) * per_replica), per_image).batch(
-            per_replica, drop_remainder=drop_remainder
-        )
+        return _augment_per_image(ds, kw, seed, num_views, first_example, **batching)
 
     def pack(i, batch):
-        return as_dict(*views(i, batch))
+        return _views_dict(*views(i, batch), num_views=num_views)
 
     # XLA kernels run on the calling thread, so keep one batch per core in flight.
     return _map(_enumerate(ds, int(start_batch)), pack, parallel=max(2, os.cpu_count() or 2))
+
+
+# The three routes of _augmented. Each draws its randomness from ``seed`` folded with the
+# batch index (whole batches) or the example index (per image), so a route's numbers depend
+# only on the seed and the position in the stream.
+def _augment_batches_whole(ds, kw, seed, num_views, *, per_replica, drop_remainder):
+    """Small fixed-size images (CIFAR-like): batches, then (batch index, batch) ->
+    (views, labels) augmenting whole batches with vectorised kernels."""
+    ds = ds.batch(per_replica, drop_remainder=drop_remainder)
+
+    def views(i, batch):
+        images, labels = batch
+        # All views of the batch in one call: every row gets its own random draws.
+        stacked = tf.concat([images] * num_views, axis=0)
+        out = augment.augment_batch(stacked, _fold(seed, i), **kw)
+        return tf.split(out, num_views, axis=0) if num_views > 1 else [out], labels
+
+    return ds, views
+
+
+def _augment_crops_first(ds, kw, seed, num_views, first_example, *, per_replica, drop_remainder):
+    """Large or variable-size images (ImageNet-like), crop first: a parallel map cuts and
+    resizes each view's crop from the full-size image (the only per-image work that needs the
+    source), then batches; the returned (batch index, batch) -> (views, labels) runs the
+    per-pixel rest of each batch in one XLA call."""
+    kw_crop = {k: v for k, v in kw.items() if k != "blur_per_image"}
+
+    def crops(i, example):
+        image, label = example
+        return tuple(
+            augment.augment_single_crop(image, s, **kw_crop)
+            for s in _view_seeds(seed, i, num_views)
+        ), label
+
+    ds = _map(_enumerate(ds, first_example), crops)
+    ds = ds.batch(per_replica, drop_remainder=drop_remainder)
+
+    def views(i, batch):
+        stages, labels = batch
+        return [
+            augment.augment_finish_batch(x, p, brightness=kw["brightness"]) for x, p in stages
+        ], labels
+
+    return ds, views
+
+
+def _augment_per_image(ds, kw, seed, num_views, first_example, *, per_replica, drop_remainder):
+    """Other compositions on large or variable-size images: one image per call in a parallel
+    map, cropping from the full-size image and running only the operations drawn; the map
+    emits the final dict so batching is the only copy. Returns the batched dataset."""
+
+    def per_image(i, example):
+        image, label = example
+        outs = [augment.augment_single(image, s, **kw) for s in _view_seeds(seed, i, num_views)]
+        return _views_dict(outs, label, num_views=num_views)
+
+    return _map(_enumerate(ds, first_example), per_image).batch(
+        per_replica, drop_remainder=drop_remainder
+    )
+
+
+def _view_seeds(seed: tf.Tensor, i, num_views: int) -> list[tf.Tensor]:
+    # Per-example view seeds, the same on both per-image routes.
+    s = _fold(_fold(seed, i), 7)
+    return [_fold(s, v) for v in range(num_views)]
+
+
+def _views_dict(outs, labels, *, num_views: int) -> dict:
+    labels = tf.cast(labels, tf.int32)
+    if num_views == 2:
+        return {"view1": outs[0], "view2": outs[1], "label": labels}
+    return {"image": outs[0], "label": labels}
 
 
 def build_dataset(
@@ -180,6 +205,68 @@ def build_dataset(
     ops, strength = augment.resolve_augmentations(augmentations, color_jitter_strength)
     _check_size(image_size)
     per_replica = _per_replica_batch(batch_size, input_context)
+    ds, info = _load_examples(
+        dataset,
+        split=split,
+        data_dir=data_dir,
+        input_context=input_context,
+        strict=strict,
+        training=training,
+        seed=seed,
+        choose_examples=choose_examples,
+        labelled_ids=labelled_ids,
+    )
+    if not training:
+        return _eval_batches(ds, image_size, per_replica, _should_cache(cache, info, split)), info
+    ds = _map(ds, lambda d: (d["image"], d["label"]), parallel=False)
+    if _should_cache(cache, info, split):
+        ds = ds.cache()
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = _augmented(
+        ds,
+        info,
+        per_replica=per_replica,
+        image_size=image_size,
+        ops=ops,
+        strength=strength,
+        seed=_base_seed(seed, input_context),
+        num_views=num_views,
+        brightness=brightness,
+        blur_per_image=blur_per_image,
+        drop_remainder=True,
+        start_batch=start_batch,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE), info
+
+
+def _eval_batches(ds, image_size: int, per_replica: int, cache: bool) -> tf.data.Dataset:
+    """One pass of {"image", "label"} batches with the evaluation preprocessing."""
+    ds = _map(
+        ds,
+        lambda d: {
+            "image": augment.preprocess_for_eval(d["image"], image_size),
+            "label": tf.cast(d["label"], tf.int32),
+        },
+    )
+    if cache:
+        ds = ds.cache()
+    return ds.batch(per_replica, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+
+
+def _load_examples(
+    dataset: str,
+    *,
+    split: str,
+    data_dir: str | None,
+    input_context,
+    strict: bool,
+    training: bool,
+    seed: int,
+    choose_examples,
+    labelled_ids,
+) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """The split's chosen examples as {"image", "label"} (labels outside ``labelled_ids``
+    hidden), files shuffled when training; ``info`` counts the examples kept."""
     indices = choose_examples() if choose_examples is not None else None
     keep_labels = labelled_ids() if labelled_ids is not None else None
     ds, info = load_source(
@@ -197,36 +284,7 @@ def build_dataset(
         ds = _map(ds, _label_only(keep_labels))
     if indices is not None:
         info = dataclasses.replace(info, num_examples={**info.num_examples, split: len(indices)})
-    if training:
-        ds = _map(ds, lambda d: (d["image"], d["label"]), parallel=False)
-    else:
-        ds = _map(
-            ds,
-            lambda d: {
-                "image": augment.preprocess_for_eval(d["image"], image_size),
-                "label": tf.cast(d["label"], tf.int32),
-            },
-        )
-    if _should_cache(cache, info, split):
-        ds = ds.cache()
-    if not training:
-        return ds.batch(per_replica, drop_remainder=False).prefetch(tf.data.AUTOTUNE), info
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = _augmented(
-        ds,
-        info,
-        per_replica=per_replica,
-        image_size=image_size,
-        ops=ops,
-        strength=strength,
-        seed=_base_seed(seed, input_context),
-        num_views=num_views,
-        brightness=brightness,
-        blur_per_image=blur_per_image,
-        drop_remainder=True,
-        start_batch=start_batch,
-    )
-    return ds.prefetch(tf.data.AUTOTUNE), info
+    return ds, info
 
 
 def build_pretrain_dataset(

@@ -78,69 +78,68 @@ class ResidualBlock(_BNConfigMixin, keras.layers.Layer):
         self.bottleneck = bottleneck
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
-        out_filters = 4 * filters if bottleneck else filters
-        self.out_filters = out_filters
-
-        self.shortcut_pad = None
-        self.shortcut_pool = None
-        self.shortcut_conv = None
-        self.shortcut_bn = None
-        if use_projection:
-            if sk_ratio > 0:
-                # ResNet-D: average-pool then 1x1 stride-1 conv, so no activation is skipped.
-                if strides > 1:
-                    # Pad (0, 1) first, as the reference, so odd sizes give ceil(n / s) rows.
-                    self.shortcut_pad = keras.layers.ZeroPadding2D(((0, 1), (0, 1)))
-                    self.shortcut_pool = keras.layers.AveragePooling2D(
-                        pool_size=2, strides=strides, padding="valid", name="shortcut_pool"
-                    )
-                else:
-                    self.shortcut_pool = keras.layers.AveragePooling2D(
-                        pool_size=2, strides=1, padding="same", name="shortcut_pool"
-                    )
-                self.shortcut_conv = FixedPaddingConv2D(out_filters, 1, 1, name="shortcut_conv")
-            else:
-                self.shortcut_conv = FixedPaddingConv2D(
-                    out_filters, 1, strides, name="shortcut_conv"
-                )
-            self.shortcut_bn = self._bn("shortcut_batch_normalization")
-
-        self.layers_seq = []  # (layer, kind) with kind in {"conv", "bn_relu", "bn", "sk"}
-        if bottleneck:
-            self.layers_seq += [
-                (FixedPaddingConv2D(filters, 1, 1, name="conv1"), "conv"),
-                (self._bn("bn1_batch_normalization"), "bn_relu"),
-            ]
-            if sk_ratio > 0:
-                self.layers_seq.append(
-                    (
-                        SelectiveKernel(
-                            filters, strides, sk_ratio, name="sk2", **self._bn_config()
-                        ),
-                        "sk",
-                    )
-                )
-            else:
-                self.layers_seq += [
-                    (FixedPaddingConv2D(filters, 3, strides, name="conv2"), "conv"),
-                    (self._bn("bn2_batch_normalization"), "bn_relu"),
-                ]
-            self.layers_seq += [
-                (FixedPaddingConv2D(out_filters, 1, 1, name="conv3"), "conv"),
-                (self._bn("bn3_batch_normalization", gamma_zero=True), "bn"),
-            ]
-        else:
-            self.layers_seq += [
-                (FixedPaddingConv2D(filters, 3, strides, name="conv1"), "conv"),
-                (self._bn("bn1_batch_normalization"), "bn_relu"),
-                (FixedPaddingConv2D(filters, 3, 1, name="conv2"), "conv"),
-                (self._bn("bn2_batch_normalization", gamma_zero=True), "bn"),
-            ]
+        self.out_filters = 4 * filters if bottleneck else filters
+        self._make_shortcut()
+        self.layers_seq = self._make_residual_path()
         # Keep sublayers tracked by Keras (a list of tuples is not auto-tracked).
         self.block_layers = [layer for layer, _ in self.layers_seq]
         self.se = None
         if se_ratio > 0:
             self.se = SqueezeExcite(max(1, int(filters * se_ratio)), name="se")
+
+    def _make_shortcut(self):
+        """The projection shortcut's layers (all None without projection)."""
+        self.shortcut_pad = None
+        self.shortcut_pool = None
+        self.shortcut_conv = None
+        self.shortcut_bn = None
+        if not self.use_projection:
+            return
+        if self.sk_ratio > 0:
+            # ResNet-D: average-pool then 1x1 stride-1 conv, so no activation is skipped.
+            if self.strides > 1:
+                # Pad (0, 1) first, as the reference, so odd sizes give ceil(n / s) rows.
+                self.shortcut_pad = keras.layers.ZeroPadding2D(((0, 1), (0, 1)))
+                self.shortcut_pool = keras.layers.AveragePooling2D(
+                    pool_size=2, strides=self.strides, padding="valid", name="shortcut_pool"
+                )
+            else:
+                self.shortcut_pool = keras.layers.AveragePooling2D(
+                    pool_size=2, strides=1, padding="same", name="shortcut_pool"
+                )
+            self.shortcut_conv = FixedPaddingConv2D(self.out_filters, 1, 1, name="shortcut_conv")
+        else:
+            self.shortcut_conv = FixedPaddingConv2D(
+                self.out_filters, 1, self.strides, name="shortcut_conv"
+            )
+        self.shortcut_bn = self._bn("shortcut_batch_normalization")
+
+    def _make_residual_path(self) -> list:
+        """The residual branch as (layer, kind), kind in {"conv", "bn_relu", "bn", "sk"}."""
+        filters, strides = self.filters, self.strides
+        if not self.bottleneck:
+            return [
+                (FixedPaddingConv2D(filters, 3, strides, name="conv1"), "conv"),
+                (self._bn("bn1_batch_normalization"), "bn_relu"),
+                (FixedPaddingConv2D(filters, 3, 1, name="conv2"), "conv"),
+                (self._bn("bn2_batch_normalization", gamma_zero=True), "bn"),
+            ]
+        layers = [
+            (FixedPaddingConv2D(filters, 1, 1, name="conv1"), "conv"),
+            (self._bn("bn1_batch_normalization"), "bn_relu"),
+        ]
+        if self.sk_ratio > 0:
+            sk = SelectiveKernel(filters, strides, self.sk_ratio, name="sk2", **self._bn_config())
+            layers.append((sk, "sk"))
+        else:
+            layers += [
+                (FixedPaddingConv2D(filters, 3, strides, name="conv2"), "conv"),
+                (self._bn("bn2_batch_normalization"), "bn_relu"),
+            ]
+        return layers + [
+            (FixedPaddingConv2D(self.out_filters, 1, 1, name="conv3"), "conv"),
+            (self._bn("bn3_batch_normalization", gamma_zero=True), "bn"),
+        ]
 
     def build(self, input_shape):
         if self.use_projection:
@@ -400,20 +399,10 @@ def build_resnet(
     The model also carries ``layer_groups``: an ordered dict ``{"stem": [...], "block_group1":
     [...], ...}`` of layers, used for ``fine_tune_after_block``.
     """
-    if depth not in RESNET_LAYERS:
-        raise ValueError(
-            f"Unsupported ResNet depth {depth!r}; choose one of {sorted(RESNET_LAYERS)}."
-        )
-    if not width_multiplier or width_multiplier <= 0:
-        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}.")
-    if sk_ratio < 0 or se_ratio < 0:
-        raise ValueError(f"sk_ratio and se_ratio must be >= 0, got {sk_ratio}, {se_ratio}.")
-    if len(input_shape) != 3 or input_shape[-1] is None:
-        raise ValueError(f"input_shape must be (H, W, C) with known C, got {input_shape!r}.")
+    _check_resnet_arguments(depth, width_multiplier, sk_ratio, se_ratio, input_shape)
     if cifar_stem is None:
         h, w = input_shape[0], input_shape[1]
         cifar_stem = h is not None and w is not None and max(h, w) <= CIFAR_STEM_MAX_SIZE
-    bottleneck, blocks = RESNET_LAYERS[depth]
     bn_kw = dict(
         batch_norm_decay=batch_norm_decay,
         batch_norm_epsilon=batch_norm_epsilon,
@@ -425,6 +414,43 @@ def build_resnet(
         name = f"resnet{depth}_{wm}x" + ("_sk" if sk_ratio > 0 else "")
 
     inputs = keras.Input(shape=tuple(input_shape), name="images")
+    outputs, groups = _resnet_trunk(
+        inputs, depth, width_multiplier, cifar_stem, sk_ratio, se_ratio, bn_kw
+    )
+    model = keras.Model(inputs, outputs, name=name)
+    # object.__setattr__: keep Keras from tracking the layers a second time via this dict.
+    object.__setattr__(model, "layer_groups", groups)
+    object.__setattr__(
+        model,
+        "resnet_config",
+        dict(
+            depth=depth,
+            width_multiplier=width_multiplier,
+            cifar_stem=cifar_stem,
+            sk_ratio=sk_ratio,
+            se_ratio=se_ratio,
+            **bn_kw,
+        ),
+    )
+    return model
+
+
+def _check_resnet_arguments(depth, width_multiplier, sk_ratio, se_ratio, input_shape) -> None:
+    if depth not in RESNET_LAYERS:
+        raise ValueError(
+            f"Unsupported ResNet depth {depth!r}; choose one of {sorted(RESNET_LAYERS)}."
+        )
+    if not width_multiplier or width_multiplier <= 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}.")
+    if sk_ratio < 0 or se_ratio < 0:
+        raise ValueError(f"sk_ratio and se_ratio must be >= 0, got {sk_ratio}, {se_ratio}.")
+    if len(input_shape) != 3 or input_shape[-1] is None:
+        raise ValueError(f"input_shape must be (H, W, C) with known C, got {input_shape!r}.")
+
+
+def _resnet_trunk(inputs, depth, width_multiplier, cifar_stem, sk_ratio, se_ratio, bn_kw):
+    """Stem, four block groups and average pool on ``inputs``: (endpoints, layer groups)."""
+    bottleneck, blocks = RESNET_LAYERS[depth]
     stem_conv = StemConv(
         _scaled(64, width_multiplier),
         cifar_stem=cifar_stem,
@@ -456,22 +482,7 @@ def build_resnet(
         outputs[f"block_group{i + 1}"] = x
         groups[f"block_group{i + 1}"] = [group]
     outputs["final_avg_pool"] = keras.layers.GlobalAveragePooling2D(name="final_avg_pool")(x)
-    model = keras.Model(inputs, outputs, name=name)
-    # object.__setattr__: keep Keras from tracking the layers a second time via this dict.
-    object.__setattr__(model, "layer_groups", groups)
-    object.__setattr__(
-        model,
-        "resnet_config",
-        dict(
-            depth=depth,
-            width_multiplier=width_multiplier,
-            cifar_stem=cifar_stem,
-            sk_ratio=sk_ratio,
-            se_ratio=se_ratio,
-            **bn_kw,
-        ),
-    )
-    return model
+    return outputs, groups
 
 
 def layer_groups(encoder) -> dict | None:

@@ -70,8 +70,30 @@ def _shape(variables, path) -> tuple[int, ...]:
 
 def infer_architecture(source: ReferenceSource) -> Architecture:
     """The reference network of `source`, read from its variables' places and shapes."""
+    found = {}  # each _infer_* step records here how it found its part
+    depth = _infer_depth(source, found)
+    width, cifar, resnet_d = _infer_stem(source.variables, found)
+    sk_ratio = _infer_selective_kernels(source, resnet_d, found)
+    num_layers, out_dim = _infer_projection_head(source, found)
+    num_classes, selector, train_mode = _infer_supervised_head(source, num_layers, found)
+    return Architecture(
+        resnet_depth=depth,
+        width_multiplier=width,
+        sk_ratio=sk_ratio,
+        cifar_stem=cifar,
+        proj_head_mode="nonlinear" if num_layers else "none",
+        num_proj_layers=num_layers,
+        proj_out_dim=int(out_dim),
+        num_classes=int(num_classes) if num_classes else None,
+        ft_proj_selector=selector,
+        train_mode=train_mode,
+        found=found,
+    )
+
+
+def _infer_depth(source: ReferenceSource, found: dict) -> int:
+    """The ResNet depth whose block kind and blocks per group the source has."""
     v = source.variables
-    found = {}
     blocks = tuple(_blocks_per_group(v))
     bottleneck = any("/conv_relu_dropblock_layers/" in p for p in v)
     depth = next(
@@ -85,7 +107,11 @@ def infer_architecture(source: ReferenceSource) -> Architecture:
             f"({', '.join(str(d) for d in RESNET_LAYERS)})."
         )
     found["resnet_depth"] = f"{list(blocks)} {'bottleneck' if bottleneck else 'basic'} blocks"
+    return depth
 
+
+def _infer_stem(v, found: dict) -> tuple[float, bool, bool]:
+    """(width_multiplier, cifar_stem, resnet_d) from the stem's convolutions."""
     stem = "resnet_model/initial_conv_relu_max_pool"
     first = _shape(v, f"{stem}/0/conv2d/kernel")
     resnet_d = f"{stem}/4/conv2d/kernel" in v
@@ -97,20 +123,29 @@ def infer_architecture(source: ReferenceSource) -> Architecture:
         channels = first[-1]
         cifar = first[0] == 3
         found["stem"] = f"{first[0]}x{first[1]} conv" + (" (CIFAR)" if cifar else "")
-    width = channels / 64.0
     found["width_multiplier"] = f"stem has {channels} channels"
+    return channels / 64.0, cifar, resnet_d
 
+
+def _infer_selective_kernels(source: ReferenceSource, resnet_d: bool, found: dict) -> float:
+    """sk_ratio (0 without selective kernels, which the reference pairs with the ResNet-D stem)."""
+    v = source.variables
     sk_paths = [p for p in v if "/conv_relu_dropblock_layers/3/conv2d_0/kernel" in p]
-    sk_ratio = 0.0
     if sk_paths:
         sk_ratio = _infer_sk_ratio(v, sk_paths)
         found["sk_ratio"] = "selective-kernel layers' mixing widths"
-    elif resnet_d:
+        return sk_ratio
+    if resnet_d:
         raise ReferenceFormatError(
             f"{source.path}: a ResNet-D stem without selective-kernel layers is not a network "
             "the reference code builds."
         )
+    return 0.0
 
+
+def _infer_projection_head(source: ReferenceSource, found: dict) -> tuple[int, int]:
+    """(number of dense layers, output width); (0, 128) when the source has no head."""
+    v = source.variables
     head_layers = sorted(
         {
             int(m.group(1))
@@ -129,32 +164,26 @@ def infer_architecture(source: ReferenceSource) -> Architecture:
     else:
         out_dim = 128
         found["projection head"] = "none in the source"
+    return num_layers, out_dim
 
-    num_classes = None
-    selector, train_mode = 0, "pretrain"
+
+def _infer_supervised_head(
+    source: ReferenceSource, num_layers: int, found: dict
+) -> tuple[int | None, int, str]:
+    """(num_classes or None, ft_proj_selector, train_mode) of the supervised head."""
+    v = source.variables
     head_kernel = "supervised_head/linear_layer/dense/kernel"
     if head_kernel in v:
         in_dim, num_classes = v[head_kernel].shape
         selector, train_mode, how = _head_placement(source, num_layers, in_dim)
         found["supervised head"] = how
-    elif not num_layers:
+        return num_classes, selector, train_mode
+    if not num_layers:
         raise ReferenceFormatError(
             f"{source.path}: neither a projection head nor a supervised head; an encoder alone "
             "is not a reference SimCLR model."
         )
-    return Architecture(
-        resnet_depth=depth,
-        width_multiplier=width,
-        sk_ratio=sk_ratio,
-        cifar_stem=cifar,
-        proj_head_mode="nonlinear" if num_layers else "none",
-        num_proj_layers=num_layers,
-        proj_out_dim=int(out_dim),
-        num_classes=int(num_classes) if num_classes else None,
-        ft_proj_selector=selector,
-        train_mode=train_mode,
-        found=found,
-    )
+    return None, 0, "pretrain"
 
 
 def _infer_sk_ratio(v, sk_paths) -> float:

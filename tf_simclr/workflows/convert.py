@@ -468,40 +468,69 @@ def convert(
     _check_destination(dst)
     _clear_interrupted_conversions(dst, echo)
     converted = load_reference(src, image_size=image_size, reference_flags=reference_flags)
+    report = _describe_source(converted, src, echo)
+    if verify:
+        _verify_or_raise(converted, report, dst, echo)
+    paths = _write_into_place(converted, dst, report)
+    echo(
+        f"Wrote {dst}: config.json, {paths['checkpoint']} (step {report['step']}, "
+        f"{report['momentum_slots']} momentum slots), {paths['export']}, {KERAS_FILENAME}."
+    )
+    return report
+
+
+def _describe_source(converted: ConvertedModel, src: str, echo) -> dict:
+    """Echo what was found in the source; the report's part about it."""
     arch, source = converted.architecture, converted.source
     echo(f"Source: {src} (reference {source.kind.replace('_', ' ')}).")
     echo(f"Found: {arch.describe()}.")
     for what, how in arch.found.items():
         echo(f"  {what}: {how}")
     echo(f"Mapped all {len(converted.pairs)} variables.")
-    report = {
+    return {
         "source": os.path.abspath(src),
         "source_kind": source.kind,
         "architecture": {k: v for k, v in dataclasses.asdict(arch).items() if k != "found"},
         "found": arch.found,
         "variables": len(converted.pairs),
     }
-    if verify:
-        echo("Verifying against the source (tf.saved_model.load runs its program) ...")
-        checks = verify_against_source(converted)
-        for line in _format_checks(checks):
-            echo(line)
-        report["verify"] = {k: {"max_abs_diff": d, "tolerance": t} for k, (d, t) in checks.items()}
-        bad = [k for k, (d, t) in checks.items() if not d <= t]
-        if bad:
-            raise ConversionError(
-                f"--verify: {', '.join(bad)} differ from the source by more than the tolerance; "
-                f"nothing was written to {dst}."
-            )
+
+
+def _checks_report(checks: dict) -> dict:
+    return {k: {"max_abs_diff": d, "tolerance": t} for k, (d, t) in checks.items()}
+
+
+def _above_tolerance(checks: dict) -> list[str]:
+    # "not d <= t" also catches a NaN difference.
+    return [k for k, (d, t) in checks.items() if not d <= t]
+
+
+def _verify_or_raise(converted: ConvertedModel, report: dict, dst: str, echo) -> None:
+    """--verify: compare with the source's own program; ConversionError when it differs."""
+    echo("Verifying against the source (tf.saved_model.load runs its program) ...")
+    checks = verify_against_source(converted)
+    for line in _format_checks(checks):
+        echo(line)
+    report["verify"] = _checks_report(checks)
+    bad = _above_tolerance(checks)
+    if bad:
+        raise ConversionError(
+            f"--verify: {', '.join(bad)} differ from the source by more than the tolerance; "
+            f"nothing was written to {dst}."
+        )
+
+
+def _write_into_place(converted: ConvertedModel, dst: str, report: dict) -> dict:
+    """Write the model_dir in a temporary sibling of `dst`, check its export and rename it to
+    `dst`; on any error the temporary directory goes and `dst` is untouched. Returns the
+    written paths (also added to `report`, which is saved as dst/conversion.json)."""
     tmp = _temporary_path(dst)
     os.makedirs(tmp)
     try:
         paths = _write_model_dir(converted, tmp, report)
         checks = _check_export(converted, os.path.join(tmp, paths["export"]))
-        report["export_check"] = {
-            k: {"max_abs_diff": d, "tolerance": t} for k, (d, t) in checks.items()
-        }
-        bad = [k for k, (d, t) in checks.items() if not d <= t]
+        report["export_check"] = _checks_report(checks)
+        bad = _above_tolerance(checks)
         if bad:
             raise ConversionError(
                 f"The exported module's {', '.join(bad)} differ from the converted network; "
@@ -511,23 +540,24 @@ def convert(
         with open(os.path.join(tmp, CONVERSION_FILENAME), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, sort_keys=True)
             f.write("\n")
-        if os.path.isfile(dst) or (os.path.isdir(dst) and os.listdir(dst)):
-            raise ConversionError(
-                f"--dst={dst} was written by another process while this conversion ran (it was "
-                "empty or absent at the start); it is left as that process wrote it and nothing "
-                "of this conversion was kept. Convert into another --dst if you need both."
-            )
-        if os.path.isdir(dst):
-            os.rmdir(dst)  # empty
-        os.replace(tmp, dst)
+        _replace_destination(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    echo(
-        f"Wrote {dst}: config.json, {paths['checkpoint']} (step {report['step']}, "
-        f"{report['momentum_slots']} momentum slots), {paths['export']}, {KERAS_FILENAME}."
-    )
-    return report
+    return paths
+
+
+def _replace_destination(tmp: str, dst: str) -> None:
+    """Rename the finished `tmp` to `dst`, unless another process filled `dst` meanwhile."""
+    if os.path.isfile(dst) or (os.path.isdir(dst) and os.listdir(dst)):
+        raise ConversionError(
+            f"--dst={dst} was written by another process while this conversion ran (it was "
+            "empty or absent at the start); it is left as that process wrote it and nothing "
+            "of this conversion was kept. Convert into another --dst if you need both."
+        )
+    if os.path.isdir(dst):
+        os.rmdir(dst)  # empty
+    os.replace(tmp, dst)
 
 
 # --------------------------------------------------------------------------------- CLI
