@@ -24,7 +24,6 @@ MAX_LINES = 80
 ALLOWED_LONG = {
     "workflows/train.py:train",  # the training loop, being split into phases
     "network/model.py:SimCLRModel.__init__",  # the model's construction
-    "config_checks.py:validate",  # the settings' checks
 }
 
 
