@@ -8,7 +8,7 @@ class ConfigError(ValueError):
     """A flag value or a combination of flags is invalid; the message names the flag."""
 
 
-MODES = ("train", "eval", "train_then_eval", "preview", "export", "semi_supervised")
+MODES = ("train", "eval", "train_then_eval", "preview", "export", "semi_supervised", "embed")
 TRAIN_MODES = ("pretrain", "finetune", "distill")
 # The train modes whose supervised head is trained through the network (on labels or on a
 # teacher's predictions).

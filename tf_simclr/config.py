@@ -119,7 +119,7 @@ def describe_mode_defaults(config: Config) -> str | None:
 
 
 # What to do now, never inherited from a saved run.
-_INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout")
+_INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout", "embed_output", "embed_out")
 # What the runner records about a run (no flag; see Config.data_identity).
 _RECORD_FIELDS = ("data_identity",)
 
@@ -387,6 +387,16 @@ class Config:
         "Test-set features written, with their images and labels, for TensorBoard's projector (0: none; at most 10000).",
     )
 
+    # --mode=embed (tf_simclr.workflows.embed): what is written, and where.
+    embed_output: str = _setting(
+        "final_avg_pool",
+        "mode=embed: the model output written for every image of --eval_split (final_avg_pool: the representation h; also proj_head_input, proj_head_output, block_group1..4, logits_sup of a model with a supervised head).",
+    )
+    embed_out: str | None = _setting(
+        None,
+        "mode=embed: the .npz file written (default: --model_dir/embeddings.npz), with a .json summary beside it.",
+    )
+
     # Runtime.
     strategy: str = _setting(
         "default", "Distribution strategy (multi_worker reads TF_CONFIG).", choices=STRATEGIES
@@ -534,6 +544,8 @@ class Config:
             "collective_timeout",  # how long to wait for peers does not change the model
             "neighbour_images",  # pictures of the evaluation, not the model
             "projector_embeddings",
+            "embed_output",  # what --mode=embed writes, not the model
+            "embed_out",
             "data_identity",  # a record of the data, not a setting (its dataset is one)
             *RECIPE_FIELDS,
         }

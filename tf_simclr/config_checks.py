@@ -141,7 +141,11 @@ def validate(config) -> None:
         raise ConfigError(
             f"--use_tpu contradicts --strategy={config.strategy}: give only one of them."
         )
-    if config.checkpoint and config.train_mode == "pretrain" and config.mode != "eval":
+    if (
+        config.checkpoint
+        and config.train_mode == "pretrain"
+        and config.mode not in ("eval", "embed")
+    ):
         does = {
             "export": "exports the newest checkpoint in --model_dir",
             "preview": "uses no model",
