@@ -23,8 +23,8 @@ IMAGE_SIZE = 16  # the tiny run's; the folder's 20 x 24 images are resized to it
 
 
 def _write_folder(root, per_class=4):
-    """root/test/<class>/<i>.png of random 20 x 24 images, one damaged file in test/dog, and a
-    train split; returns the good test files (sorted by class, then name)."""
+    """root/test/<class>/<i>.png of random 20 x 24 images, two damaged files, and a train
+    split; returns the good test files (sorted by class, then name)."""
     rng = np.random.default_rng(0)
     files = []
     for split in ("train", "test"):
@@ -36,7 +36,11 @@ def _write_folder(root, per_class=4):
                 Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(path)
                 if split == "test":
                     files.append(str(path))
-    (root / "test" / "dog" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    signature, end = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    # Cut short: refused when the folder is listed.
+    (root / "test" / "dog" / "9.png").write_bytes(signature + b"\x00" * 40)
+    # Complete-looking but damaged inside: it passes the listing, and decoding skips it.
+    (root / "test" / "cat" / "8.png").write_bytes(signature + b"\x00" * 40 + end)
     return files
 
 
@@ -86,7 +90,8 @@ def test_checkpoint_features_are_the_exports_outputs_in_path_order(run, tmp_path
     with caplog.at_level(logging.INFO):
         summary = runner.run(_embed_config(run["model_dir"], folder, out))
     assert "batch 3/3" in caplog.text  # progress, counted in batches of 3
-    assert "dog/9.png" in caplog.text  # the damaged file is named
+    assert "2 image(s) of split 'test' could not be read" in caplog.text
+    assert "dog/9.png, cat/8.png" in caplog.text  # the damaged files are named
     saved = np.load(out)
     assert list(saved["paths"]) == files
     assert list(saved["ids"]) == [os.path.relpath(f, os.path.join(folder, "test")) for f in files]
@@ -101,7 +106,8 @@ def test_checkpoint_features_are_the_exports_outputs_in_path_order(run, tmp_path
     on_disk = json.loads((tmp_path / "embeddings.json").read_text())
     assert on_disk["count"] == summary["count"] == len(files)
     assert on_disk["shape"] == [expected.shape[1]]
-    assert on_disk["bad_images"] == 1 and on_disk["bad_image_names"] == ["dog/9.png"]
+    assert on_disk["bad_images"] == 2
+    assert on_disk["bad_image_names"] == ["dog/9.png", "cat/8.png"]
     assert sorted(os.listdir(tmp_path)) == ["embeddings.json", "embeddings.npz"]  # no temp file
 
 
@@ -201,4 +207,4 @@ def test_command_line_embeds_with_an_export_the_output_asked_for(
     np.testing.assert_allclose(np.load(out)["features"], expected, rtol=1e-4, atol=1e-5)
     report = capsys.readouterr().out
     assert f"(proj_head_output, {expected.shape[1]} each) of {len(run['files'])} images" in report
-    assert "1 unreadable image(s) skipped" in report
+    assert "2 unreadable image(s) skipped" in report
