@@ -6,6 +6,7 @@ before anything is written, and a failed write leaves no file."""
 import json
 import logging
 import os
+import re
 import signal
 
 import numpy as np
@@ -89,7 +90,7 @@ def test_checkpoint_features_are_the_exports_outputs_in_path_order(run, tmp_path
     out = tmp_path / "embeddings.npz"
     with caplog.at_level(logging.INFO):
         summary = runner.run(_embed_config(run["model_dir"], folder, out))
-    assert "batch 3/3" in caplog.text  # progress, counted in batches of 3
+    assert re.search(r"batch 3/3 \d+ img/s", caplog.text)  # progress, in batches of 3
     assert "2 image(s) of split 'test' could not be read" in caplog.text
     assert "dog/9.png, cat/8.png" in caplog.text  # the damaged files are named
     saved = np.load(out)
@@ -109,6 +110,9 @@ def test_checkpoint_features_are_the_exports_outputs_in_path_order(run, tmp_path
     assert on_disk["bad_images"] == 2
     assert on_disk["bad_image_names"] == ["dog/9.png", "cat/8.png"]
     assert sorted(os.listdir(tmp_path)) == ["embeddings.json", "embeddings.npz"]  # no temp file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes
 
 
 def _nothing_written(folder):

@@ -51,11 +51,11 @@ class Progress:
             if "learning_rate" in metrics:
                 shown += f" lr={metrics['learning_rate']:.4g}"
             log.info(
-                "%s %d/%d %s %.0f img/s ETA %s",
+                "%s %d/%d %s%.0f img/s ETA %s",
                 self.unit,
                 step,
                 self.total,
-                shown.strip(),
+                f"{shown.strip()} " if shown.strip() else "",
                 rate,
                 format_seconds(remaining),
             )

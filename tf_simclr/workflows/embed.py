@@ -15,8 +15,8 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -283,9 +283,11 @@ def write_embeddings(path: str, arrays: dict, summary: dict) -> None:
 
 def _write_atomically(path: str, write) -> None:
     folder, name = os.path.split(path)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    # Created with open(), not tempfile.mkstemp: the file gets the umask's permissions (mkstemp
+    # makes it readable by its owner only, and the rename would keep that).
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(handle, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
