@@ -17,6 +17,7 @@ from PIL import Image
 from tests.helpers.configs import tiny_config
 from tf_simclr import cli
 from tf_simclr.config import ConfigError
+from tf_simclr.evaluation import visualize
 from tf_simclr.workflows import embed, runner
 
 CLASSES = ("cat", "dog")
@@ -85,14 +86,42 @@ def _embed_config(model_dir, folder, out, **changes):
     )
 
 
-def test_checkpoint_features_are_the_exports_outputs_in_path_order(run, tmp_path, caplog):
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def embedded(run, tmp_path_factory):
+    """--mode=embed over the run's model_dir (its newest checkpoint), with a neighbour
+    picture: (the folder written into, the summary returned, the log lines)."""
+    out_dir = tmp_path_factory.mktemp("embedded")
+    lines, logger = _Lines(), logging.getLogger("tf_simclr")
+    previous_level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        config = _embed_config(
+            run["model_dir"], run["folder"], out_dir / "embeddings.npz", embed_neighbours=2
+        )
+        summary = runner.run(config)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(previous_level)
+    return out_dir, summary, "\n".join(lines.lines)
+
+
+def test_checkpoint_features_are_the_exports_outputs_in_path_order(run, embedded):
     folder, files = run["folder"], run["files"]
+    tmp_path, summary, log_text = embedded
     out = tmp_path / "embeddings.npz"
-    with caplog.at_level(logging.INFO):
-        summary = runner.run(_embed_config(run["model_dir"], folder, out))
-    assert re.search(r"batch 3/3 \d+ img/s", caplog.text)  # progress, in batches of 3
-    assert "2 image(s) of split 'test' could not be read" in caplog.text
-    assert "dog/9.png, cat/8.png" in caplog.text  # the damaged files are named
+    assert re.search(r"batch 3/3 \d+ img/s", log_text)  # progress, in batches of 3
+    assert "2 image(s) of split 'test' could not be read" in log_text
+    assert "dog/9.png, cat/8.png" in log_text  # the damaged files are named
     saved = np.load(out)
     assert list(saved["paths"]) == files
     assert list(saved["ids"]) == [os.path.relpath(f, os.path.join(folder, "test")) for f in files]
@@ -109,7 +138,8 @@ def test_checkpoint_features_are_the_exports_outputs_in_path_order(run, tmp_path
     assert on_disk["shape"] == [expected.shape[1]]
     assert on_disk["bad_images"] == 2
     assert on_disk["bad_image_names"] == ["dog/9.png", "cat/8.png"]
-    assert sorted(os.listdir(tmp_path)) == ["embeddings.json", "embeddings.npz"]  # no temp file
+    written = ["embeddings.json", "embeddings.npz", "embeddings_neighbours.png"]
+    assert sorted(os.listdir(tmp_path)) == written  # and no temporary file
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask  # as any file the user writes
@@ -212,3 +242,28 @@ def test_command_line_embeds_with_an_export_the_output_asked_for(
     report = capsys.readouterr().out
     assert f"(proj_head_output, {expected.shape[1]} each) of {len(run['files'])} images" in report
     assert "2 unreadable image(s) skipped" in report
+
+
+def test_neighbour_picture_shows_the_nearest_images_by_the_features_written(run, embedded):
+    files, tmp_path = run["files"], embedded[0]
+    saved = np.load(tmp_path / "embeddings.npz")
+    picture = np.asarray(Image.open(tmp_path / "embeddings_neighbours.png").convert("RGB"))
+    # NumPy on the features written: the first and last image, each with its 7 most
+    # cosine-similar other images (of 8).
+    unit = saved["features"] / np.linalg.norm(saved["features"], axis=1, keepdims=True)
+    similarities = unit @ unit.T
+    np.fill_diagonal(similarities, -np.inf)
+    # The images as the model saw them: resized to 16 px here, shown 4x enlarged.
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]) / 255.0
+    resized = tf.image.resize(pixels.astype(np.float32), (IMAGE_SIZE, IMAGE_SIZE), "bicubic")
+    images = np.round(np.clip(resized.numpy(), 0, 1) * 255)
+    tile, scale = IMAGE_SIZE * 4, 4
+    for row, query in enumerate((0, len(files) - 1)):
+        nearest = np.argsort(-similarities[query], kind="stable")[: len(files) - 1]
+        for column, shown in enumerate([query, *nearest]):
+            y, x = visualize.neighbour_tile_origin(row, column, tile)
+            tile_pixels = picture[y : y + tile : scale, x : x + tile : scale].astype(float)
+            assert np.abs(tile_pixels - images[shown]).max() <= 1, (row, column)
+            if column:
+                same = saved["labels"][shown] == saved["labels"][query]
+                assert tuple(picture[y - 1, x]) == ((40, 170, 70) if same else (210, 50, 40))

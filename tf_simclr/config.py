@@ -119,7 +119,14 @@ def describe_mode_defaults(config: Config) -> str | None:
 
 
 # What to do now, never inherited from a saved run.
-_INVOCATION_FIELDS = ("mode", "model_dir", "eval_timeout", "embed_output", "embed_out")
+_INVOCATION_FIELDS = (
+    "mode",
+    "model_dir",
+    "eval_timeout",
+    "embed_output",
+    "embed_out",
+    "embed_neighbours",
+)
 # What the runner records about a run (no flag; see Config.data_identity).
 _RECORD_FIELDS = ("data_identity",)
 
@@ -396,6 +403,10 @@ class Config:
         None,
         "mode=embed: the .npz file written (default: --model_dir/embeddings.npz), with a .json summary beside it.",
     )
+    embed_neighbours: int = _setting(
+        0,
+        "mode=embed: this many images, spread evenly over the split, each drawn with its 8 nearest other images by the features in <embed_out>_neighbours.png (0: no picture).",
+    )
 
     # Runtime.
     strategy: str = _setting(
@@ -546,6 +557,7 @@ class Config:
             "projector_embeddings",
             "embed_output",  # what --mode=embed writes, not the model
             "embed_out",
+            "embed_neighbours",
             "data_identity",  # a record of the data, not a setting (its dataset is one)
             *RECIPE_FIELDS,
         }

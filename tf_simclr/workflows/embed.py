@@ -25,6 +25,7 @@ from tf_simclr import augment, factory
 from tf_simclr import data as data_lib
 from tf_simclr.config import CONFIG_FILENAME, Config, ConfigError, run_config_of_checkpoint
 from tf_simclr.evaluation import evaluate as eval_lib
+from tf_simclr.evaluation import visualize
 from tf_simclr.network.model import SUPERVISED_HEAD_NAME
 from tf_simclr.training import checkpoints as ckpt_lib
 from tf_simclr.training.progress import Progress
@@ -43,6 +44,11 @@ def output_path(config: Config) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def neighbours_path(npz_path: str) -> str:
+    """The picture of nearest neighbours beside the .npz (embeddings_neighbours.png)."""
+    return os.path.splitext(npz_path)[0] + "_neighbours.png"
+
+
 def summary_path(npz_path: str) -> str:
     """The JSON summary written beside the .npz file (embeddings.npz -> embeddings.json)."""
     return os.path.splitext(npz_path)[0] + ".json"
@@ -53,6 +59,10 @@ def run_embed(config: Config) -> dict:
     write the .npz file and its summary; returns the summary (with "embeddings": the path)."""
     start = time.perf_counter()
     out = output_path(config)
+    if config.embed_neighbours < 0:
+        raise ConfigError(
+            f"--embed_neighbours={config.embed_neighbours}: give a number of images >= 0."
+        )
     _check_settings_source(config)
     _check_destination(out)
     kind, model_path = _resolve_model(config)
@@ -126,7 +136,16 @@ def run_embed(config: Config) -> dict:
             ", ".join(bad[:5]),
             f" and {len(bad) - 5} more (all named in {summary_path(out)})" if len(bad) > 5 else "",
         )
+    picture = None
+    if config.embed_neighbours and len(ids) > 1:
+        picture = _neighbours_picture(split, features, arrays["labels"], ids, config)
+        summary["neighbours"] = neighbours_path(out)
     write_embeddings(out, arrays, summary)
+    if picture is not None:
+        from PIL import Image
+
+        _write_atomically(summary["neighbours"], lambda f: Image.fromarray(picture).save(f, "PNG"))
+        log.info("Wrote %s.", summary["neighbours"])
     log.info(
         "Wrote %d embeddings of shape %s to %s.", summary["count"], tuple(summary["shape"]), out
     )
@@ -237,6 +256,41 @@ def _open_split(config: Config) -> _Split:
         paths=paths,
         labelled=info.num_classes > 0,
         class_names=tuple(info.class_names),
+    )
+
+
+def nearest_neighbours(features: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """[Q, k] positions of each query's k most cosine-similar other rows of `features` (the
+    query itself left out; of equal similarities the earlier row first)."""
+    x = features.reshape(len(features), -1).astype(np.float64)
+    unit = x / np.sqrt(np.maximum(np.sum(x * x, axis=1, keepdims=True), 1e-12))
+    similarities = unit[queries] @ unit.T
+    similarities[np.arange(len(queries)), queries] = -np.inf
+    positions = np.broadcast_to(np.arange(len(features)), similarities.shape)
+    return np.lexsort((positions, -similarities), axis=1)[:, :k]
+
+
+def _neighbours_picture(split: _Split, features, labels, ids, config: Config) -> np.ndarray:
+    """--embed_neighbours images spread evenly over the split, each with its nearest others;
+    the thumbnails come from a second pass over the split, matched by id."""
+    count = min(config.embed_neighbours, len(ids))
+    queries = np.unique(np.linspace(0, len(ids) - 1, count).round().astype(np.int64))
+    neighbours = nearest_neighbours(features, queries, min(visualize.NEIGHBOURS_K, len(ids) - 1))
+    wanted = {ids[i] for i in np.concatenate([queries, neighbours.ravel()])}
+    thumbnails = {}
+    for batch in split.dataset:
+        for image_id, image in zip(batch["id"].numpy(), batch["image"].numpy(), strict=True):
+            image_id = image_id.decode("utf-8")
+            if image_id in wanted:
+                thumbnails[image_id] = visualize.thumbnails(image[None])[0]
+        if len(thumbnails) == len(wanted):
+            break
+    return visualize.neighbours_picture(
+        np.stack([thumbnails[ids[q]] for q in queries]),
+        np.stack([[thumbnails[ids[n]] for n in row] for row in neighbours]),
+        # Unlabelled images (-1) are never of the same class.
+        (labels[neighbours] == labels[queries][:, None]) & (labels[neighbours] >= 0),
+        caption=f"image | its {neighbours.shape[1]} nearest images of the split",
     )
 
 
