@@ -196,6 +196,14 @@ def test_bad_input_is_named_before_anything_is_written(run, tmp_path, case, erro
     assert _nothing_written(out_dir)
 
 
+def test_a_published_module_is_sent_to_the_converter(run, tmp_path, reference_fixtures):
+    module = os.path.join(reference_fixtures, "r18_cifar_w025_v1", "saved_model")
+    config = _embed_config(tmp_path / "fresh", run["folder"], tmp_path / "e.npz", checkpoint=module)
+    with pytest.raises(ValueError, match="not a tf_simclr export.*python -m tf_simclr.convert"):
+        runner.run(config)
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
 def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def fail_halfway(file, **arrays):
         file.write(b"PK\x03\x04 half an archive")

@@ -29,6 +29,7 @@ from tf_simclr.evaluation import visualize
 from tf_simclr.network.model import SUPERVISED_HEAD_NAME
 from tf_simclr.training import checkpoints as ckpt_lib
 from tf_simclr.training.progress import Progress
+from tf_simclr.workflows import export as export_lib
 from tf_simclr.workflows import storage, warm_start
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,16 @@ def _load_model(config: Config, kind: str, path: str):
     checkpoint's run (its config.json, else the flags) with every weight restored."""
     if kind == "export":
         log.info("Loading the export %s.", path)
-        return tf.saved_model.load(path)
+        module = tf.saved_model.load(path)
+        if not hasattr(module, export_lib.SERVE_ENDPOINT):
+            # A published SimCLR module (the reference code's format) has another call.
+            raise ValueError(
+                f"--checkpoint={path} is a SavedModel but not a tf_simclr export (it has no "
+                f"{export_lib.SERVE_ENDPOINT!r} function). A published SimCLR model is "
+                f"converted first: python -m tf_simclr.convert --src={path} --dst=DIR, then "
+                "--checkpoint=DIR."
+            )
+        return module
     source = run_config_of_checkpoint(path) or config
     model = factory.build_model(source, _head_classes(path))
     ckpt_lib.check_checkpoint_fits(path, model)
