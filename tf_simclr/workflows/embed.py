@@ -11,6 +11,7 @@ starts; the file is written to a temporary name and renamed, so it is complete o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -35,8 +36,6 @@ from tf_simclr.workflows import storage, warm_start
 log = logging.getLogger(__name__)
 
 EMBEDDINGS_FILENAME = "embeddings.npz"
-# Bad images named in the log and the summary (the count is always complete).
-MAX_NAMED_BAD_IMAGES = 100
 
 
 def output_path(config: Config) -> str:
@@ -102,9 +101,11 @@ def run_embed(config: Config) -> dict:
     finally:
         progress.close()
 
-    # Files the listing accepted but decoding skipped (damaged past the listing's checks).
+    # With the files the listing refused: those decoding skipped (damaged past the listing's
+    # checks), named where the listing gave their ids (image folders), else only counted.
     embedded = set(ids)
     bad = split.bad_before + [i for i in split.listed_ids if i not in embedded]
+    bad_count = len(split.bad_before) + max(0, split.expected - len(ids))
     arrays = {
         "features": features,
         "ids": np.asarray(ids, dtype=str),
@@ -124,17 +125,17 @@ def run_embed(config: Config) -> dict:
         "split": config.eval_split,
         "image_size": config.image_size,
         "labelled": split.labelled,
-        "bad_images": len(bad),
-        "bad_image_names": bad[:MAX_NAMED_BAD_IMAGES],
+        "bad_images": bad_count,
+        "bad_image_names": bad,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    if bad:
+    if bad_count:
         log.warning(
-            "%d image(s) of split %r could not be read and are not in %s: %s%s",
-            len(bad),
+            "%d image(s) of split %r could not be read and are not in %s%s%s",
+            bad_count,
             config.eval_split,
             out,
-            ", ".join(bad[:5]),
+            f": {', '.join(bad[:5])}" if bad else "",
             f" and {len(bad) - 5} more (all named in {summary_path(out)})" if len(bad) > 5 else "",
         )
     picture = None
@@ -153,18 +154,18 @@ def run_embed(config: Config) -> dict:
     return summary
 
 
+@dataclasses.dataclass
 class _Split:
     """The split to embed: its dataset of {"image", "label", "id"} batches and what is known
     of it before it is read."""
 
-    def __init__(self, dataset, expected, listed_ids, bad_before, paths, labelled, class_names):
-        self.dataset = dataset
-        self.expected = expected  # images that should be embedded
-        self.listed_ids = listed_ids  # their ids, where known before reading (image folders)
-        self.bad_before = bad_before  # ids of the files the listing already refused
-        self.paths = paths  # id -> absolute file path (image folders), else None
-        self.labelled = labelled
-        self.class_names = class_names
+    dataset: tf.data.Dataset
+    expected: int  # images that should be embedded
+    listed_ids: list[str]  # their ids, where known before reading (image folders)
+    bad_before: list[str]  # ids of the files the listing already refused
+    paths: dict[str, str] | None  # id -> absolute file path (image folders)
+    labelled: bool
+    class_names: tuple[str, ...]
 
 
 def _check_settings_source(config: Config) -> None:
