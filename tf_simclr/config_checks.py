@@ -152,8 +152,8 @@ def validate(config) -> None:
         }.get(config.mode, "pretrains, resuming from the checkpoints in --model_dir by itself")
         raise ConfigError(
             "--checkpoint only applies to --train_mode=finetune or distill (the weights to "
-            "start from) and to --mode=eval (that model's frozen features, evaluated on "
-            f"--dataset); --mode={config.mode} {does}. Drop --checkpoint, add "
+            "start from), to --mode=eval (that model's frozen features, evaluated on "
+            f"--dataset) and to --mode=embed; --mode={config.mode} {does}. Drop --checkpoint, add "
             "--train_mode=finetune, or use --mode=eval."
         )
     if config.evaluates_checkpoint() and config.eval_timeout:

@@ -1,5 +1,6 @@
 """Top-level workflows behind `tf-simclr --mode=...`: train, eval, train_then_eval, preview,
-export, embed (tf_simclr.workflows.embed) and semi_supervised (tf_simclr.workflows.semi_supervised runs its stages through `run`)."""
+export, embed (tf_simclr.workflows.embed), and semi_supervised
+(tf_simclr.workflows.semi_supervised runs its stages through `run`)."""
 
 from __future__ import annotations
 
