@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.helpers.configs import tiny_config
 from tf_simclr import cli
-from tf_simclr.config import ConfigError
+from tf_simclr.config import Config, ConfigError, resolve
 from tf_simclr.evaluation import visualize
 from tf_simclr.workflows import embed, runner
 
@@ -275,3 +275,10 @@ def test_neighbour_picture_shows_the_nearest_images_by_the_features_written(run,
             if column:
                 same = saved["labels"][shown] == saved["labels"][query]
                 assert tuple(picture[y - 1, x]) == ((40, 170, 70) if same else (210, 50, 40))
+
+
+def test_embed_settings_are_neither_part_of_the_run_nor_inherited():
+    embedding = dict(embed_output="proj_head_output", embed_out="x.npz", embed_neighbours=3)
+    assert Config(**embedding).hash() == Config().hash()  # the same model, the same run
+    saved = Config(**embedding)  # e.g. a config.json written by an earlier embed
+    assert resolve({"mode": "embed"}, saved) == Config(mode="embed")
