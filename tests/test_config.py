@@ -134,6 +134,8 @@ UNHASHED_AT_07F2D01 = {
     "data_identity",
     *RECIPE_AT_07F2D01,
 }
+# --mode=embed's settings, added since: what it writes and where, never part of a run.
+EMBED_FIELDS = ("embed_output", "embed_out", "embed_neighbours")
 
 
 def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
@@ -141,9 +143,9 @@ def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
     assert config_lib.ARCHITECTURE_FIELDS == ARCHITECTURE_AT_07F2D01
     assert config_lib.RECIPE_FIELDS == RECIPE_AT_07F2D01
     assert config_lib.MODE_DEFAULT_FIELDS == ("learning_rate", "train_epochs")
-    assert config_lib._INVOCATION_FIELDS == ("mode", "model_dir", "eval_timeout")
+    assert config_lib._INVOCATION_FIELDS == ("mode", "model_dir", "eval_timeout", *EMBED_FIELDS)
     assert config_lib._RECORD_FIELDS == ("data_identity",)
-    assert set(config_lib._UNHASHED_FIELDS) == UNHASHED_AT_07F2D01
+    assert set(config_lib._UNHASHED_FIELDS) == UNHASHED_AT_07F2D01 | set(EMBED_FIELDS)
     # The hashes of 07f2d01 (a model_dir's config is compared by them).
     assert Config().hash() == "760fa6ce03f7"
     finetune = Config(train_mode="finetune", checkpoint="/p", label_fraction=0.1)
@@ -153,7 +155,7 @@ def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
 def test_every_field_is_declared_in_exactly_one_group_with_a_known_role():
     declared = [f.name for group in config_lib.GROUPS.values() for f in dataclasses.fields(group)]
     assert sorted(declared) == sorted(f.name for f in dataclasses.fields(Config))
-    assert len(declared) == len(set(declared)) == 86
+    assert len(declared) == len(set(declared)) == 86 + len(EMBED_FIELDS)
     assert [f.name for f in dataclasses.fields(Config)] == declared  # the order of GROUPS
     for field in dataclasses.fields(Config):
         assert field.metadata["role"] in (None, *config_lib.ROLES), field.name
@@ -295,7 +297,11 @@ def test_flags_keep_their_names_types_and_defaults_and_are_listed_by_group():
         for f in dataclasses.fields(Config)
         if config_lib.has_flag(f)
     }
-    assert flags == FLAGS_AT_07F2D01
+    assert flags == FLAGS_AT_07F2D01 | {
+        "embed_output": ("string", "final_avg_pool"),
+        "embed_out": ("string", None),
+        "embed_neighbours": ("int", 0),
+    }
     by_module = cli.FLAGS.flags_by_module_dict()
     assert {flag.name for flag in by_module["tf_simclr settings: model"]} == {
         f.name for f in dataclasses.fields(config_lib.ModelSettings)
@@ -464,6 +470,9 @@ DEFAULTS_OF_LATER_SETTINGS = {
     "semi_distill_epochs": 0,
     "semi_finetune_batch_size": 0,
     "data_identity": None,
+    "embed_output": "final_avg_pool",
+    "embed_out": None,
+    "embed_neighbours": 0,
 }
 
 

@@ -9,7 +9,7 @@ class ConfigError(ValueError):
     """A flag value or a combination of flags is invalid; the message names the flag."""
 
 
-MODES = ("train", "eval", "train_then_eval", "preview", "export", "semi_supervised")
+MODES = ("train", "eval", "train_then_eval", "preview", "export", "semi_supervised", "embed")
 # The --mode values that train a network, and those that evaluate one.
 TRAINING_MODES = ("train", "train_then_eval", "semi_supervised")
 EVALUATING_MODES = ("eval", "train_then_eval", "semi_supervised")

@@ -384,6 +384,23 @@ class EvaluationSettings:
         "Test-set features written, with their images and labels, for TensorBoard's projector (0: none; at most 10000).",
         role=OPERATIONAL,
     )
+    # --mode=embed (tf_simclr.workflows.embed): what is written, and where; never part of a
+    # run, so never inherited from a saved config.json.
+    embed_output: str = _setting(
+        "final_avg_pool",
+        "mode=embed: the model output written for every image of --eval_split (final_avg_pool: the representation h; also proj_head_input, proj_head_output, block_group1..4, logits_sup of a model with a supervised head).",
+        role=INVOCATION,
+    )
+    embed_out: str | None = _setting(
+        None,
+        "mode=embed: the .npz file written (default: --model_dir/embeddings.npz), with a .json summary beside it.",
+        role=INVOCATION,
+    )
+    embed_neighbours: int = _setting(
+        0,
+        "mode=embed: this many images, spread evenly over the split, each drawn with its 8 nearest other images by the features in <embed_out>_neighbours.png (0: no picture).",
+        role=INVOCATION,
+    )
 
 
 @dataclasses.dataclass

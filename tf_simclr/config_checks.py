@@ -43,15 +43,19 @@ def validate(config) -> None:
 def _check_run(config) -> None:
     if not config.model_dir:
         raise ConfigError("--model_dir must be a directory path (it holds checkpoints).")
-    if config.checkpoint and config.train_mode == "pretrain" and config.mode != "eval":
+    if (
+        config.checkpoint
+        and config.train_mode == "pretrain"
+        and config.mode not in ("eval", "embed")
+    ):
         does = {
             "export": "exports the newest checkpoint in --model_dir",
             "preview": "uses no model",
         }.get(config.mode, "pretrains, resuming from the checkpoints in --model_dir by itself")
         raise ConfigError(
             "--checkpoint only applies to --train_mode=finetune or distill (the weights to "
-            "start from) and to --mode=eval (that model's frozen features, evaluated on "
-            f"--dataset); --mode={config.mode} {does}. Drop --checkpoint, add "
+            "start from), to --mode=eval (that model's frozen features, evaluated on "
+            f"--dataset) and to --mode=embed; --mode={config.mode} {does}. Drop --checkpoint, add "
             "--train_mode=finetune, or use --mode=eval."
         )
     if config.random_init and (config.train_mode != "finetune" or config.checkpoint):

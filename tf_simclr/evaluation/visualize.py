@@ -145,9 +145,11 @@ def neighbours_picture(
     *,
     scale: int | None = None,
     border: int = 3,
+    caption: str | None = None,
 ) -> np.ndarray:
     """uint8 picture: one row per query, the query then its neighbours framed green (same
-    class as the query) or red (another class). Images: uint8 [Q, s, s, 3] and [Q, k, s, s, 3]."""
+    class as the query) or red (another class). Images: uint8 [Q, s, s, 3] and [Q, k, s, s, 3].
+    `caption` (default: test images and their nearest training images) heads the picture."""
     from PIL import Image, ImageDraw
 
     if scale is None:
@@ -168,10 +170,10 @@ def neighbours_picture(
             picture[y : y + tile, x : x + tile] = neighbours[q, j]
     image = Image.fromarray(picture)
     draw = ImageDraw.Draw(image)
+    if caption is None:
+        caption = f"test image | its {k} nearest training images"
     draw.text(
-        (border, border),
-        f"test image | its {k} nearest training images (frame green: same class, red: another)",
-        fill=(0, 0, 0),
+        (border, border), f"{caption} (frame green: same class, red: another)", fill=(0, 0, 0)
     )
     return np.asarray(image)
 

@@ -12,8 +12,12 @@ log = logging.getLogger(__name__)
 class Progress:
     """A progress bar on an interactive terminal, periodic log lines otherwise."""
 
-    def __init__(self, total: int, initial: int, every: int, images_per_step: int) -> None:
+    def __init__(
+        self, total: int, initial: int, every: int, images_per_step: int, unit: str = "step"
+    ) -> None:
+        """`unit` names what is counted (training steps; batches for --mode=embed)."""
         self.total = total
+        self.unit = unit
         self.every = every
         self.images_per_step = images_per_step
         self.last_logged = initial
@@ -24,7 +28,7 @@ class Progress:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+                self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True)
             except ImportError:
                 self.bar = None
 
@@ -36,21 +40,22 @@ class Progress:
         rate = self.images_per_second(step)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(
-                loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}"
-            )
+            shown = {"loss": f"{metrics['loss']:.4f}"} if "loss" in metrics else {}
+            self.bar.set_postfix(**shown, img_s=f"{rate:.0f}")
             return
         if step - self.last_logged >= self.every or step >= self.total:
             self.last_logged = step
             remaining = (self.total - step) * self.images_per_step / max(rate, 1e-9)
             hidden = ("learning_rate", "images_per_second")
             shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in hidden)
+            if "learning_rate" in metrics:
+                shown += f" lr={metrics['learning_rate']:.4g}"
             log.info(
-                "step %d/%d %s lr=%.4g %.0f img/s ETA %s",
+                "%s %d/%d %s%.0f img/s ETA %s",
+                self.unit,
                 step,
                 self.total,
-                shown,
-                metrics.get("learning_rate", float("nan")),
+                f"{shown.strip()} " if shown.strip() else "",
                 rate,
                 format_seconds(remaining),
             )

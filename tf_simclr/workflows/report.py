@@ -181,6 +181,13 @@ def format_report(result: dict, config: Config) -> str:
         lines.append(
             f"Frozen features of {result['checkpoint']}, images at {config.image_size} px."
         )
+    if result.get("embeddings"):
+        shape = "x".join(str(d) for d in result["shape"])
+        lines.append(
+            f"Embeddings ({result['output']}, {shape} each) of {result['count']} images of "
+            f"split {result['split']!r} of {result['dataset']}; "
+            f"{result['bad_images']} unreadable image(s) skipped."
+        )
     metrics = result.get("metrics")
     if metrics:
         lines.append(f"Results on split {config.eval_split!r} of {config.dataset}:")
@@ -194,6 +201,7 @@ def format_report(result: dict, config: Config) -> str:
         ("projector embeddings", result.get("projector")),
         ("augmentation preview", result.get("preview")),
         ("semi-supervised chart", result.get("chart")),
+        ("embeddings", result.get("embeddings")),
         # Train and eval runs write it (a preview leaves an older one alone).
         (
             "result",
@@ -207,6 +215,7 @@ def format_report(result: dict, config: Config) -> str:
         width = max(len(what) for what, _ in files)
         lines.append(f"Outputs in {config.model_dir}:")
         lines += [f"  {what.ljust(width)}   {path}" for what, path in files]
-    if result.get("projector") or (config.summaries and _has_event_files(config.model_dir)):
+    board = config.summaries and config.mode != "embed" and _has_event_files(config.model_dir)
+    if result.get("projector") or board:
         lines.append(f"TensorBoard: tensorboard --logdir {config.model_dir}")
     return "\n".join(lines)

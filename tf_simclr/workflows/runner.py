@@ -1,5 +1,6 @@
 """Top-level workflows behind `tf-simclr --mode=...`: train, eval, train_then_eval, preview,
-export, and semi_supervised (tf_simclr.workflows.semi_supervised runs its stages through `run`)."""
+export, embed (tf_simclr.workflows.embed), and semi_supervised
+(tf_simclr.workflows.semi_supervised runs its stages through `run`)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,10 @@ def run(config: Config) -> dict:
         check_saved_architecture(config)
     if config.mode == "preview":
         return {"preview": preview(config)}
+    if config.mode == "embed":
+        from tf_simclr.workflows import embed
+
+        return embed.run_embed(config)
     if config.mode == "semi_supervised":
         from tf_simclr.workflows import semi_supervised
 
