@@ -130,9 +130,8 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
     )
 
 
-def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
-    pre_dir = tmp_path / "pretrain"
-    train.train(tiny_config(pre_dir, train_steps=2), tf.distribute.get_strategy())
+def test_finetune_starts_from_the_pretrained_encoder(pretrained_run, tmp_path):
+    pre_dir = pretrained_run  # 2 steps of the tiny settings
     ft_dir = tmp_path / "finetune"
     config = tiny_config(
         ft_dir,
@@ -141,6 +140,9 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
         label_fraction=0.1,
         train_steps=2,
         fine_tune_after_block=4,  # only the head trains: the encoder must equal the checkpoint
+        knn_eval=False,  # the fine-tuned head's accuracy is what this run is evaluated on
+        linear_eval=False,
+        random_init_baseline=False,
     )
     result = runner.run(config)
     assert 0.0 <= result["metrics"]["finetune_top1"] <= 1.0
@@ -156,11 +158,10 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
         np.testing.assert_array_equal(pre.get_tensor(key), fine.get_tensor(key), err_msg=key)
 
 
-def test_finetune_on_another_dataset_gets_a_new_head_for_its_classes(tmp_path):
+def test_finetune_on_another_dataset_gets_a_new_head_for_its_classes(pretrained_run, tmp_path):
     from PIL import Image
 
-    pre_dir = tmp_path / "pretrain"
-    train.train(tiny_config(pre_dir, train_steps=2), tf.distribute.get_strategy())
+    pre_dir = pretrained_run  # 2 steps of the tiny settings
     # A 3-class image folder: the pretraining head (10 shapes10 classes) cannot be reused.
     rng = np.random.default_rng(0)
     for split, count in (("train", 12), ("test", 3)):
