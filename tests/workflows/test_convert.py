@@ -20,7 +20,7 @@ from tf_simclr.training import checkpoints as ckpt_lib
 from tf_simclr.workflows import convert, runner
 from tf_simclr.workflows.export import SimCLRHubLayer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 R18 = "r18_cifar_w025_v1"
 R50_FT = "r50_sk0_w0125_finetuned_v2"
 

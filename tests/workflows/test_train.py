@@ -41,7 +41,7 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
         metrics["linear_top5"] - metrics["random_init_linear_top5"]
     )
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
-    # The pictures of the trained model's evaluation (their contents: tests/test_visualize.py).
+    # The pictures of the trained model's evaluation (their contents: tests/evaluation/test_visualize.py).
     assert result["neighbours"] == str(tmp_path / "neighbours.png") == saved["neighbours"]
     with Image.open(result["neighbours"]) as picture:
         assert picture.height > 3 * 16 * 4  # 3 rows of 16 px test images shown at 4x
