@@ -103,12 +103,11 @@ def test_checkpoints_hold_every_weight_and_optimizer_variable(tmp_path):
     assert len(optimizer_keys) == len(state.optimizer.variables)
 
 
-def test_rerun_of_a_finished_run_trains_nothing(tmp_path):
-    config = tiny_config(tmp_path, train_steps=2)
-    train.train(config, tf.distribute.get_strategy())
-    mtime = os.path.getmtime(tmp_path / "ckpt-2.index")
+def test_rerun_of_a_finished_run_trains_nothing(pretrained_copy):
+    config = tiny_config(pretrained_copy, mode="train", train_steps=2)  # the finished run's own
+    mtime = os.path.getmtime(pretrained_copy / "ckpt-2.index")
     state = train.train(config, tf.distribute.get_strategy())
-    assert state.step == 2 and os.path.getmtime(tmp_path / "ckpt-2.index") == mtime
+    assert state.step == 2 and os.path.getmtime(pretrained_copy / "ckpt-2.index") == mtime
 
 
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
