@@ -4,7 +4,7 @@ next, then run to the end. Checks that every rerun resumes from the newest compl
 and that the step count and the loss curve in metrics.jsonl continue without gaps or repeats.
 
     python bench/soak.py --cycles 20 --json soak.json        # about 15 min on 2 busy cores
-    pytest -m slow tests/test_reliability.py -k soak          # the same from the test suite
+    pytest -m slow tests/training/test_reliability.py -k soak          # the same from the test suite
 
 With --reference an uninterrupted run of the same command is trained alongside and the per-step
 losses and final weights are compared (exactly equal once the data pipeline resumes mid-stream;

@@ -1,6 +1,9 @@
-"""Shared test setup: quiet TF logs, small thread pools, repo root on sys.path."""
+"""Shared test setup: quiet TF logs, repo root on sys.path, the reference fixtures, and the
+tiny runs the whole test session shares (one pretraining run, one run fine-tuned from it):
+training them once instead of once per test file is most of what a file's setup used to cost."""
 
 import os
+import shutil
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,3 +32,50 @@ def reference_fixtures() -> str:
             "repository root): the parity tests need models written by the reference code"
         )
     return REFERENCE_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory):
+    """A tiny pretraining run on the embedded dataset (tests/helpers/configs.py's tiny settings,
+    --mode=train, 2 steps: ckpt-2, config.json, result.json), shared by the whole session.
+    Read it, never write into it: a test that writes takes `pretrained_copy`."""
+    from helpers.configs import tiny_config
+
+    from tf_simclr.workflows import runner
+
+    model_dir = tmp_path_factory.mktemp("shared_runs") / "pretrain"
+    runner.run(tiny_config(model_dir, mode="train", train_steps=2))
+    assert (model_dir / "ckpt-2.index").exists()
+    return model_dir
+
+
+@pytest.fixture
+def pretrained_copy(pretrained_run, tmp_path):
+    """A copy of `pretrained_run` in the test's tmp_path, for tests that write into the run."""
+    copy = tmp_path / "pretrain"
+    shutil.copytree(pretrained_run, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(pretrained_run):
+    """A run fine-tuned from `pretrained_run` on 10% of the labels (--mode=train, 4 steps, with
+    its SavedModel export), shared by the whole session (e.g. the distillation teacher). Read
+    it, never write into it."""
+    from helpers.configs import tiny_config
+
+    from tf_simclr.workflows import runner
+
+    model_dir = pretrained_run.parent / "finetune"
+    runner.run(
+        tiny_config(
+            model_dir,
+            mode="train",
+            train_mode="finetune",
+            checkpoint=str(pretrained_run),
+            label_fraction=0.1,
+            export=True,
+        )
+    )
+    assert (model_dir / "ckpt-4.index").exists()
+    return model_dir

@@ -788,16 +788,16 @@ def test_eval_split_layout_is_checked_before_training(tmp_path):
     assert _no_checkpoint_written(tmp_path)
 
 
-def test_resuming_with_changed_settings_warns_and_keeps_the_history(tmp_path, caplog):
+def test_resuming_with_changed_settings_warns_and_keeps_the_history(pretrained_copy, caplog):
     import json
 
-    first = _config(tmp_path, train_steps=2, steps_per_loop=1, temperature=0.5)
-    runner.run(first)
+    first = tiny_config(pretrained_copy, mode="train", train_steps=2)  # the copied run's own
+    assert first.temperature == 0.5
     with caplog.at_level(logging.WARNING):
         runner.run(first.replace(train_steps=3, temperature=0.2))
     assert "Resuming at step 2 with changed settings" in caplog.text
     assert "temperature: 0.5 -> 0.2" in caplog.text
-    model_dir = tmp_path / "model"
+    model_dir = pretrained_copy
     history = [json.loads(line) for line in (model_dir / "config_history.jsonl").open()]
     assert history == [
         {
@@ -924,16 +924,14 @@ def test_a_batch_without_its_channel_axis_is_told_so():
         model(tf.zeros((16, 16, 3)))
 
 
-def test_a_binary_checkpoint_state_file_is_named_and_nothing_is_touched(tmp_path, caplog):
+def test_a_binary_checkpoint_state_file_is_named_and_nothing_is_touched(pretrained_copy, caplog):
     """TensorFlow's readers fail on a non-text `checkpoint` state file with a bare
     UnicodeDecodeError; training says which file and what to do, before touching anything,
     and the fix it names (moving the file away) resumes from the checkpoint."""
     from tf_simclr.training.checkpoints import CheckpointError
 
-    run_dir = tmp_path / "run"
-    config = tiny_config(run_dir, mode="train", train_steps=2, checkpoint_steps=1, export=False)
-    runner.run(config)
-    config = config.replace(train_steps=3)
+    run_dir = pretrained_copy  # a finished 2-step run of the tiny settings, ckpt-2
+    config = tiny_config(run_dir, mode="train", train_steps=3)
     state = run_dir / "checkpoint"
     state.write_bytes(b"\xff\xfe\x00garbage")
     before = {name: (run_dir / name).read_bytes() for name in _listing(run_dir)}

@@ -227,31 +227,33 @@ def test_fine_tuning_with_the_mode_defaults_beats_the_pretraining_defaults(pretr
     assert "WARNING: The fine-tuned network" in report.format_report(theirs, old)
 
 
-def test_the_command_logs_the_defaults_its_mode_chose(tmp_path):
-    import os
-    import subprocess
-    import sys
+def test_the_command_logs_the_defaults_its_mode_chose(tmp_path, monkeypatch, caplog):
+    """The command's own main, in-process (the command as a process: tests/test_run_cli.py)."""
+    import logging
+    import signal
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # keep pytest's capture
+    previous = signal.getsignal(signal.SIGTERM)
+    cli.FLAGS(
         [
-            sys.executable,
-            os.path.join(root, "run.py"),
+            "tf-simclr",
             "--train_mode=finetune",
             f"--checkpoint={tmp_path / 'missing'}",  # fails after the config is built
             "--label_fraction=0.1",
             "--learning_rate=0.1",
             f"--model_dir={tmp_path / 'ft'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
+        ]
     )
+    try:
+        with caplog.at_level(logging.INFO):
+            assert cli.main(["tf-simclr"]) != 0
+    finally:
+        cli.FLAGS.unparse_flags()
+        signal.signal(signal.SIGTERM, previous)
     assert (
-        "Fine-tuning defaults (not given on the command line): --train_epochs=200." in proc.stderr
+        "Fine-tuning defaults (not given on the command line): --train_epochs=200." in caplog.text
     )
-    assert "--learning_rate=0.5" not in proc.stderr  # given: 0.1 is kept
+    assert "--learning_rate=0.5" not in caplog.text  # given: 0.1 is kept
 
 
 def test_a_student_is_compared_with_its_teachers_encoder_probe(tmp_path):

@@ -1,6 +1,6 @@
 """The tiny settings every test trains with, defined once: as a Config (`tiny_config`, for
 in-process tests) and as `run.py` flags (`tiny_flags`, for tests that run the command line in
-subprocesses: tests/helpers/rel_proc.py, tests/test_train_distributed.py, bench/soak.py)."""
+subprocesses: tests/helpers/rel_proc.py, tests/training/test_train_distributed.py, bench/soak.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ TINY_SETTINGS = dict(
     summaries=False,
     seed=3,
     # Fixed, not "auto": the same numbers on CPUs with and without bfloat16 units
-    # (tests/test_precision.py covers the mixed policies).
+    # (tests/training/test_precision.py covers the mixed policies).
     precision="float32",
 )
 

@@ -1,4 +1,4 @@
-"""`python run.py` plus a dump of the trained weights, for tests/test_train_distributed.py.
+"""`python run.py` plus a dump of the trained weights, for tests/training/test_train_distributed.py.
 
 Usage: python tests/helpers/dist_run.py WEIGHTS.npz [--as_workers=N] --mode=train ... (run.py flags)
 

@@ -1,4 +1,4 @@
-"""Subprocess helper for tests/test_distribute.py (logical CPU devices must be configured before
+"""Subprocess helper for tests/training/test_distribute.py (logical CPU devices must be configured before
 TF initialises, so this runs in a fresh interpreter). Prints one JSON object of measurements.
 
 Checks, for MirroredStrategy over 2 and 4 logical CPUs against one device on the same global

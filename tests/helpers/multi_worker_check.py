@@ -1,4 +1,4 @@
-"""Subprocess helper for the slow multi-worker test in tests/test_distribute.py.
+"""Subprocess helper for the slow multi-worker test in tests/training/test_distribute.py.
 
 Run as one worker of a cluster described by TF_CONFIG (set by the test). Each worker holds its
 slice of a fixed global batch; prints the summed NT-Xent loss and the single-device loss."""

@@ -26,7 +26,6 @@ by all paths), ``kernels`` (per-pixel arithmetic and the batched XLA kernels),
 crop and batch stages), ``evaluation`` (preprocess_for_eval).
 """
 
-from tf_simclr.augment import draws, fused, kernels, view_kernels
 from tf_simclr.augment.compose import (
     OPERATORS,
     augment_batch,
@@ -62,17 +61,6 @@ from tf_simclr.augment.operators import (
     sobel,
 )
 from tf_simclr.augment.params import AUGMENTATION_PRESETS, AugmentationPreset
-
-# Private helpers that tests use directly, reachable here as before the split. (To replace
-# fused._fast_plan in a test, patch it in tf_simclr.augment.fused, where it is looked up.)
-_seeds = draws._seeds
-_color_jitter_one = fused._color_jitter_one
-_channel_means = kernels._channel_means
-_hue_shift_planes = kernels._hue_shift_planes
-_sat_hue_kernel = kernels._sat_hue_kernel
-_saturate = kernels._saturate
-_BLUR_IMAGE = view_kernels._BLUR_IMAGE
-_VIEW_COLOR = view_kernels._VIEW_COLOR
 
 __all__ = [
     "AUGMENTATION_PRESETS",

@@ -32,7 +32,7 @@ from tf_simclr import factory
 from tf_simclr.config import Config, ConfigError
 from tf_simclr.training import distribute
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(ROOT, "run.py")
 DIST_RUN = os.path.join(
     ROOT, "tests", "helpers", "dist_run.py"

@@ -41,7 +41,7 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
         metrics["linear_top5"] - metrics["random_init_linear_top5"]
     )
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
-    # The pictures of the trained model's evaluation (their contents: tests/test_visualize.py).
+    # The pictures of the trained model's evaluation (their contents: tests/evaluation/test_visualize.py).
     assert result["neighbours"] == str(tmp_path / "neighbours.png") == saved["neighbours"]
     with Image.open(result["neighbours"]) as picture:
         assert picture.height > 3 * 16 * 4  # 3 rows of 16 px test images shown at 4x
@@ -103,12 +103,11 @@ def test_checkpoints_hold_every_weight_and_optimizer_variable(tmp_path):
     assert len(optimizer_keys) == len(state.optimizer.variables)
 
 
-def test_rerun_of_a_finished_run_trains_nothing(tmp_path):
-    config = tiny_config(tmp_path, train_steps=2)
-    train.train(config, tf.distribute.get_strategy())
-    mtime = os.path.getmtime(tmp_path / "ckpt-2.index")
+def test_rerun_of_a_finished_run_trains_nothing(pretrained_copy):
+    config = tiny_config(pretrained_copy, mode="train", train_steps=2)  # the finished run's own
+    mtime = os.path.getmtime(pretrained_copy / "ckpt-2.index")
     state = train.train(config, tf.distribute.get_strategy())
-    assert state.step == 2 and os.path.getmtime(tmp_path / "ckpt-2.index") == mtime
+    assert state.step == 2 and os.path.getmtime(pretrained_copy / "ckpt-2.index") == mtime
 
 
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
@@ -130,9 +129,8 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
     )
 
 
-def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
-    pre_dir = tmp_path / "pretrain"
-    train.train(tiny_config(pre_dir, train_steps=2), tf.distribute.get_strategy())
+def test_finetune_starts_from_the_pretrained_encoder(pretrained_run, tmp_path):
+    pre_dir = pretrained_run  # 2 steps of the tiny settings
     ft_dir = tmp_path / "finetune"
     config = tiny_config(
         ft_dir,
@@ -141,6 +139,9 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
         label_fraction=0.1,
         train_steps=2,
         fine_tune_after_block=4,  # only the head trains: the encoder must equal the checkpoint
+        knn_eval=False,  # the fine-tuned head's accuracy is what this run is evaluated on
+        linear_eval=False,
+        random_init_baseline=False,
     )
     result = runner.run(config)
     assert 0.0 <= result["metrics"]["finetune_top1"] <= 1.0
@@ -156,11 +157,10 @@ def test_finetune_starts_from_the_pretrained_encoder(tmp_path):
         np.testing.assert_array_equal(pre.get_tensor(key), fine.get_tensor(key), err_msg=key)
 
 
-def test_finetune_on_another_dataset_gets_a_new_head_for_its_classes(tmp_path):
+def test_finetune_on_another_dataset_gets_a_new_head_for_its_classes(pretrained_run, tmp_path):
     from PIL import Image
 
-    pre_dir = tmp_path / "pretrain"
-    train.train(tiny_config(pre_dir, train_steps=2), tf.distribute.get_strategy())
+    pre_dir = pretrained_run  # 2 steps of the tiny settings
     # A 3-class image folder: the pretraining head (10 shapes10 classes) cannot be reused.
     rng = np.random.default_rng(0)
     for split, count in (("train", 12), ("test", 3)):

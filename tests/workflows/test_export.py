@@ -23,7 +23,7 @@ import tensorflow as tf
 from tf_simclr.network.model import build_model
 from tf_simclr.workflows import export
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")
 SIZE = 16
 NUM_CLASSES = 3

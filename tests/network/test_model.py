@@ -364,7 +364,7 @@ def test_mirrored_global_bn_matches_single_device(tmp_path):
 
     script = tmp_path / "mirrored_check.py"
     script.write_text(_MIRRORED_SCRIPT)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run(
         [sys.executable, str(script), root], capture_output=True, text=True, timeout=600
     )

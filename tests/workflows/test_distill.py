@@ -4,6 +4,7 @@ a kill, and the errors for a teacher or student that cannot work."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
@@ -29,7 +30,7 @@ from tf_simclr.config import Config, ConfigError
 from tf_simclr.evaluation import evaluate as eval_lib
 from tf_simclr.objectives import distillation
 from tf_simclr.training import checkpoints as ckpt_lib
-from tf_simclr.workflows import distill, runner
+from tf_simclr.workflows import distill, runner, train
 
 
 def _np_log_softmax(x):
@@ -164,24 +165,6 @@ def test_distill_dataset_keeps_the_labels_of_the_fine_tuning_subset_only():
 # -- end to end ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    """A tiny pretrained run and a teacher fine-tuned from it on 10% of the labels."""
-    root = tmp_path_factory.mktemp("distill")
-    runner.run(tiny_config(root / "pretrain", mode="train"))
-    runner.run(
-        tiny_config(
-            root / "teacher",
-            mode="train",
-            train_mode="finetune",
-            checkpoint=str(root / "pretrain"),
-            label_fraction=0.1,
-            export=True,
-        )
-    )
-    return root
-
-
 def _restored_teacher_model(teacher_run):
     config = Config.load(str(teacher_run))
     model = factory.build_model(config, 10)
@@ -190,8 +173,10 @@ def _restored_teacher_model(teacher_run):
     return model, prefix
 
 
-def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(teacher_dir, monkeypatch):
-    teacher_run = teacher_dir / "teacher"
+def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(
+    finetuned_run, tmp_path, monkeypatch
+):
+    teacher_run = finetuned_run
     loaded = []
     real_load = distill.load_teacher
 
@@ -201,7 +186,7 @@ def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(teacher_dir, monk
 
     monkeypatch.setattr(distill, "load_teacher", recording_load)
     config = tiny_config(
-        teacher_dir / "student",
+        tmp_path / "student",
         train_mode="distill",
         teacher=str(teacher_run),
         resnet_depth=34,
@@ -219,7 +204,7 @@ def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(teacher_dir, monk
         np.testing.assert_array_equal(variable.numpy(), values[variable.path], variable.path)
     # The student is a ResNet-34 (16 residual blocks; the teacher a ResNet-18's 8).
     student_paths = ckpt_lib.stored_model_weight_paths(
-        ckpt_lib.latest_valid_checkpoint(str(teacher_dir / "student"))
+        ckpt_lib.latest_valid_checkpoint(str(tmp_path / "student"))
     )
     assert any("block_group3" in p and "block_5" in p for p in student_paths)
     assert not any("block_5" in p for p in ckpt_lib.stored_model_weight_paths(prefix))
@@ -228,16 +213,16 @@ def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(teacher_dir, monk
     want = eval_lib.classification_accuracy(model, factory.eval_dataset(config, "test"))
     assert metrics["teacher_top1"] == pytest.approx(want["top1"])
     assert 0.0 <= metrics["student_top1"] <= 1.0
-    history = metrics_records(str(teacher_dir / "student"))
+    history = metrics_records(str(tmp_path / "student"))
     assert [r["step"] for r in history] == [2, 4]
     assert all(r["distill_loss"] > 0 and "teacher_agreement" in r for r in history)
 
 
-def test_an_exported_teacher_gives_the_checkpoint_teachers_logits(teacher_dir):
-    export_base = teacher_dir / "teacher" / "saved_model"
+def test_an_exported_teacher_gives_the_checkpoint_teachers_logits(finetuned_run):
+    export_base = finetuned_run / "saved_model"
     export = export_base / os.listdir(export_base)[0]
     from_export = distill.load_teacher(str(export), image_size=16)
-    from_run = distill.load_teacher(str(teacher_dir / "teacher"), image_size=16)
+    from_run = distill.load_teacher(str(finetuned_run), image_size=16)
     images = tf.random.stateless_uniform([5, 16, 16, 3], seed=[7, 8])
     assert from_export.num_classes == from_run.num_classes == 10
     np.testing.assert_allclose(
@@ -247,9 +232,48 @@ def test_an_exported_teacher_gives_the_checkpoint_teachers_logits(teacher_dir):
     np.testing.assert_array_equal(from_run.logits(images), from_run.logits(images))
 
 
-def test_distillation_resumes_after_a_kill(teacher_dir, tmp_path):
+class _DiedAfterSaving(Exception):
+    pass
+
+
+def test_distillation_dies_after_a_checkpoint_and_the_rerun_resumes(
+    finetuned_run, tmp_path, monkeypatch, caplog
+):
+    """In-process version of the SIGKILL test below: a 6-step distillation that dies right
+    after saving ckpt-2 (an exception out of the save: nothing else runs, as with a kill)
+    resumes from ckpt-2 when rerun, with its teacher, and finishes: one record per logged
+    step, none repeated."""
     model_dir = str(tmp_path / "student")
-    flags = tiny_flags(model_dir, 6, "--train_mode=distill", f"--teacher={teacher_dir / 'teacher'}")
+    config = tiny_config(
+        model_dir, mode="train", train_mode="distill", teacher=str(finetuned_run), train_steps=6
+    )
+    save = train.storage.save_checkpoint
+
+    def save_then_die(manager, step, directory):
+        save(manager, step, directory)
+        if step == 2:
+            raise _DiedAfterSaving
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.storage, "save_checkpoint", save_then_die)
+        with pytest.raises(_DiedAfterSaving):
+            runner.run(config)
+    assert checkpoint_numbers(model_dir) == [2]
+    with caplog.at_level(logging.INFO):
+        assert runner.run(config)["step"] == 6
+    assert resumed_steps(caplog.text) == [2]
+    steps = [r["step"] for r in metrics_records(model_dir)]
+    assert steps == [2, 4, 6]
+    assert all(
+        r["distill_loss"] > 0 and "teacher_agreement" in r for r in metrics_records(model_dir)
+    )
+    assert 6 in checkpoint_numbers(model_dir)
+
+
+@pytest.mark.slow
+def test_distillation_resumes_after_a_kill(finetuned_run, tmp_path):
+    model_dir = str(tmp_path / "student")
+    flags = tiny_flags(model_dir, 6, "--train_mode=distill", f"--teacher={finetuned_run}")
     logs = [str(tmp_path / "first.log"), str(tmp_path / "second.log")]
     proc = start(flags, logs[0])
     try:
@@ -284,12 +308,12 @@ def _no_training_happened(model_dir):
     return not os.path.isdir(model_dir) or not checkpoint_numbers(str(model_dir))
 
 
-def test_a_teacher_of_other_classes_is_refused_before_training(teacher_dir, tmp_path):
+def test_a_teacher_of_other_classes_is_refused_before_training(pretrained_run, tmp_path):
     other = tiny_config(
         tmp_path / "teacher3",
         mode="train",
         train_mode="finetune",
-        checkpoint=str(teacher_dir / "pretrain"),
+        checkpoint=str(pretrained_run),
         dataset=_folder(tmp_path / "three"),
         train_batch_size=8,
         train_steps=2,
@@ -302,7 +326,7 @@ def test_a_teacher_of_other_classes_is_refused_before_training(teacher_dir, tmp_
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty_dir", "file", "no_head", "not_tf_simclr"])
-def test_a_teacher_that_is_not_a_model_is_named(teacher_dir, tmp_path, kind):
+def test_a_teacher_that_is_not_a_model_is_named(tmp_path, kind):
     path = tmp_path / kind
     if kind == "empty_dir":
         path.mkdir()
@@ -322,11 +346,11 @@ def test_a_teacher_that_is_not_a_model_is_named(teacher_dir, tmp_path, kind):
     assert _no_training_happened(tmp_path / "s")
 
 
-def test_a_student_that_cannot_be_built_is_named(teacher_dir, tmp_path):
+def test_a_student_that_cannot_be_built_is_named(pretrained_run, finetuned_run, tmp_path):
     config = tiny_config(
         tmp_path / "s",
         train_mode="distill",
-        teacher=str(teacher_dir / "teacher"),
+        teacher=str(finetuned_run),
         proj_head_mode="none",
         ft_proj_selector=1,
     )
@@ -337,8 +361,8 @@ def test_a_student_that_cannot_be_built_is_named(teacher_dir, tmp_path):
     wider = tiny_config(
         tmp_path / "w",
         train_mode="distill",
-        teacher=str(teacher_dir / "teacher"),
-        checkpoint=str(teacher_dir / "pretrain"),
+        teacher=str(finetuned_run),
+        checkpoint=str(pretrained_run),
         width_multiplier=0.25,
     )
     with pytest.raises(ValueError, match="another architecture"):
@@ -365,12 +389,12 @@ def test_distillation_flags_are_checked(tmp_path, changes, match):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher_kind", ["run", "export"])
-def test_distillation_under_mirrored_matches_one_device(teacher_dir, tmp_path, teacher_kind):
+def test_distillation_under_mirrored_matches_one_device(finetuned_run, tmp_path, teacher_kind):
     """MirroredStrategy over 2 logical CPUs (subprocesses: logical devices must be set before
     TensorFlow starts) distils from a checkpoint or an exported teacher with the per-step losses
     of one device. (A SavedModel loaded under the strategy's scope cannot be called from its
     replicas; load_teacher loads exports outside it.)"""
-    teacher = teacher_dir / "teacher"
+    teacher = finetuned_run
     if teacher_kind == "export":
         teacher = teacher / "saved_model" / os.listdir(teacher / "saved_model")[0]
     flags = ["--train_mode=distill", f"--teacher={teacher}", "--precision=float32"]

@@ -23,7 +23,7 @@ from tf_simclr.training.distribute import (
     run_and_reduce,
 )
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 TOL = 1e-5
 
 
@@ -31,7 +31,7 @@ TOL = 1e-5
 def dist_results():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "helpers", "distributed_check.py")],
+        [sys.executable, os.path.join(TESTS, "helpers", "distributed_check.py")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -190,7 +190,7 @@ def test_multi_worker_two_local_workers():
         env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")
         procs.append(
             subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "helpers", "multi_worker_check.py")],
+                [sys.executable, os.path.join(TESTS, "helpers", "multi_worker_check.py")],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

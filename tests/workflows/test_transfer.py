@@ -39,16 +39,6 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A tiny model pretrained for 2 steps on the embedded dataset (16 px, 10 classes), in
-    ckpt-2. (Fine-tuning from an export: tests/test_train.py; exports cost a test's time.)"""
-    model_dir = tmp_path_factory.mktemp("pretrained")
-    runner.run(tiny_config(model_dir, mode="train", train_steps=2))
-    assert (model_dir / "ckpt-2.index").exists()
-    return model_dir
-
-
-@pytest.fixture(scope="module")
 def other_task(tmp_path_factory):
     root = tmp_path_factory.mktemp("colours")
     rng = np.random.default_rng(0)
@@ -93,11 +83,13 @@ def _projector_features(model_dir):
 # ------------------------------------------------------------------------------------------
 # Linear evaluation and kNN of the frozen features
 # ------------------------------------------------------------------------------------------
-def test_frozen_features_of_a_pretrained_model_on_another_task(pretrained, other_task, tmp_path):
+def test_frozen_features_of_a_pretrained_model_on_another_task(
+    pretrained_run, other_task, tmp_path
+):
     out = tmp_path / "transfer"
     flags = [
         "--mode=eval",
-        f"--checkpoint={pretrained}",
+        f"--checkpoint={pretrained_run}",
         f"--dataset={other_task}",
         f"--model_dir={out}",
         *SMALL,
@@ -105,14 +97,14 @@ def test_frozen_features_of_a_pretrained_model_on_another_task(pretrained, other
     config = config_from_argv(*flags)
     # The encoder, and its input size, are the checkpoint run's.
     assert (config.width_multiplier, config.proj_out_dim, config.image_size) == (0.125, 16, 16)
-    pretrained_result = (pretrained / "result.json").read_bytes()
+    pretrained_result = (pretrained_run / "result.json").read_bytes()
     result = runner.run(config)
 
     # The results are in --model_dir, the pretrained run is left alone.
-    assert (pretrained / "result.json").read_bytes() == pretrained_result
-    assert not (pretrained / visualize.NEIGHBOURS_FILENAME).exists()
+    assert (pretrained_run / "result.json").read_bytes() == pretrained_result
+    assert not (pretrained_run / visualize.NEIGHBOURS_FILENAME).exists()
     saved = json.loads((out / "result.json").read_text())
-    assert saved["checkpoint"] == str(pretrained / "ckpt-2") and saved["step"] == 2
+    assert saved["checkpoint"] == str(pretrained_run / "ckpt-2") and saved["step"] == 2
     assert saved["image_size"] == 16 and saved["dataset"] == str(other_task)
     metrics = result["metrics"]
     assert saved["metrics"] == pytest.approx(metrics)
@@ -121,7 +113,7 @@ def test_frozen_features_of_a_pretrained_model_on_another_task(pretrained, other
 
     # An independent path: the pretraining run's network restored by hand, the images resized
     # by hand, the kNN in NumPy.
-    model = _restored_by_hand(pretrained, pretrained / "ckpt-2")
+    model = _restored_by_hand(pretrained_run, pretrained_run / "ckpt-2")
     train_x, train_y = _features_by_hand(model, other_task, "train", 16)
     test_x, test_y = _features_by_hand(model, other_task, "test", 16)
     np.testing.assert_allclose(_projector_features(out), test_x, rtol=1e-4, atol=1e-5)
@@ -135,11 +127,11 @@ def test_frozen_features_of_a_pretrained_model_on_another_task(pretrained, other
     assert {"random_init_linear_top1", "random_init_knn_top1", "linear_top1_gain"} <= set(metrics)
 
 
-def test_frozen_features_at_another_input_size(pretrained, other_task, tmp_path):
+def test_frozen_features_at_another_input_size(pretrained_run, other_task, tmp_path):
     """--checkpoint=model_dir/ckpt-N, and --image_size=24 (not the run's 16)."""
     out = tmp_path / "at24"
     config = config_from_argv(
-        f"--checkpoint={pretrained / 'ckpt-2'}",
+        f"--checkpoint={pretrained_run / 'ckpt-2'}",
         f"--model_dir={out}",
         f"--dataset={other_task}",
         "--mode=eval",
@@ -150,7 +142,7 @@ def test_frozen_features_at_another_input_size(pretrained, other_task, tmp_path)
     )
     assert config.image_size == 24
     assert runner.run(config)["step"] == 2
-    model = _restored_by_hand(pretrained, pretrained / "ckpt-2")
+    model = _restored_by_hand(pretrained_run, pretrained_run / "ckpt-2")
     test_x, _ = _features_by_hand(model, other_task, "test", 24)
     np.testing.assert_allclose(_projector_features(out), test_x, rtol=1e-4, atol=1e-5)
 
@@ -184,11 +176,11 @@ def test_the_weight_decay_is_chosen_on_held_out_training_examples():
 # Fine-tuning on the other task
 # ------------------------------------------------------------------------------------------
 def test_finetuning_on_another_task_starts_from_the_pretrained_encoder_and_learns(
-    pretrained, other_task, tmp_path, monkeypatch
+    pretrained_run, other_task, tmp_path, monkeypatch
 ):
     config = config_from_argv(
         "--train_mode=finetune",
-        f"--checkpoint={pretrained}",
+        f"--checkpoint={pretrained_run}",
         f"--dataset={other_task}",
         f"--model_dir={tmp_path / 'ft'}",
         "--mode=train_then_eval",
@@ -210,7 +202,7 @@ def test_finetuning_on_another_task_starts_from_the_pretrained_encoder_and_learn
     monkeypatch.setattr(warm_start, "restore_initial_weights", recording)
     result = runner.run(config)
 
-    pre = tf.train.load_checkpoint(str(pretrained / "ckpt-2"))
+    pre = tf.train.load_checkpoint(str(pretrained_run / "ckpt-2"))
     network = [p for p in started_from if "head_supervised" not in p]
     assert len(network) > 100
     for path in network:
@@ -229,10 +221,10 @@ def test_finetuning_on_another_task_starts_from_the_pretrained_encoder_and_learn
     assert result["metrics"]["finetune_top1"] >= 0.75, result["metrics"]
 
 
-def test_a_head_trained_on_another_dataset_starts_afresh(pretrained, tmp_path):
+def test_a_head_trained_on_another_dataset_starts_afresh(pretrained_run, tmp_path):
     """Fine-tuning: the pretrained head (10 shapes10 classes) is copied for shapes10, not for
     another dataset of 10 classes (another label space)."""
-    stored = tf.train.load_checkpoint(str(pretrained / "ckpt-2")).get_tensor(
+    stored = tf.train.load_checkpoint(str(pretrained_run / "ckpt-2")).get_tensor(
         ckpt_lib.checkpoint_key("simclr/head_supervised/kernel")
     )
     ten_other_classes = tmp_path / "ten_other_classes"
@@ -244,7 +236,7 @@ def test_a_head_trained_on_another_dataset_starts_afresh(pretrained, tmp_path):
             )
     for dataset, copied in (("embedded", True), (str(ten_other_classes), False)):
         config = tiny_config(
-            tmp_path / "ft", train_mode="finetune", checkpoint=str(pretrained), dataset=dataset
+            tmp_path / "ft", train_mode="finetune", checkpoint=str(pretrained_run), dataset=dataset
         )
         model = factory.build_model(config, 10)
         warm_start.restore_initial_weights(config, model)
@@ -285,8 +277,12 @@ def test_a_checkpoint_that_is_not_a_model_is_named(kind, other_task, tmp_path):
     assert not list((tmp_path / "ft").glob("ckpt-*"))
 
 
-def test_encoder_flags_that_contradict_the_checkpoint(pretrained, other_task, tmp_path):
-    common = [f"--checkpoint={pretrained}", f"--dataset={other_task}", f"--model_dir={tmp_path}"]
+def test_encoder_flags_that_contradict_the_checkpoint(pretrained_run, other_task, tmp_path):
+    common = [
+        f"--checkpoint={pretrained_run}",
+        f"--dataset={other_task}",
+        f"--model_dir={tmp_path}",
+    ]
     for mode in (["--mode=eval"], ["--train_mode=finetune"]):
         with pytest.raises(
             ConfigError, match=r"--width_multiplier=0.25 \(the checkpoint's run has 0.125\)"
@@ -305,7 +301,7 @@ def test_encoder_flags_that_contradict_the_checkpoint(pretrained, other_task, tm
     # Without the run's config.json, the weights themselves tell.
     bare = tmp_path / "bare"
     bare.mkdir()
-    for file in pretrained.glob("ckpt-2.*"):
+    for file in pretrained_run.glob("ckpt-2.*"):
         (bare / file.name).write_bytes(file.read_bytes())
     config = tiny_config(
         tmp_path / "out", mode="eval", checkpoint=str(bare), dataset=str(other_task)
@@ -330,10 +326,10 @@ def test_mode_combinations_that_make_no_sense(changes, message):
 
 
 def test_eval_with_checkpoint_and_finetune_or_into_a_run_is_refused(
-    pretrained, other_task, tmp_path
+    pretrained_run, other_task, tmp_path
 ):
     run_dir = tmp_path / "run"
-    shutil.copytree(pretrained, run_dir)
+    shutil.copytree(pretrained_run, run_dir)
     before = sorted(p.name for p in run_dir.iterdir())
     # Nothing fine-tuned to evaluate in a new --model_dir.
     config = config_from_argv(

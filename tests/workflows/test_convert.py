@@ -20,7 +20,7 @@ from tf_simclr.training import checkpoints as ckpt_lib
 from tf_simclr.workflows import convert, runner
 from tf_simclr.workflows.export import SimCLRHubLayer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 R18 = "r18_cifar_w025_v1"
 R50_FT = "r50_sk0_w0125_finetuned_v2"
 
@@ -312,12 +312,14 @@ def test_shape_mismatch_names_both_shapes(r18_source, tmp_path):
     _assert_nothing_written(dst)
 
 
-def test_existing_destination_is_left_alone(reference_fixtures, tmp_path):
+def test_existing_destination_is_left_alone(reference_fixtures, tmp_path, capsys):
+    """The command's own main, in-process (the command as a process: the test above)."""
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
-    proc = _run_cli(f"--src={os.path.join(reference_fixtures, R18, 'saved_model')}", f"--dst={dst}")
-    assert proc.returncode == 1 and "exists and is not empty" in proc.stderr
+    src = os.path.join(reference_fixtures, R18, "saved_model")
+    assert convert.main([f"--src={src}", f"--dst={dst}"]) == 1
+    assert "exists and is not empty" in capsys.readouterr().err
     assert sorted(os.listdir(dst)) == ["keep.txt"] and (dst / "keep.txt").read_text() == "mine"
 
 

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tf_simclr import augment as A
+from tf_simclr.augment import draws, fused, kernels, view_kernels
 
 SEED = tf.constant([3, 7], tf.int64)
 
@@ -386,7 +387,7 @@ def test_a_composition_is_its_operators_applied_in_order(spec):
     out = A.augment_batch(x, SEED, image_size=16, augmentations=spec).numpy()
     ops = [op for op in spec.split(",") if op]
     by_hand = x if "crop_no_resize" in ops else _resized(x, 16)
-    seeds = A._seeds(SEED, max(len(ops), 1))
+    seeds = draws._seeds(SEED, max(len(ops), 1))
     apply = {
         "crop_no_resize": lambda im, s: A.crop_no_resize(im, s, size=16),
         "flip": A.flip,
@@ -448,7 +449,7 @@ def test_merge_sat_hue_and_combined_round_trip():
     # Adjacent saturation and hue commute, so one HSV round trip gives either order's result.
     x = _rand_images(4, 8)
     fs, dh = tf.constant([0.3, 1.7, 1.0, 0.9]), tf.constant([0.1, -0.2, 0.05, 0.0])
-    both = A._sat_hue_kernel(x, fs, dh).numpy()
+    both = kernels._sat_hue_kernel(x, fs, dh).numpy()
     for i in range(4):
         sh = tf.image.adjust_hue(tf.image.adjust_saturation(x[i], fs[i]), dh[i])
         hs = tf.image.adjust_saturation(tf.image.adjust_hue(x[i], dh[i]), fs[i])
@@ -467,7 +468,7 @@ def test_single_image_path_statistics_and_determinism():
     gray = tf.fill([1, 2, 2, 3], 0.5)
     seeds = tf.stack([tf.range(250), tf.zeros(250, tf.int32)], axis=1)
     f = tf.function(
-        lambda s: A._color_jitter_one(gray, s, strength=0.5, p=0.8, brightness="multiplicative")
+        lambda s: fused._color_jitter_one(gray, s, strength=0.5, p=0.8, brightness="multiplicative")
     )
     out = tf.map_fn(lambda s: f(s)[0, 0, 0, 0], seeds, fn_output_signature=tf.float32).numpy()
     factor = out / 0.5
@@ -485,14 +486,14 @@ def test_closed_form_saturation_matches_tf_image():
     x = tf.concat([x[:2], tf.fill([1, 32, 3], 0.4), tf.zeros([1, 32, 3]), x[4:]], 0)  # grays
     for f in (0.0, 0.35, 1.0, 1.7, 6.0):  # 6.0 saturates most pixels (s clipped at 1)
         ref = tf.clip_by_value(tf.image.adjust_saturation(x, f), 0.0, 1.0).numpy()
-        np.testing.assert_allclose(A._saturate(x, f).numpy(), ref, atol=1e-6)
+        np.testing.assert_allclose(kernels._saturate(x, f).numpy(), ref, atol=1e-6)
 
 
 def test_planar_hue_shift_matches_tf_image():
     x = _rand_images(1, 24)[0]
     x = tf.concat([x[:2], tf.fill([1, 24, 3], 0.4), x[3:]], 0)
     for dh in (-0.2, -0.03, 0.0, 0.11, 0.2):
-        out = tf.stack(A._hue_shift_planes(x[..., 0], x[..., 1], x[..., 2], dh), -1)
+        out = tf.stack(kernels._hue_shift_planes(x[..., 0], x[..., 1], x[..., 2], dh), -1)
         ref = tf.clip_by_value(tf.image.adjust_hue(x, dh), 0.0, 1.0)
         np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=2e-6)
 
@@ -509,7 +510,7 @@ def _numpy_reflect_blur(img, kern):
 def test_planar_blur_matches_numpy_reflect_convolution(side):
     x = _rand_images(1, side, side + 8)[0]
     kern = A.blur_kernel(tf.constant([1.7]), side)[0]
-    out = A._BLUR_IMAGE(x, kern).numpy()
+    out = view_kernels._BLUR_IMAGE(x, kern).numpy()
     np.testing.assert_allclose(out, _numpy_reflect_blur(x.numpy(), kern.numpy()), atol=1e-6)
 
 
@@ -520,9 +521,9 @@ def test_view_color_kernel_blurs_only_when_drawn_after_grayscale():
     kern = A.blur_kernel(tf.constant([1.2]), 40)[0]
     for gray in (False, True):
         args = (1 / 255, True, tf.constant([1, 3, 0, 2]), 1.2, 0.7, 1.4, -0.1, gray)
-        plain = A._VIEW_COLOR[False](x, *args).numpy()
-        kept = A._VIEW_COLOR[False](x, *args, kern, tf.constant(False)).numpy()
-        blurred = A._VIEW_COLOR[False](x, *args, kern, tf.constant(True)).numpy()
+        plain = view_kernels._VIEW_COLOR[False](x, *args).numpy()
+        kept = view_kernels._VIEW_COLOR[False](x, *args, kern, tf.constant(False)).numpy()
+        blurred = view_kernels._VIEW_COLOR[False](x, *args, kern, tf.constant(True)).numpy()
         np.testing.assert_array_equal(kept, plain)
         ref = _numpy_reflect_blur(plain, kern.numpy())
         np.testing.assert_allclose(blurred, ref, atol=1e-6)
@@ -534,7 +535,7 @@ def test_view_color_kernel_matches_tf_image_ops_in_order():
     fb, fc, fs, dh = 1.3, 0.6, 1.5, 0.12
     for order, flip, gray in [([2, 0, 3, 1], True, False), ([3, 1, 0, 2], False, True)]:
         args = (1 / 255, flip, tf.constant(order), fb, fc, fs, dh, gray)
-        out = A._VIEW_COLOR[False](x, *args).numpy()
+        out = view_kernels._VIEW_COLOR[False](x, *args).numpy()
         ref = tf.clip_by_value(x / 255, 0, 1)
         ref = ref[:, ::-1] if flip else ref
         ops = [
@@ -548,7 +549,9 @@ def test_view_color_kernel_matches_tf_image_ops_in_order():
         if gray:
             ref = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(ref))
         np.testing.assert_allclose(out, ref.numpy(), atol=2e-5)
-    none = A._VIEW_COLOR[True](x, 1 / 255, False, tf.fill([4], 4), 0.5, fc, fs, dh, False)
+    none = view_kernels._VIEW_COLOR[True](
+        x, 1 / 255, False, tf.fill([4], 4), 0.5, fc, fs, dh, False
+    )
     np.testing.assert_allclose(none.numpy(), x.numpy() / 255, atol=1e-6)  # nothing drawn
 
 
@@ -557,7 +560,7 @@ def test_fused_single_crop_is_tf_resize_of_the_sampled_box():
     for i in range(3):
         seed = tf.constant([i, 9], tf.int64)
         out = A.augment_single(img, seed, image_size=32, augmentations="crop")
-        y0, x0, h, w = A.sample_crop_boxes(A._seeds(seed, 1)[0], 60, 90, 1)[0].numpy()
+        y0, x0, h, w = A.sample_crop_boxes(draws._seeds(seed, 1)[0], 60, 90, 1)[0].numpy()
         ref = tf.image.resize(img[y0 : y0 + h, x0 : x0 + w], (32, 32), method="bicubic")
         np.testing.assert_allclose(out.numpy(), np.clip(ref.numpy() / 255, 0, 1), atol=1e-6)
 
@@ -589,10 +592,10 @@ def test_fused_single_path_equals_the_operator_by_operator_path(monkeypatch, ops
     images = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(3)]
     seeds = [tf.constant([int(rng.integers(1 << 30)), i], tf.int64) for i in range(6)]
     kw = dict(image_size=64, augmentations=ops, color_jitter_strength=1.0)
-    fused = [A.augment_single(images[i % 3], s, **kw) for i, s in enumerate(seeds)]
-    monkeypatch.setattr(A.fused, "_fast_plan", lambda ops: None)
+    fast = [A.augment_single(images[i % 3], s, **kw) for i, s in enumerate(seeds)]
+    monkeypatch.setattr(fused, "_fast_plan", lambda ops: None)
     generic = [A.augment_single(images[i % 3], s, **kw) for i, s in enumerate(seeds)]
-    for a, b in zip(fused, generic, strict=True):
+    for a, b in zip(fast, generic, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5)
 
 
@@ -660,6 +663,6 @@ def test_crop_stage_refuses_compositions_it_cannot_split():
 def test_channel_means_equal_numpy_with_static_and_unknown_sizes():
     x = np.random.default_rng().random((5, 7, 9, 3)).astype(np.float32)
     want = x.mean(axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(A._channel_means(tf.constant(x)).numpy(), want, rtol=1e-6)
-    traced = tf.function(A._channel_means, input_signature=[tf.TensorSpec([None] * 4)])
+    np.testing.assert_allclose(kernels._channel_means(tf.constant(x)).numpy(), want, rtol=1e-6)
+    traced = tf.function(kernels._channel_means, input_signature=[tf.TensorSpec([None] * 4)])
     np.testing.assert_allclose(traced(tf.constant(x)).numpy(), want, rtol=1e-6)

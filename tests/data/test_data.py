@@ -17,7 +17,7 @@ from tf_simclr.evaluation import preview
 
 # Real CIFAR-10 as an image folder, in ../shared beside the checkout (not part of the repository).
 CIFAR_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
     "shared",
     "data",
     "cifar10-jpeg",
