@@ -12,9 +12,9 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.configs import tiny_config
 from PIL import Image
 
-from tests.helpers.configs import tiny_config
 from tf_simclr import cli
 from tf_simclr.config import Config, ConfigError, resolve
 from tf_simclr.evaluation import visualize
