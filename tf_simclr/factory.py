@@ -11,6 +11,7 @@ import logging
 import tensorflow as tf
 
 from tf_simclr import data as data_lib
+from tf_simclr import objectives
 from tf_simclr.choices import SUPERVISED_TRAIN_MODES
 from tf_simclr.config import Config
 from tf_simclr.network import model as model_lib
@@ -67,6 +68,7 @@ def _build_model(config: Config, num_classes: int, train_mode: str | None):
         global_bn=config.global_bn,
         fused_batch_norm=config.fused_batch_norm,
     )
+    train_mode = train_mode or config.train_mode
     model = model_lib.SimCLRModel(
         encoder,
         num_classes=num_classes,
@@ -74,25 +76,34 @@ def _build_model(config: Config, num_classes: int, train_mode: str | None):
         proj_out_dim=config.proj_out_dim,
         num_proj_layers=config.num_proj_layers,
         ft_proj_selector=config.ft_proj_selector,
-        train_mode=train_mode or config.train_mode,
+        train_mode=train_mode,
         lineareval_while_pretraining=config.lineareval_while_pretraining,
         global_bn=config.global_bn,
         batch_norm_decay=config.batch_norm_decay,
         fine_tune_after_block=config.fine_tune_after_block,
         zero_init_logits_layer=config.zero_init_logits_layer,
-        temperature=config.temperature,
-        hidden_norm=config.hidden_norm,
-        loss_scale=config.loss_scale,
         sup_head_input_norm=config.sup_head_input_norm,
-        head_weight_decay=head_l2_coefficient(config),
         fused_batch_norm=config.fused_batch_norm,
         ft_update_unused_head_bn=config.ft_update_unused_head_bn,
-        distill_temperature=config.distill_temperature,
-        distill_alpha=config.distill_alpha,
+        objective=build_objective(config, train_mode),
     )
     # Build the variables now so checkpoints restore eagerly and counts are known.
     model(tf.zeros([1, config.image_size, config.image_size, 3]), training=False)
     return model
+
+
+def build_objective(config: Config, train_mode: str | None = None):
+    """The training objective of `train_mode` (default --train_mode) with its settings: the
+    one place a run's objective is chosen."""
+    return objectives.for_train_mode(
+        train_mode or config.train_mode,
+        temperature=config.temperature,
+        hidden_norm=config.hidden_norm,
+        loss_scale=config.loss_scale,
+        head_weight_decay=head_l2_coefficient(config),
+        distill_temperature=config.distill_temperature,
+        distill_alpha=config.distill_alpha,
+    )
 
 
 def learning_rate_schedule(config: Config, num_train_examples: int):

@@ -482,7 +482,7 @@ def test_an_objective_of_ones_own_trains_and_saves_with_the_model(tmp_path):
     from tf_simclr import config as config_lib
     from tf_simclr import objectives
 
-    assert tuple(objectives.OBJECTIVES) == config_lib.TRAIN_MODES == model_lib.TRAIN_MODES
+    assert tuple(objectives.OBJECTIVES) == config_lib.TRAIN_MODES
     keras.utils.set_random_seed(2)
     model = _tiny(num_classes=None, objective=_Alignment(weight=2.0))
     batch = _two_view_batch(n=4)
@@ -502,3 +502,34 @@ def test_an_objective_of_ones_own_trains_and_saves_with_the_model(tmp_path):
     assert isinstance(reloaded.objective, _Alignment) and reloaded.objective.weight == 2.0
     with pytest.raises(ValueError, match="is for train_mode='pretrain', but the model is built"):
         _tiny(num_classes=3, train_mode="finetune", objective=_Alignment())
+
+
+def test_objective_settings_are_keywords_of_the_train_modes_objective_only():
+    """The train mode's objective takes its settings as SimCLRModel keywords, refused beside
+    objective=; a config saved with them (before the objective was always saved) loads with
+    the same objective; the probe's default optimizer comes from the objective."""
+    from tf_simclr.objectives import ContrastivePretraining
+
+    def encoder():
+        return keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten()])
+
+    model = SimCLRModel(encoder(), num_classes=2, temperature=0.2, head_weight_decay=1e-3)
+    assert (model.objective.temperature, model.objective.head_weight_decay) == (0.2, 1e-3)
+    with pytest.raises(ValueError, match="set them on that objective"):
+        SimCLRModel(encoder(), num_classes=2, temperature=0.2, objective=ContrastivePretraining())
+    saved = model.get_config()
+    settings = dict(hidden_norm=True, loss_scale="paper", distill_temperature=1.0)
+    old = {k: v for k, v in saved.items() if k != "objective"}
+    old.update(temperature=0.2, head_weight_decay=1e-3, distill_alpha=0.0, **settings)
+    for config in (old, {**old, "objective": saved["objective"]}):
+        loaded = SimCLRModel.from_config(config).objective
+        assert loaded.get_config() == model.objective.get_config()
+
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    head = model.head_optimizer
+    assert type(head) is keras.optimizers.SGD and head.momentum == 0.9
+    assert float(head.learning_rate) == pytest.approx(0.1)
+    # An objective without default_head_optimizer leaves the head to the main optimizer.
+    aligned = SimCLRModel(encoder(), num_classes=2, objective=_Alignment())
+    aligned.compile(optimizer=keras.optimizers.SGD(0.5))
+    assert aligned.head_optimizer is None

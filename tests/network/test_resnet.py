@@ -262,3 +262,10 @@ def test_fused_batch_norm_matches_keras(shape, center):
     frozen.build(shape)
     frozen.trainable = False  # frozen BN: inference mode even when training=True
     np.testing.assert_allclose(frozen(x, training=True), frozen(x, training=False))
+
+
+def test_the_depths_the_settings_accept_are_the_depths_built():
+    from tf_simclr.choices import RESNET_DEPTHS
+    from tf_simclr.network.resnet import RESNET_LAYERS
+
+    assert tuple(RESNET_LAYERS) == RESNET_DEPTHS

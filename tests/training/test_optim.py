@@ -416,6 +416,22 @@ def test_warmup_cosine_values(base, warmup, total):
         assert float(s(mid)) == pytest.approx(base / 2, rel=1e-6)
 
 
+def test_warmup_cosine_is_keras_cosine_decay_over_a_whole_schedule():
+    """The schedule is Keras' CosineDecay from 0 with warmup_target = base: equal to it at every
+    step, and within float32 round-off (2 ulps of the base rate) of the float64 formula."""
+    base, warmup, total = 4.8, 31, 313
+    ours = WarmupCosineDecay(base, warmup, total)
+    theirs = keras.optimizers.schedules.CosineDecay(
+        0.0, total - warmup, warmup_target=base, warmup_steps=warmup
+    )
+    assert isinstance(ours, keras.optimizers.schedules.CosineDecay)
+    steps = [tf.constant(step, tf.int64) for step in range(total + 3)]
+    values = [float(ours(step)) for step in steps]
+    assert values == [float(theirs(step)) for step in steps]
+    expected = [warmup_cosine(step, base, warmup, total) for step in range(total + 3)]
+    np.testing.assert_allclose(values, expected, rtol=0, atol=2 * np.spacing(np.float32(base)))
+
+
 def test_warmup_cosine_serialisation():
     s = WarmupCosineDecay(0.6, 7, 70)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(s))

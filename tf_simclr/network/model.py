@@ -24,14 +24,12 @@ import tensorflow as tf
 from keras import ops
 
 from tf_simclr import objectives, validation
+from tf_simclr.choices import SUPERVISED_TRAIN_MODES, TRAIN_MODES
 from tf_simclr.network.heads import DEFAULT_NUM_PROJ_LAYERS, PROJ_HEAD_MODES, ProjectionHead  # noqa: F401
 from tf_simclr.network.resnet import freeze_up_to_block, layer_groups
 from tf_simclr.objectives import Objective
 from tf_simclr.objectives.loss import labelled_cross_entropy
 
-TRAIN_MODES = ("pretrain", "finetune", "distill")
-# Modes whose supervised head is trained through the network.
-SUPERVISED_TRAIN_MODES = ("finetune", "distill")
 SUPERVISED_HEAD_NAME = "head_supervised"
 
 
@@ -42,6 +40,85 @@ def _on_tpu() -> bool:
 
 def _num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+# The settings of the objective a train mode chooses, still accepted by SimCLRModel as keywords.
+OBJECTIVE_SETTINGS = (
+    "temperature",
+    "hidden_norm",
+    "loss_scale",
+    "head_weight_decay",
+    "distill_temperature",
+    "distill_alpha",
+)
+# Network settings the model reads back as attributes.
+_ATTRIBUTES = (
+    "num_classes",
+    "proj_head_mode",
+    "ft_proj_selector",
+    "train_mode",
+    "lineareval_while_pretraining",
+    "global_bn",
+    "fine_tune_after_block",
+    "fused_batch_norm",
+    "ft_update_unused_head_bn",
+)
+
+
+def _check_train_mode(train_mode: str, num_classes, fine_tune_after_block: int) -> None:
+    if train_mode not in TRAIN_MODES:
+        raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}.")
+    supervised = train_mode in SUPERVISED_TRAIN_MODES
+    if fine_tune_after_block != -1 and not supervised:
+        raise ValueError(
+            "fine_tune_after_block only applies to train_mode='finetune' or 'distill'; "
+            f"got fine_tune_after_block={fine_tune_after_block} with train_mode={train_mode!r}."
+        )
+    if supervised and not num_classes:
+        raise ValueError(f"train_mode={train_mode!r} needs num_classes >= 1.")
+
+
+def _choose_objective(train_mode: str, objective, settings: dict):
+    """`objective` if given (it must be for `train_mode`), else the train mode's own objective
+    built from `settings` (checked there)."""
+    if objective is None:
+        return objectives.for_train_mode(train_mode, **settings)
+    if settings:
+        raise ValueError(
+            f"Objective settings ({', '.join(sorted(settings))}) configure the objective the "
+            "train mode chooses; with objective= given, set them on that objective instead."
+        )
+    if getattr(objective, "train_mode", train_mode) != train_mode:
+        raise ValueError(
+            f"objective {type(objective).__name__} is for train_mode="
+            f"{objective.train_mode!r}, but the model is built for {train_mode!r}."
+        )
+    return objective
+
+
+def _check_ft_proj_selector(ft_proj_selector: int, projection_head) -> None:
+    n_hiddens = projection_head.num_layers + 1
+    if not 0 <= ft_proj_selector < n_hiddens:
+        raise ValueError(
+            f"ft_proj_selector={ft_proj_selector} is out of range for proj_head_mode="
+            f"{projection_head.mode!r} with {projection_head.num_layers} layer(s); use 0.."
+            f"{n_hiddens - 1} (0 = encoder output)."
+        )
+
+
+def _frozen_layers(encoder, train_mode: str, fine_tune_after_block: int) -> list:
+    """Fine-tuning with fine_tune_after_block=k: freezes the stem and block groups 1..k of
+    `encoder` (all of it for k = 4) and returns the frozen layers."""
+    if train_mode not in SUPERVISED_TRAIN_MODES:
+        return []
+    freeze_up_to_block(encoder, fine_tune_after_block)
+    if fine_tune_after_block == 4:
+        return [encoder]
+    if fine_tune_after_block < 0:
+        return []
+    groups = layer_groups(encoder)
+    names = ["stem"] + [f"block_group{i}" for i in range(1, fine_tune_after_block + 1)]
+    return [layer for g in names for layer in groups[g]]
 
 
 @keras.saving.register_keras_serializable(package="tf_simclr")
@@ -66,10 +143,11 @@ class SimCLRModel(keras.Model):
     pretraining batches ``{"view1", "view2", "label"}`` (NT-Xent + supervised cross-entropy) and,
     in fine-tune mode, on ``{"image", "label"}`` batches (or ``(image, label)`` tuples).
 
-    The loss is the model's ``objective`` (`tf_simclr.objectives`): the one ``train_mode``
-    chooses, built from ``temperature``, ``hidden_norm``, ``loss_scale``,
-    ``head_weight_decay``, ``distill_temperature`` and ``distill_alpha``, or one given as
-    ``objective=`` (those settings are then unused).
+    The loss is the model's ``objective`` (`tf_simclr.objectives`): one given as ``objective=``,
+    or the one ``train_mode`` chooses, built from the objective settings passed as keywords
+    (``temperature``, ``hidden_norm``, ``loss_scale``, ``head_weight_decay``,
+    ``distill_temperature``, ``distill_alpha``; see OBJECTIVE_SETTINGS). The other arguments
+    describe the network.
     """
 
     def __init__(
@@ -88,77 +166,21 @@ class SimCLRModel(keras.Model):
         batch_norm_epsilon: float = 1e-5,
         fine_tune_after_block: int = -1,
         zero_init_logits_layer: bool = False,
-        temperature: float = 0.5,
-        hidden_norm: bool = True,
-        loss_scale: str = "paper",
-        head_weight_decay: float = 0.0,
         sup_head_input_norm: bool = True,
         fused_batch_norm: bool = True,
         ft_update_unused_head_bn: bool = False,
-        distill_temperature: float = 1.0,
-        distill_alpha: float = 0.0,
         objective=None,
         name: str = "simclr",
         **kwargs,
     ):
+        objective_settings = {k: kwargs.pop(k) for k in OBJECTIVE_SETTINGS if k in kwargs}
         super().__init__(name=name, **kwargs)
-        if train_mode not in TRAIN_MODES:
-            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}.")
-        supervised = train_mode in SUPERVISED_TRAIN_MODES
-        if fine_tune_after_block != -1 and not supervised:
-            raise ValueError(
-                "fine_tune_after_block only applies to train_mode='finetune' or 'distill'; "
-                f"got fine_tune_after_block={fine_tune_after_block} with train_mode={train_mode!r}."
-            )
-        if supervised and not num_classes:
-            raise ValueError(f"train_mode={train_mode!r} needs num_classes >= 1.")
-        custom_objective = objective
-        if objective is None:
-            # The train mode chooses the objective once; its settings are checked there.
-            objective = objectives.for_train_mode(
-                train_mode,
-                temperature=temperature,
-                hidden_norm=hidden_norm,
-                loss_scale=loss_scale,
-                head_weight_decay=head_weight_decay,
-                distill_temperature=distill_temperature,
-                distill_alpha=distill_alpha,
-            )
-        elif getattr(objective, "train_mode", train_mode) != train_mode:
-            raise ValueError(
-                f"objective {type(objective).__name__} is for train_mode="
-                f"{objective.train_mode!r}, but the model is built for {train_mode!r}."
-            )
+        _check_train_mode(train_mode, num_classes, fine_tune_after_block)
         # Not Keras-tracked: the objective holds settings, no weights.
-        object.__setattr__(self, "objective", objective)
-        self.encoder = encoder
-        self.projection_head = ProjectionHead(
-            proj_head_mode,
-            proj_out_dim=proj_out_dim,
-            num_proj_layers=num_proj_layers,
-            batch_norm_decay=batch_norm_decay,
-            batch_norm_epsilon=batch_norm_epsilon,
-            global_bn=global_bn,
-            fused_batch_norm=fused_batch_norm,
-            name="projection_head",
+        object.__setattr__(
+            self, "objective", _choose_objective(train_mode, objective, objective_settings)
         )
-        n_hiddens = self.projection_head.num_layers + 1
-        if not 0 <= ft_proj_selector < n_hiddens:
-            raise ValueError(
-                f"ft_proj_selector={ft_proj_selector} is out of range for proj_head_mode="
-                f"{proj_head_mode!r} with {self.projection_head.num_layers} layer(s); use 0.."
-                f"{n_hiddens - 1} (0 = encoder output)."
-            )
-        self.num_classes = num_classes
-        self.proj_head_mode = proj_head_mode
-        self.ft_proj_selector = ft_proj_selector
-        self.train_mode = train_mode
-        self.lineareval_while_pretraining = lineareval_while_pretraining
-        self.global_bn = global_bn
-        self.fine_tune_after_block = fine_tune_after_block
-        self.fused_batch_norm = fused_batch_norm
-        self.ft_update_unused_head_bn = ft_update_unused_head_bn
-        # Kept for get_config (the encoder is serialised separately).
+        # The network's settings, for get_config (the encoder is serialised separately).
         object.__setattr__(
             self,
             "_init_config",
@@ -175,39 +197,68 @@ class SimCLRModel(keras.Model):
                 batch_norm_epsilon=batch_norm_epsilon,
                 fine_tune_after_block=fine_tune_after_block,
                 zero_init_logits_layer=zero_init_logits_layer,
-                temperature=temperature,
-                hidden_norm=hidden_norm,
-                loss_scale=loss_scale,
-                head_weight_decay=head_weight_decay,
                 sup_head_input_norm=sup_head_input_norm,
                 fused_batch_norm=fused_batch_norm,
                 ft_update_unused_head_bn=ft_update_unused_head_bn,
-                distill_temperature=distill_temperature,
-                distill_alpha=distill_alpha,
             ),
         )
-        if custom_objective is not None:
-            self._init_config["objective"] = custom_objective
+        for setting in _ATTRIBUTES:
+            setattr(self, setting, self._init_config[setting])
+        self.encoder = encoder
+        self.projection_head = ProjectionHead(
+            proj_head_mode,
+            proj_out_dim=proj_out_dim,
+            num_proj_layers=num_proj_layers,
+            batch_norm_decay=batch_norm_decay,
+            batch_norm_epsilon=batch_norm_epsilon,
+            global_bn=global_bn,
+            fused_batch_norm=fused_batch_norm,
+            name="projection_head",
+        )
+        _check_ft_proj_selector(ft_proj_selector, self.projection_head)
+        self._build_supervised_head(**self._init_config)
+        # Not Keras-tracked: these layers are already tracked through encoder / heads.
+        object.__setattr__(
+            self, "_frozen_layers", _frozen_layers(encoder, train_mode, fine_tune_after_block)
+        )
+        names = ("loss", *self.objective.metric_names_all)
+        if "sup_loss" not in names:  # test_step's labelled evaluation batches
+            names += ("sup_loss", "sup_acc")
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
+    def _build_supervised_head(
+        self,
+        *,
+        num_classes,
+        train_mode,
+        lineareval_while_pretraining,
+        zero_init_logits_layer,
+        sup_head_input_norm,
+        batch_norm_decay,
+        batch_norm_epsilon,
+        global_bn,
+        **_,
+    ) -> None:
+        """The supervised head (fine-tuning, distillation, or the online linear probe of
+        pretraining) and, for the probe, the normalisation of its input."""
         self.supervised_head = None
-        if num_classes and (supervised or lineareval_while_pretraining):
-            self.supervised_head = keras.layers.Dense(
-                num_classes,
-                use_bias=True,
-                kernel_initializer=(
-                    "zeros"
-                    if zero_init_logits_layer
-                    else keras.initializers.RandomNormal(stddev=0.01)
-                ),
-                name=SUPERVISED_HEAD_NAME,
-            )
-
+        self.supervised_head_norm = None
+        supervised = train_mode in SUPERVISED_TRAIN_MODES
+        if not num_classes or not (supervised or lineareval_while_pretraining):
+            return
+        self.supervised_head = keras.layers.Dense(
+            num_classes,
+            use_bias=True,
+            kernel_initializer=(
+                "zeros" if zero_init_logits_layer else keras.initializers.RandomNormal(stddev=0.01)
+            ),
+            name=SUPERVISED_HEAD_NAME,
+        )
         # Linear eval while pretraining: a batch norm without scale/offset standardises the frozen
         # features the head sees. Without it the head (trained at the contrastive learning rate,
         # which can be ~1) diverges on unnormalised ReLU features; with it, it is still a linear
         # probe (the normalisation is an affine map fixed at inference).
-        self.supervised_head_norm = None
-        if self.supervised_head is not None and train_mode == "pretrain" and sup_head_input_norm:
+        if train_mode == "pretrain" and sup_head_input_norm:
             self.supervised_head_norm = keras.layers.BatchNormalization(
                 center=False,
                 scale=False,
@@ -216,22 +267,6 @@ class SimCLRModel(keras.Model):
                 synchronized=global_bn,
                 name=SUPERVISED_HEAD_NAME + "_input_norm",
             )
-
-        # Not Keras-tracked: these layers are already tracked through encoder / heads.
-        object.__setattr__(self, "_frozen_layers", [])
-        if supervised:
-            freeze_up_to_block(encoder, fine_tune_after_block)
-            if fine_tune_after_block == 4:
-                self._frozen_layers.append(encoder)
-            elif fine_tune_after_block >= 0:
-                groups = layer_groups(encoder)
-                names = ["stem"] + [f"block_group{i}" for i in range(1, fine_tune_after_block + 1)]
-                self._frozen_layers.extend(layer for g in names for layer in groups[g])
-
-        names = ("loss", *objective.metric_names_all)
-        if "sup_loss" not in names:  # test_step's labelled evaluation batches
-            names += ("sup_loss", "sup_acc")
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
     # ------------------------------------------------------------------ forward
     def _encode(self, images, training):
@@ -420,16 +455,15 @@ class SimCLRModel(keras.Model):
     # ------------------------------------------------------------- Keras hooks
     def compile(self, optimizer="rmsprop", *, head_optimizer=None, **kwargs):
         """Keras compile; ``head_optimizer`` trains the supervised (linear-eval) head while
-        pretraining: an optimizer, None for the default momentum SGD at learning rate 0.1
-        (under LARS the head would get no trust scaling and diverge at contrastive learning
-        rates), or "shared" to train it with ``optimizer`` as the reference code does."""
+        pretraining: an optimizer, None for the objective's default (the contrastive
+        objective's: momentum SGD at learning rate 0.1), or "shared" to train it with
+        ``optimizer`` as the reference code does."""
         super().compile(optimizer=optimizer, **kwargs)
         if head_optimizer == "shared" or self.train_mode != "pretrain":
             head_optimizer = None
-        elif head_optimizer is None and self.supervised_head is not None:
-            from tf_simclr.training.optim import build_optimizer
-
-            head_optimizer = build_optimizer("momentum", learning_rate=0.1, momentum=0.9)
+        elif head_optimizer is None:
+            default = getattr(self.objective, "default_head_optimizer", None)
+            head_optimizer = default(self) if default is not None else None
         # Not Keras-tracked: the head optimizer's state is not part of the model's weights.
         object.__setattr__(self, "head_optimizer", head_optimizer)
 
@@ -456,15 +490,14 @@ class SimCLRModel(keras.Model):
         return self._record(self.compute_objective(data, training=False))
 
     def get_config(self):
-        # The encoder must itself be Keras-serialisable (build_resnet's models are).
-        config = {
+        # The encoder must itself be Keras-serialisable (build_resnet's models are), and so
+        # must the objective (the package's are registered).
+        return {
             "name": self.name,
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             **self._init_config,
+            "objective": keras.saving.serialize_keras_object(self.objective),
         }
-        if "objective" in config:  # one given to the constructor (registered serialisable)
-            config["objective"] = keras.saving.serialize_keras_object(config["objective"])
-        return config
 
     @classmethod
     def from_config(cls, config):
@@ -472,6 +505,9 @@ class SimCLRModel(keras.Model):
         encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
         if "objective" in config:
             config["objective"] = keras.saving.deserialize_keras_object(config["objective"])
+            # Models saved before the objective was always saved also list its settings.
+            for setting in OBJECTIVE_SETTINGS:
+                config.pop(setting, None)
         return cls(encoder, **config)
 
 

@@ -81,6 +81,14 @@ class ContrastivePretraining:
                 shares["weight_decay_loss"] = head_l2_share(model, self.head_weight_decay)
         return with_total(model, shares, rates)
 
+    def default_head_optimizer(self, model):
+        """The online probe's own optimizer when ``compile()`` is given none: Keras' momentum
+        SGD at learning rate 0.1 (trained by LARS the head would get no trust scaling and
+        diverge at contrastive learning rates ~1). None when the model has no probe."""
+        if not model.has_supervised_head:
+            return None
+        return keras.optimizers.SGD(learning_rate=0.1, momentum=0.9)
+
     def metric_names(self, model) -> tuple[list[str], list[str]]:
         """(loss terms summed over replicas, rates averaged over them) for labelled batches."""
         shares, rates = ["loss", "contrastive_loss"], ["contrastive_acc", "contrastive_entropy"]

@@ -70,6 +70,27 @@ def run_embed(config: Config) -> dict:
     model = _load_model(config, kind, model_path)
     _check_output_name(config, model, model_path)
 
+    features, labels, ids = _extract(config, model, model_path, split)
+    arrays, summary = _results(config, split, out, model_path, features, labels, ids)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    picture = None
+    if config.embed_neighbours and len(ids) > 1:
+        picture = _neighbours_picture(split, features, arrays["labels"], ids, config)
+        summary["neighbours"] = neighbours_path(out)
+    write_embeddings(out, arrays, summary)
+    if picture is not None:
+        from PIL import Image
+
+        _write_atomically(summary["neighbours"], lambda f: Image.fromarray(picture).save(f, "PNG"))
+        log.info("Wrote %s.", summary["neighbours"])
+    log.info(
+        "Wrote %d embeddings of shape %s to %s.", summary["count"], tuple(summary["shape"]), out
+    )
+    return summary
+
+
+def _extract(config: Config, model, model_path: str, split: _Split):
+    """The features, labels and ids of every image of `split`, with progress."""
     batches = math.ceil(split.expected / config.eval_batch_size)
     log.info(
         "Embedding %d images of split %r of %s with %s (output %s, %d px, %d batches).",
@@ -100,7 +121,12 @@ def run_embed(config: Config) -> dict:
         )
     finally:
         progress.close()
+    return features, labels, ids
 
+
+def _results(config: Config, split: _Split, out: str, model_path: str, features, labels, ids):
+    """The arrays of the .npz file and its summary, with the images that could not be read
+    counted (and named where the listing gave their ids) and logged."""
     # With the files the listing refused: those decoding skipped (damaged past the listing's
     # checks), named where the listing gave their ids (image folders), else only counted.
     embedded = set(ids)
@@ -127,7 +153,6 @@ def run_embed(config: Config) -> dict:
         "labelled": split.labelled,
         "bad_images": bad_count,
         "bad_image_names": bad,
-        "seconds": round(time.perf_counter() - start, 3),
     }
     if bad_count:
         log.warning(
@@ -138,20 +163,7 @@ def run_embed(config: Config) -> dict:
             f": {', '.join(bad[:5])}" if bad else "",
             f" and {len(bad) - 5} more (all named in {summary_path(out)})" if len(bad) > 5 else "",
         )
-    picture = None
-    if config.embed_neighbours and len(ids) > 1:
-        picture = _neighbours_picture(split, features, arrays["labels"], ids, config)
-        summary["neighbours"] = neighbours_path(out)
-    write_embeddings(out, arrays, summary)
-    if picture is not None:
-        from PIL import Image
-
-        _write_atomically(summary["neighbours"], lambda f: Image.fromarray(picture).save(f, "PNG"))
-        log.info("Wrote %s.", summary["neighbours"])
-    log.info(
-        "Wrote %d embeddings of shape %s to %s.", summary["count"], tuple(summary["shape"]), out
-    )
-    return summary
+    return arrays, summary
 
 
 @dataclasses.dataclass

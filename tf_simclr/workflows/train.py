@@ -112,17 +112,17 @@ def _make_train_loop(strategy, step_fn, global_step: tf.Variable, metric_names: 
     return train_loop
 
 
-def _load_teacher(config: Config, info, strategy):
+def _load_teacher(config: Config, num_classes: int, strategy):
     """Distillation's frozen teacher, refused unless it predicts the dataset's classes."""
     from tf_simclr.workflows import distill
 
     teacher = distill.load_teacher(
         config.teacher, image_size=config.image_size, precision=config.precision, strategy=strategy
     )
-    if teacher.num_classes != info.num_classes:
+    if teacher.num_classes != num_classes:
         raise distill.TeacherError(
             f"--teacher={config.teacher} predicts {teacher.num_classes} classes but "
-            f"{config.dataset} has {info.num_classes}: its predictions are another label space. "
+            f"{config.dataset} has {num_classes}: its predictions are another label space. "
             "Fine-tune a teacher on this dataset first (--train_mode=finetune "
             "--checkpoint=<pretrained> --dataset=...), and distil that one."
         )
@@ -153,21 +153,88 @@ def _current_learning_rate(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(lr))
 
 
+@dataclass
+class RunPlan:
+    """What a run trains on and for how long, checked before anything is built."""
+
+    config: Config  # with the precision chosen for this machine
+    role: distribute.WorkerRole
+    num_classes: int
+    num_train: int
+    total_steps: int
+    checkpoint_every: int
+
+
+@dataclass
+class AssembledRun:
+    """The run's network, optimizers and checkpointing, built under the strategy."""
+
+    plan: RunPlan
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    head_optimizer: keras.optimizers.Optimizer | None
+    teacher: object | None  # distillation's frozen teacher
+    global_step: tf.Variable
+    manager: tf.train.CheckpointManager
+
+    @property
+    def step(self) -> int:
+        return int(self.global_step.numpy())
+
+
 def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
-    """Pretrain or fine-tune as configured; resume from model_dir if it holds checkpoints."""
-    model_dir = config.model_dir
+    """Pretrain or fine-tune as configured; resume from model_dir if it holds checkpoints.
+
+    The phases: plan (checks, step counts), assemble (network, optimizers, checkpoint),
+    restore (resume or warm start), loop (train, log, save), and the state left behind."""
+    plan = plan_run(config, strategy)
+    try:
+        run = assemble(plan, strategy)
+        restored = restore(run)
+        state = TrainState(
+            run.model, run.optimizer, run.step, plan.total_steps, plan.num_classes, restored
+        )
+        if state.step >= plan.total_steps:
+            log.info("Training already finished (step %d of %d).", state.step, plan.total_steps)
+            state.history = history_lib.read_history(plan.config.model_dir)
+            return state
+        run_loop(run, state)
+    finally:
+        plan.role.close()
+    return state
+
+
+def plan_run(config: Config, strategy: tf.distribute.Strategy) -> RunPlan:
+    """Chooses the precision and this process's role, and checks model_dir, the dataset and
+    the batch size against each other before anything is built."""
     choice = precision_lib.choose_precision(config.precision, strategy=strategy)
     log.info("Precision %s (%s).", choice.policy, choice.reason)
     config = config.replace(precision=choice.policy)
     # Multi-worker: only the chief writes into model_dir; the other workers save checkpoints to a
     # temporary model_dir/worker_tmp_<i> and keep no logs. Waits on peers get a watchdog.
-    role = distribute.WorkerRole(strategy, model_dir, collective_timeout=config.collective_timeout)
+    role = distribute.WorkerRole(
+        strategy, config.model_dir, collective_timeout=config.collective_timeout
+    )
     storage.check_model_dir_writable(role.write_dir)
-    for directory in dict.fromkeys((model_dir, role.write_dir)):  # read by restore, manager
+    for directory in dict.fromkeys((config.model_dir, role.write_dir)):  # read by restore, manager
         ckpt_lib.check_state_file(directory)
-    num_replicas = strategy.num_replicas_in_sync
     distribute.check_batch_divisible(config.train_batch_size, strategy, flag="--train_batch_size")
     info = factory.dataset_info(config)
+    num_train = _check_dataset(config, info)
+    return RunPlan(
+        config=config,
+        role=role,
+        num_classes=info.num_classes,
+        num_train=num_train,
+        total_steps=config.train_steps_for(num_train),
+        checkpoint_every=config.checkpoint_every_for(num_train),
+    )
+
+
+def _check_dataset(config: Config, info) -> int:
+    """The number of training examples, once the split, the head's classes and the batch size
+    are known to fit the dataset."""
     if config.train_split not in info.num_examples:
         raise ValueError(
             f"--train_split={config.train_split!r} is not a split of {config.dataset}; "
@@ -186,14 +253,22 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
             f"--train_batch_size={config.train_batch_size} is larger than the "
             f"{num_train} training examples of split {config.train_split!r}: lower the batch size."
         )
-    total_steps = config.train_steps_for(num_train)
-    checkpoint_every = config.checkpoint_every_for(num_train)
+    return num_train
 
-    teacher = _load_teacher(config, info, strategy) if config.train_mode == "distill" else None
+
+def assemble(plan: RunPlan, strategy: tf.distribute.Strategy) -> AssembledRun:
+    """The network, its optimizers (built on the variables each trains), the global step and
+    the checkpoint manager writing into the role's directory."""
+    config = plan.config
+    teacher = (
+        _load_teacher(config, plan.num_classes, strategy)
+        if config.train_mode == "distill"
+        else None
+    )
     with strategy.scope():
-        model = _build_student(config, info.num_classes)
-        optimizer = factory.build_optimizer(config, num_train)
-        head_optimizer = factory.build_head_optimizer(config, model, num_train)
+        model = _build_student(config, plan.num_classes)
+        optimizer = factory.build_optimizer(config, plan.num_train)
+        head_optimizer = factory.build_head_optimizer(config, model, plan.num_train)
         head_ids = {id(v) for v in model.supervised_head_variables} if head_optimizer else set()
         optimizer.build([v for v in model.optimized_variables if id(v) not in head_ids])
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -202,122 +277,159 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
         extra["head_optimizer_variables"] = ckpt_lib.variables_by_path(head_optimizer.variables)
     checkpoint = ckpt_lib.training_checkpoint(model, optimizer, **extra)
     manager = tf.train.CheckpointManager(
-        checkpoint, role.write_dir, max_to_keep=config.keep_checkpoint_max, step_counter=global_step
+        checkpoint,
+        plan.role.write_dir,
+        max_to_keep=config.keep_checkpoint_max,
+        step_counter=global_step,
     )
-    restored = ckpt_lib.restore_latest_valid(checkpoint, model_dir)
+    return AssembledRun(
+        plan, strategy, model, optimizer, head_optimizer, teacher, global_step, manager
+    )
+
+
+def restore(run: AssembledRun) -> str | None:
+    """Resumes from model_dir's latest valid checkpoint (returned), or starts from the
+    configured initial weights; then checks the disk space and, on the chief, cuts the
+    history back to the restored step and records the config."""
+    config, role, model_dir = run.plan.config, run.plan.role, run.plan.config.model_dir
+    restored = ckpt_lib.restore_latest_valid(run.manager.checkpoint, model_dir)
     ckpt_lib.remove_interrupted_saves(role.write_dir)
     if restored:
-        log.info("Resuming from %s at step %d.", restored, int(global_step.numpy()))
+        log.info("Resuming from %s at step %d.", restored, run.step)
     elif config.random_init:
         log.info("Training from random weights (--random_init): no --checkpoint.")
     elif config.train_mode == "finetune" or config.checkpoint:
-        warm_start.restore_initial_weights(config, model)
-    role.check_same_step(strategy, int(global_step.numpy()), restored)  # multi-worker only
+        warm_start.restore_initial_weights(config, run.model)
+    role.check_same_step(run.strategy, run.step, restored)  # multi-worker only
+    trackables = (run.model, run.optimizer, run.head_optimizer)
     storage.check_free_space(
         model_dir,
-        storage.checkpoint_bytes(*(t for t in (model, optimizer, head_optimizer) if t is not None)),
+        storage.checkpoint_bytes(*(t for t in trackables if t is not None)),
         config.keep_checkpoint_max,
     )
     if role.chief:  # (multi-worker: the other workers keep no logs)
         # Records past the restored step (or any, when starting over) would repeat in the curves.
-        history_lib.truncate_history(model_dir, int(global_step.numpy()))
-        storage.save_config(config, model_dir, int(global_step.numpy()) if restored else None)
+        history_lib.truncate_history(model_dir, run.step)
+        storage.save_config(config, model_dir, run.step if restored else None)
+    return restored
 
-    step = int(global_step.numpy())
-    state = TrainState(model, optimizer, step, total_steps, info.num_classes, restored)
-    if step >= total_steps:
-        log.info("Training already finished (step %d of %d).", step, total_steps)
-        state.history = history_lib.read_history(model_dir)
-        role.close()
-        return state
 
+def run_loop(run: AssembledRun, state: TrainState) -> None:
+    """Trains from `state.step` to the end, `steps_per_loop` steps a call: each call's mean
+    metrics go to the history, TensorBoard and the progress display, and checkpoints are saved
+    as configured (always at the end, and at a stop signal). Fills in `state`."""
+    config, role = run.plan.config, run.plan.role
     # The data stream resumes where the checkpoint left it, so a resumed run sees the same
     # batches (and augmentations) as an uninterrupted one.
-    dataset_fn = factory.training_dataset_fn(config, config.train_batch_size, start_step=step)
-    dist_dataset = _distribute(strategy, dataset_fn)
-    iterator = iter(dist_dataset)
-    step_fn = make_step_fn(model, optimizer, head_optimizer, teacher)
-    shares, rates = model.objective_metric_names()
-    train_loop = _make_train_loop(strategy, step_fn, global_step, shares + rates)
-
-    writer = tf.summary.create_file_writer(model_dir) if config.summaries and role.chief else None
-    log.info(
-        "Training %s for %d steps (batch %d on %d replica(s), %d examples, %.1f epochs).",
-        config.train_mode,
-        total_steps,
-        config.train_batch_size,
-        num_replicas,
-        num_train,
-        total_steps * config.train_batch_size / num_train,
+    dataset_fn = factory.training_dataset_fn(config, config.train_batch_size, start_step=state.step)
+    iterator = iter(_distribute(run.strategy, dataset_fn))
+    step_fn = make_step_fn(run.model, run.optimizer, run.head_optimizer, run.teacher)
+    shares, rates = run.model.objective_metric_names()
+    train_loop = _make_train_loop(run.strategy, step_fn, run.global_step, shares + rates)
+    writer = None
+    if config.summaries and role.chief:
+        writer = tf.summary.create_file_writer(config.model_dir)
+    _log_start(run)
+    progress = Progress(
+        run.plan.total_steps, state.step, config.log_every_steps, config.train_batch_size
     )
-    progress = Progress(total_steps, step, config.log_every_steps, config.train_batch_size)
-    last_finite = (history_lib.read_history(model_dir) or [None])[-1]
-    last_saved = step
+    last_finite = (history_lib.read_history(config.model_dir) or [None])[-1]
+    step = last_saved = state.step
     try:
         with StopRequest() as stop:
             if writer is not None and step == 0 and config.train_mode == "pretrain":
                 _write_view_summaries(writer, dataset_fn)
-            while step < total_steps:
-                n = min(config.steps_per_loop, total_steps - step)
-                loop_start = time.perf_counter()
-                # Multi-worker: a lost peer becomes WorkerLostError, a stuck one a watchdog exit.
-                with role.collective_phase(
-                    f"Training step {step + 1}" + (f"-{step + n}" if n > 1 else ""),
-                    hint=f"Rerun every worker with the same command: they resume from the last "
-                    f"checkpoint in {model_dir}.",
-                ):
-                    means, last_loss = train_loop(iterator, tf.constant(n, tf.int32))
-                    means = {k: float(v) for k, v in means.items()}
-                loop_time = time.perf_counter() - loop_start
-                if not (math.isfinite(means["loss"]) and math.isfinite(float(last_loss))):
-                    raise NonFiniteLossError(
-                        f"The training loss became non-finite between steps {step} and "
-                        f"{step + n}. Last finite metrics: {last_finite or 'none logged yet'}. "
-                        f"The last good checkpoint ({manager.latest_checkpoint or 'none yet'}) "
-                        "was kept; the diverged weights were not saved. Try a lower "
-                        "--learning_rate, or check the data for corrupt images."
-                    )
-                step = int(global_step.numpy())
-                means["learning_rate"] = _current_learning_rate(optimizer)
-                means["images_per_second"] = n * config.train_batch_size / max(loop_time, 1e-9)
+            while step < run.plan.total_steps:
+                num_steps = min(config.steps_per_loop, run.plan.total_steps - step)
+                means = _run_steps(run, train_loop, iterator, num_steps, last_finite)
+                step = run.step
                 last_finite = {"step": step, **means}
-                try:
-                    if role.chief:
-                        history_lib.append_metrics(model_dir, last_finite)
-                except OSError as err:
-                    raise storage.write_error(
-                        model_dir, history_lib.METRICS_FILENAME, err, manager.latest_checkpoint
-                    ) from err
-                state.history.append(last_finite)
-                if writer is not None:
-                    with writer.as_default(step=step):
-                        for key, value in means.items():
-                            tf.summary.scalar(f"train/{key}", value)
-                        tf.summary.scalar("train/weight_decay", config.weight_decay)
+                _record(run, last_finite, state, writer)
                 progress.update(step, means)
-                if step - last_saved >= checkpoint_every or step >= total_steps:
-                    storage.save_checkpoint(manager, step, role.write_dir)
-                    role.after_save()  # a non-chief worker drops its copy
+                if step - last_saved >= run.plan.checkpoint_every or step >= run.plan.total_steps:
+                    _save(run, step)
                     last_saved = step
                 if stop.signal_name is not None:
                     if last_saved != step:
-                        storage.save_checkpoint(manager, step, role.write_dir)
-                        role.after_save()
+                        _save(run, step)
                     raise TrainingInterrupted(
-                        f"Stopped by {stop.signal_name} at step {step}/{total_steps}; checkpoint "
-                        f"saved in {model_dir}. Rerun the same command to resume."
+                        f"Stopped by {stop.signal_name} at step {step}/{run.plan.total_steps}; "
+                        f"checkpoint saved in {config.model_dir}. Rerun the same command to "
+                        "resume."
                     )
     finally:
         progress.close()
-        role.close()
         if writer is not None:
             writer.flush()
     state.step = step
-    state.checkpoint_path = role.checkpoint_path(manager.latest_checkpoint)
+    state.checkpoint_path = role.checkpoint_path(run.manager.latest_checkpoint)
     state.images_per_second = progress.images_per_second(step)
     # A non-chief worker returns no history, so that nothing plots over the chief's curves.
-    state.history = history_lib.read_history(model_dir) if role.chief else []
-    return state
+    state.history = history_lib.read_history(config.model_dir) if role.chief else []
+
+
+def _log_start(run: AssembledRun) -> None:
+    config, plan = run.plan.config, run.plan
+    log.info(
+        "Training %s for %d steps (batch %d on %d replica(s), %d examples, %.1f epochs).",
+        config.train_mode,
+        plan.total_steps,
+        config.train_batch_size,
+        run.strategy.num_replicas_in_sync,
+        plan.num_train,
+        plan.total_steps * config.train_batch_size / plan.num_train,
+    )
+
+
+def _run_steps(run: AssembledRun, train_loop, iterator, num_steps: int, last_finite) -> dict:
+    """Runs `num_steps` training steps; their mean metrics with the learning rate and the
+    throughput. Refuses a non-finite loss before anything is saved."""
+    step, model_dir = run.step, run.plan.config.model_dir
+    loop_start = time.perf_counter()
+    # Multi-worker: a lost peer becomes WorkerLostError, a stuck one a watchdog exit.
+    with run.plan.role.collective_phase(
+        f"Training step {step + 1}" + (f"-{step + num_steps}" if num_steps > 1 else ""),
+        hint=f"Rerun every worker with the same command: they resume from the last "
+        f"checkpoint in {model_dir}.",
+    ):
+        means, last_loss = train_loop(iterator, tf.constant(num_steps, tf.int32))
+        means = {k: float(v) for k, v in means.items()}
+    loop_time = time.perf_counter() - loop_start
+    if not (math.isfinite(means["loss"]) and math.isfinite(float(last_loss))):
+        raise NonFiniteLossError(
+            f"The training loss became non-finite between steps {step} and "
+            f"{step + num_steps}. Last finite metrics: {last_finite or 'none logged yet'}. "
+            f"The last good checkpoint ({run.manager.latest_checkpoint or 'none yet'}) "
+            "was kept; the diverged weights were not saved. Try a lower "
+            "--learning_rate, or check the data for corrupt images."
+        )
+    means["learning_rate"] = _current_learning_rate(run.optimizer)
+    means["images_per_second"] = num_steps * run.plan.config.train_batch_size / max(loop_time, 1e-9)
+    return means
+
+
+def _record(run: AssembledRun, record: dict, state: TrainState, writer) -> None:
+    """One loop's metrics into the history file (chief only), `state` and TensorBoard."""
+    config = run.plan.config
+    try:
+        if run.plan.role.chief:
+            history_lib.append_metrics(config.model_dir, record)
+    except OSError as err:
+        raise storage.write_error(
+            config.model_dir, history_lib.METRICS_FILENAME, err, run.manager.latest_checkpoint
+        ) from err
+    state.history.append(record)
+    if writer is not None:
+        with writer.as_default(step=record["step"]):
+            for key, value in record.items():
+                if key != "step":
+                    tf.summary.scalar(f"train/{key}", value)
+            tf.summary.scalar("train/weight_decay", config.weight_decay)
+
+
+def _save(run: AssembledRun, step: int) -> None:
+    storage.save_checkpoint(run.manager, step, run.plan.role.write_dir)
+    run.plan.role.after_save()  # a non-chief worker drops its copy
 
 
 def _write_view_summaries(writer, dataset_fn, max_images: int = 8) -> None:
