@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 
 from tf_simclr import cli, factory  # noqa: E402  (cli defines the flags)
-from tf_simclr import train as train_lib  # noqa: E402
+from tf_simclr.workflows import train as train_lib  # noqa: E402
 
 _states = []
 _train = train_lib.train

@@ -14,8 +14,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from tf_simclr import export  # noqa: E402
 from tf_simclr.network.model import build_model  # noqa: E402
+from tf_simclr.workflows import export  # noqa: E402
 
 
 def main(out_dir):
