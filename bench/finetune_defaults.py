@@ -10,6 +10,10 @@
     python bench/finetune_defaults.py sweep --pretrained=runs/pretrain \
         --data=/tmp/embedded_heldout --label_fraction=0.125 --grid=4.0x12,0.5x200,1.0x100 \
         --out=/tmp/ft_sweep
+    # 3. once, for the final choice: the chosen run and the encoder's probe on the test split
+    #    (an image folder's test/ is linked into the held-out view by step 1)
+    python bench/finetune_defaults.py final --run=/tmp/ft_sweep/ft_0.1_lr0.5_ep200 \
+        --pretrained=runs/pretrain --split=test
 
 `sweep` prints the CPU, the pretrained encoder's linear probe trained on the same labelled
 images (scored on heldout/) and one row per run: base learning rate, epochs, steps, fine-tuned
@@ -71,6 +75,9 @@ def prepare(dataset: str, out: str, heldout_fraction: float) -> None:
             os.makedirs(folder, exist_ok=True)
             write(items[index][0], os.path.join(folder, f"{index:06d}"))
             counts[split] += 1
+    if root is not None and os.path.isdir(os.path.join(root, "test")):
+        # For the one final score of the chosen setting (`final`), never for choosing.
+        os.symlink(os.path.join(os.path.abspath(root), "test"), os.path.join(out, "test"))
     print(json.dumps({"out": out, "examples": counts, "classes": len(class_names)}))
 
 
@@ -157,6 +164,67 @@ def sweep(args) -> None:
         )
 
 
+def final(args) -> None:
+    """Score the chosen fine-tuned run (a sweep's model_dir) and the encoder's probe on the
+    labelled images once on another split (the test split): the run is copied, then evaluated,
+    so the sweep's held-out result stays as it was."""
+    import shutil
+
+    from default_run import cpu_model
+
+    print(f"CPU: {cpu_model()}", flush=True)
+    copy = args.run.rstrip("/") + f"_{args.split}"
+    if not os.path.isfile(os.path.join(copy, "result.json")):
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(args.run, copy, ignore=shutil.ignore_patterns("result.json"))
+        with open(copy + ".log", "w") as log:
+            subprocess.run(
+                [
+                    sys.executable,
+                    os.path.join(ROOT, "run.py"),
+                    "--mode=eval",
+                    f"--model_dir={copy}",
+                    f"--eval_split={args.split}",
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+    with open(os.path.join(copy, "result.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(args.run, "config.json")) as f:
+        run_config = json.load(f)
+    probe_path = copy + "_probe.json"
+    if not os.path.isfile(probe_path):
+        from tf_simclr.config import Config
+        from tf_simclr.workflows import semi_supervised
+
+        encoder = Config.load(args.pretrained).replace(
+            model_dir=args.pretrained,
+            dataset=run_config["dataset"],
+            eval_split=args.split,
+            seed=run_config["seed"],
+        )
+        labelled = encoder.replace(
+            train_mode="finetune",
+            checkpoint=args.pretrained,
+            label_fraction=run_config["label_fraction"],
+        )
+        with open(probe_path, "w") as f:
+            json.dump(semi_supervised.labelled_linear_probe(encoder, labelled), f)
+    with open(probe_path) as f:
+        probe = json.load(f)
+    metrics = result["metrics"]
+    print(
+        f"{args.split}: encoder linear probe on the {probe['labelled_examples']} labelled images "
+        f"{100 * probe['labelled_linear_top1']:.1f}%, fine-tuned ({run_config['learning_rate']} x "
+        f"{run_config['train_epochs']} epochs) {100 * metrics['finetune_top1']:.1f}% "
+        f"(top-5 {100 * metrics.get('finetune_top5', float('nan')):.1f}%)",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -172,11 +240,17 @@ def main() -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("flags", nargs="*", help="more tf_simclr flags, after --")
+    f = commands.add_parser("final")
+    f.add_argument("--run", required=True, help="the chosen sweep run's model_dir")
+    f.add_argument("--pretrained", required=True)
+    f.add_argument("--split", default="test")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.dataset, args.out, args.heldout_fraction)
-    else:
+    elif args.command == "sweep":
         sweep(args)
+    else:
+        final(args)
 
 
 if __name__ == "__main__":
