@@ -39,8 +39,10 @@ def main() -> None:
     parser.add_argument("a", help="checkout A (e.g. the old commit's worktree)")
     parser.add_argument("b", help="checkout B")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("bench_args", nargs="*", help="bench_train_step.py arguments, after --")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    bench_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.bench_args = bench_args  # bench_train_step.py's own arguments, after --
     print(f"CPU: {cpu_model()}, load {os.getloadavg()[0]:.2f}", flush=True)
     times = {"a": [], "b": []}
     for round_index in range(args.rounds):
