@@ -91,14 +91,16 @@ def _write_bytes(encoded: bytes, target: str) -> None:
         f.write(encoded)
 
 
-def labelled_probe(pretrained: str, data: str, label_fraction: float, seed: int) -> dict:
+def labelled_probe(
+    pretrained: str, data: str, label_fraction: float, seed: int, split: str = HELDOUT_SPLIT
+) -> dict:
     """The pretrained encoder's linear probe trained on the labelled subset of data/train and
-    scored on data/heldout (tf_simclr.workflows.semi_supervised.labelled_linear_probe)."""
+    scored on data/<split> (tf_simclr.workflows.semi_supervised.labelled_linear_probe)."""
     from tf_simclr.config import Config
     from tf_simclr.workflows import semi_supervised
 
     encoder = Config.load(pretrained).replace(
-        model_dir=pretrained, dataset=data, eval_split=HELDOUT_SPLIT, seed=seed
+        model_dir=pretrained, dataset=data, eval_split=split, seed=seed
     )
     labelled = encoder.replace(
         train_mode="finetune", checkpoint=pretrained, label_fraction=label_fraction
@@ -197,22 +199,15 @@ def final(args) -> None:
         run_config = json.load(f)
     probe_path = copy + "_probe.json"
     if not os.path.isfile(probe_path):
-        from tf_simclr.config import Config
-        from tf_simclr.workflows import semi_supervised
-
-        encoder = Config.load(args.pretrained).replace(
-            model_dir=args.pretrained,
-            dataset=run_config["dataset"],
-            eval_split=args.split,
-            seed=run_config["seed"],
-        )
-        labelled = encoder.replace(
-            train_mode="finetune",
-            checkpoint=args.pretrained,
-            label_fraction=run_config["label_fraction"],
+        probe = labelled_probe(
+            args.pretrained,
+            run_config["dataset"],
+            run_config["label_fraction"],
+            run_config["seed"],
+            split=args.split,
         )
         with open(probe_path, "w") as f:
-            json.dump(semi_supervised.labelled_linear_probe(encoder, labelled), f)
+            json.dump(probe, f)
     with open(probe_path) as f:
         probe = json.load(f)
     metrics = result["metrics"]

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.configs import tiny_config
+from helpers.interrupted import run_until_saved
 from helpers.numpy_refs import warmup_cosine
 from helpers.rel_proc import (
     ROOT,
@@ -172,10 +173,6 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert ref_losses == cut_losses
 
 
-class _DiedAfterSaving(Exception):
-    pass
-
-
 def test_run_that_dies_after_a_checkpoint_and_is_rerun_ends_bit_identical(tmp_path, monkeypatch):
     """The default suite's version of the SIGKILL test above: a 4-step run that dies right
     after saving ckpt-2 (an exception out of the save: nothing else runs, as with a kill) and
@@ -186,17 +183,7 @@ def test_run_that_dies_after_a_checkpoint_and_is_rerun_ends_bit_identical(tmp_pa
     ref_dir, cut_dir = tmp_path / "reference", tmp_path / "interrupted"
     runner.run(tiny_config(ref_dir, **settings))
 
-    save = train.storage.save_checkpoint
-
-    def save_then_die(manager, step, directory):
-        save(manager, step, directory)
-        if step == 2:
-            raise _DiedAfterSaving
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.storage, "save_checkpoint", save_then_die)
-        with pytest.raises(_DiedAfterSaving):
-            runner.run(tiny_config(cut_dir, **settings))
+    run_until_saved(monkeypatch, tiny_config(cut_dir, **settings), step=2)
     assert checkpoint_numbers(str(cut_dir)) == [2]
     runner.run(tiny_config(cut_dir, **settings))
     ref = tf.train.load_checkpoint(str(ref_dir / "ckpt-4"))

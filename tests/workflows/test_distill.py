@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.configs import tiny_config
+from helpers.interrupted import run_until_saved
 from helpers.rel_proc import (
     checkpoint_numbers,
     kill_group,
@@ -30,7 +31,7 @@ from tf_simclr.config import Config, ConfigError
 from tf_simclr.evaluation import evaluate as eval_lib
 from tf_simclr.objectives import distillation
 from tf_simclr.training import checkpoints as ckpt_lib
-from tf_simclr.workflows import distill, runner, train
+from tf_simclr.workflows import distill, runner
 
 
 def _np_log_softmax(x):
@@ -232,10 +233,6 @@ def test_an_exported_teacher_gives_the_checkpoint_teachers_logits(finetuned_run)
     np.testing.assert_array_equal(from_run.logits(images), from_run.logits(images))
 
 
-class _DiedAfterSaving(Exception):
-    pass
-
-
 def test_distillation_dies_after_a_checkpoint_and_the_rerun_resumes(
     finetuned_run, tmp_path, monkeypatch, caplog
 ):
@@ -247,17 +244,7 @@ def test_distillation_dies_after_a_checkpoint_and_the_rerun_resumes(
     config = tiny_config(
         model_dir, mode="train", train_mode="distill", teacher=str(finetuned_run), train_steps=6
     )
-    save = train.storage.save_checkpoint
-
-    def save_then_die(manager, step, directory):
-        save(manager, step, directory)
-        if step == 2:
-            raise _DiedAfterSaving
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train.storage, "save_checkpoint", save_then_die)
-        with pytest.raises(_DiedAfterSaving):
-            runner.run(config)
+    run_until_saved(monkeypatch, config, step=2)
     assert checkpoint_numbers(model_dir) == [2]
     with caplog.at_level(logging.INFO):
         assert runner.run(config)["step"] == 6
