@@ -380,10 +380,11 @@ def test_mirrored_global_bn_matches_single_device(tmp_path):
 
 
 def test_fit_on_an_unbuilt_model_equals_fit_on_a_built_one():
-    """The documented usage, SimCLRModel(encoder) + compile() + fit() with no build(), on a
-    keras.applications backbone: it trains, and exactly as the same model built first does
-    (the head optimizer's slots are created outside the traced step; the supervised head is
-    trained by the head optimizer, never by the main one)."""
+    """The documented usage, SimCLRModel(encoder) + compile() + fit() with no build(): it
+    trains, and exactly as the same model built first does (the head optimizer's slots are
+    created outside the traced step; the supervised head is trained by the head optimizer,
+    never by the main one). The backbone is a small Sequential without an input shape, the
+    most unbuilt kind; tests/test_keras_library.py fits keras.applications backbones."""
     rng = np.random.default_rng(0)
     images = rng.random((8, 32, 32, 3)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices(
@@ -392,9 +393,18 @@ def test_fit_on_an_unbuilt_model_equals_fit_on_a_built_one():
 
     def fitted(build_first: bool) -> SimCLRModel:
         keras.utils.set_random_seed(0)
-        encoder = keras.applications.MobileNetV2(
-            input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35
+        encoder = keras.Sequential(
+            [
+                keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+                keras.layers.BatchNormalization(),
+                keras.layers.ReLU(),
+                keras.layers.Conv2D(16, 3, strides=2, padding="same"),
+                keras.layers.BatchNormalization(),
+                keras.layers.ReLU(),
+                keras.layers.GlobalAveragePooling2D(),
+            ]
         )
+        assert not encoder.built
         model = SimCLRModel(encoder, num_classes=3, proj_out_dim=16)
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
         keras.utils.set_random_seed(1)  # the heads' initial weights, drawn when built

@@ -3,8 +3,8 @@
 - MirroredStrategy over 2 logical CPUs reproduces the single-device loss curve and weights.
 - Two MultiWorkerMirroredStrategy workers on 127.0.0.1 finish with bit-identical weights, equal
   to those of one device fed the same global batches, also after a rerun resumes them (each
-  worker's data stream continues after its own batches); only the chief writes into the shared
-  model_dir.
+  worker's data stream continues after its own batches; slow); only the chief writes into the
+  shared model_dir.
 - A worker that never starts, or dies during training, ends the others with a clear error in
   bounded time instead of a hang; rerunning all workers resumes from the checkpoint (slow).
 
@@ -259,6 +259,10 @@ def test_two_workers_match_one_device(jobs):
     assert "config.json" in names and "ckpt-2.index" in names
 
 
+# Slow: three more TF processes. The default run covers its parts: two workers match one device
+# (above), a resumed worker's pipeline continues its own stream (in-process, below), and a
+# rerun resumes bit-identically (tests/training/test_reliability.py).
+@pytest.mark.slow
 def test_two_workers_resume_their_streams(jobs):
     """Rerun with --train_steps=4 over the 2-step runs: both workers resume from ckpt-2 and
     their pipelines continue after the batches they already gave (the per-worker offset of

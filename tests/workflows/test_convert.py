@@ -415,12 +415,28 @@ def test_a_converted_published_model_is_a_distillation_teacher(reference_fixture
     _assert_equals_reference({"logits_sup": logits}, io, ["logits_sup"])
 
 
+def _write_config_only(monkeypatch):
+    """Conversions that write just the model_dir's config.json (no checkpoint, export or
+    .keras file, no export check): the tests of the temporary folder and its rename below are
+    about where files go, and every full conversion above writes the rest."""
+
+    def write_config(converted, directory, report):
+        converted.config.save(directory)
+        report.update(step=0, momentum_slots=0)
+        return {"checkpoint": "none", "export": "none"}
+
+    monkeypatch.setattr(convert, "_write_model_dir", write_config)
+    monkeypatch.setattr(convert, "_check_export", lambda converted, path: {})
+    return write_config
+
+
 def test_a_killed_conversion_is_cleaned_up_and_a_running_one_is_not_overrun(
-    reference_fixtures, tmp_path
+    reference_fixtures, tmp_path, monkeypatch
 ):
     """A conversion killed before its rename leaves a hidden temporary sibling of --dst: the
     next conversion into that --dst removes it and says so. While the process that writes
     such a folder is alive, a second conversion into the same --dst stops before any work."""
+    _write_config_only(monkeypatch)
     src = os.path.join(reference_fixtures, R18, "saved_model")
     dst = tmp_path / "r18"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -452,7 +468,7 @@ def test_the_loser_of_two_conversions_into_one_dst_says_so(
     """Another process fills --dst while this conversion writes its temporary folder: this one
     stops naming that, leaves --dst as the other process wrote it, and keeps no files."""
     dst = tmp_path / "r18"
-    write = convert._write_model_dir
+    write = _write_config_only(monkeypatch)
 
     def the_other_process_finishes_first(converted, directory, report):
         dst.mkdir()
