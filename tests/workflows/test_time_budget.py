@@ -157,6 +157,26 @@ def test_a_resumed_run_keeps_the_recorded_plan(tmp_path, monkeypatch):
         _config_from(["--train_minutes=1", f"--model_dir={tmp_path}"])
 
 
+def test_a_run_stopped_before_its_plan_was_fixed_plans_counting_its_recorded_time(
+    tmp_path, monkeypatch
+):
+    _fake_time(monkeypatch, _slowing)
+    config = _budget_config(tmp_path, train_minutes=1.0)  # 60 s
+    run_until_saved(monkeypatch, config, 4)  # 21 s of training, no plan yet
+    assert Config.load(str(tmp_path)).budget_plan is None
+    _fake_time(monkeypatch, _slowing)  # the rerun traces again: 41 s at step 6, 42, 43, 45
+    runner.run(config)
+    first = 10 + math.floor((60 - 43) / ((43 - 41) / (10 - 6)))
+    planned = 12 + math.floor((60 - 45) / ((45 - 41) / (12 - 6)))
+    plan = Config.load(str(tmp_path)).budget_plan
+    assert (plan["planned_steps"], plan["planned_at_step"]) == (planned, 12)
+    assert (first, planned) == (44, 34)
+    records = _history(tmp_path)
+    assert [r["step"] for r in records] == list(range(2, planned + 1, 2))
+    assert records[1]["train_seconds"] == 21 and records[2]["train_seconds"] == 41
+    assert records[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-7)
+
+
 def test_a_budget_too_short_for_the_measured_speed_is_refused_with_the_minimum(
     tmp_path, monkeypatch
 ):
@@ -241,3 +261,12 @@ def test_the_budget_is_part_of_the_hash_only_when_set():
     assert Config().hash() == "760fa6ce03f7"  # unchanged for runs without a budget
     assert Config(train_minutes=10.0).hash() != Config(train_minutes=20.0).hash()
     assert Config(checkpoint_minutes=5.0).hash() == Config().hash()  # not a model setting
+
+
+def test_a_weak_fine_tuned_network_under_a_budget_is_told_to_take_a_larger_budget():
+    config = Config(train_mode="finetune", checkpoint="/pre", train_minutes=5.0)
+    (warning,) = report.weak_result_warnings(
+        {"finetune_top1": 0.1}, config, num_classes=10, total_steps=40
+    )
+    assert "a schedule too short for the labelled images (--train_minutes=5 = 40 steps)" in warning
+    assert "a larger --train_minutes" in warning and "--train_epochs" not in warning

@@ -121,8 +121,9 @@ def weak_result_warnings(
             "it ends above its encoder's linear probe), then distil it."
         ]
     defaults = MODE_DEFAULTS[mode_defaults_key(config.train_mode, config.random_init)]
+    longer = f"a longer --train_epochs (default: {defaults['train_epochs']:g})"
     if config.train_minutes is not None:
-        schedule = f"--train_minutes={config.train_minutes:g}"
+        schedule, longer = f"--train_minutes={config.train_minutes:g}", "a larger --train_minutes"
     elif config.train_steps > 0:
         schedule = f"--train_steps={config.train_steps}"
     else:
@@ -139,8 +140,7 @@ def weak_result_warnings(
         f"The {what}'s top-1 ({100 * top1:.1f}%) {problem}. Likely causes: the learning rate "
         f"(base {config.learning_rate:g}; {rate}) or a schedule too short for the {over} "
         f"({schedule}). Try {change} --learning_rate (this mode's default: "
-        f"{defaults['learning_rate']:g}) and a longer --train_epochs (default: "
-        f"{defaults['train_epochs']:g})."
+        f"{defaults['learning_rate']:g}) and {longer}."
     ]
 
 
