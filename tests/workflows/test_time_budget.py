@@ -4,6 +4,7 @@ config.json's record, the resume that keeps it, the results line and the usage e
 
 import functools
 import json
+import logging
 import math
 
 import pytest
@@ -79,12 +80,13 @@ def _history(model_dir):
 
 
 def test_the_budget_is_planned_from_the_measured_speed_and_the_schedule_ends_there(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, caplog
 ):
     _fake_time(monkeypatch, _slowing)
     config = _budget_config(tmp_path)
     assert config.train_epochs is None  # not given: the budget sets the length
-    result = runner.run(config)
+    with caplog.at_level(logging.INFO):
+        result = runner.run(config)
     # Loops of 2 steps end at 20 s (tracing), 21, 22 (first estimate: 0.5 s/step), 24
     # (re-estimate over the 6 steps after the first loop, 4 s: fixed), 26 and 28 s.
     budget = 60 * BUDGET_MINUTES
@@ -130,6 +132,13 @@ def test_the_budget_is_planned_from_the_measured_speed_and_the_schedule_ends_the
     assert on_disk["budget"]["planned_steps"] == planned
     table = report.format_report(result, config)
     assert "Step 12 of 12" in table
+    # The log shows both plans, and the progress lines the plan they follow.
+    assert "Time budget 0.45 min: 16 steps planned at 0.5 s/step (measured over 4 steps" in (
+        caplog.text
+    )
+    assert "re-estimated: 12 steps planned at 0.667 s/step (measured over 6 steps" in caplog.text
+    assert "The plan is fixed: warmup 2 steps, then cosine decay to 0 at step 12." in caplog.text
+    assert "step 12/12 " in caplog.text and "(budget 0.45 min: 12 steps)" in caplog.text
     assert "Training time 0.47 min of a 0.45 min budget, 12 steps (planned at 0.667 s/step" in table
 
 
@@ -139,6 +148,7 @@ def test_a_resumed_run_keeps_the_recorded_plan(tmp_path, monkeypatch):
     run_until_saved(monkeypatch, config, 10)  # dies after checkpoint 10, the plan fixed at 8
     recorded = Config.load(str(tmp_path)).budget_plan
     assert recorded["planned_steps"] == 12 and recorded["fixed"]
+    assert _config_from([f"--model_dir={tmp_path}"]).budget_plan == recorded  # the command line
     # Rerun at ten times the speed: planning again would give far more steps; it does not.
     _fake_time(monkeypatch, lambda loop: 0.1)
     result = runner.run(config)
