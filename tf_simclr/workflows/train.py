@@ -377,7 +377,8 @@ def run_loop(run: AssembledRun, state: TrainState, *, clock=time.perf_counter) -
                     if last_saved != step:
                         _save(run, step)
                     raise TrainingInterrupted(
-                        f"Stopped by {stop.signal_name} at step {step}/{run.plan.total_steps}; "
+                        f"Stopped by {stop.signal_name} at step {step}"
+                        f"{'' if progress.total is None else f'/{progress.total}'}; "
                         f"checkpoint saved in {config.model_dir}. Rerun the same command to "
                         "resume."
                     )
