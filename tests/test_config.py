@@ -315,6 +315,7 @@ def test_flags_keep_their_names_types_and_defaults_and_are_listed_by_group():
         f.name for f in dataclasses.fields(config_lib.ModelSettings)
     }
     assert "data_identity" not in cli.FLAGS  # a record, not a flag
+    assert "budget_plan" not in cli.FLAGS
 
 
 # config.json files as earlier versions wrote them (Config(...).save() run at each commit;
