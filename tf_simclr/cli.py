@@ -75,15 +75,6 @@ FLAGS = flags.FLAGS
 # Named recipes: flag files shipped inside the package (tf_simclr/recipes/NAME.flags).
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
 _RECIPE_SUFFIX = ".flags"
-flags.DEFINE_string(
-    "recipe",
-    None,
-    "A named set of flags shipped with tf_simclr, read where it stands as --flagfile=<its "
-    "file> would be: flags after it override it. On the command line only (not in a "
-    "--flagfile). One of the files in tf_simclr/recipes/, e.g. cifar10_paper (the SimCLR "
-    "paper's CIFAR-10 settings).",
-    module_name="tf_simclr settings: run",
-)
 
 
 def available_recipes() -> list[str]:
@@ -93,6 +84,17 @@ def available_recipes() -> list[str]:
     except OSError:
         return []
     return sorted(n[: -len(_RECIPE_SUFFIX)] for n in names if n.endswith(_RECIPE_SUFFIX))
+
+
+flags.DEFINE_string(
+    "recipe",
+    None,
+    "A named set of flags shipped with tf_simclr (tf_simclr/recipes/NAME.flags), read where "
+    "it stands as --flagfile=<its file> would be: flags after it override it. On the command "
+    "line only (not in a --flagfile). cifar10_paper: the SimCLR paper's CIFAR-10 settings. "
+    f"One of: {', '.join(available_recipes()) or 'none installed'}.",
+    module_name="tf_simclr settings: run",
+)
 
 
 def recipe_path(name: str) -> str:
