@@ -136,6 +136,9 @@ UNHASHED_AT_07F2D01 = {
 }
 # --mode=embed's settings, added since: what it writes and where, never part of a run.
 EMBED_FIELDS = ("embed_output", "embed_out", "embed_neighbours")
+# Training for a time budget, added since: the budget (hashed only when set), the plan it
+# records (no flag) and checkpoints by training time (operational).
+BUDGET_FIELDS = ("train_minutes", "budget_plan", "checkpoint_minutes")
 
 
 def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
@@ -144,8 +147,11 @@ def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
     assert config_lib.RECIPE_FIELDS == RECIPE_AT_07F2D01
     assert config_lib.MODE_DEFAULT_FIELDS == ("learning_rate", "train_epochs")
     assert config_lib._INVOCATION_FIELDS == ("mode", "model_dir", "eval_timeout", *EMBED_FIELDS)
-    assert config_lib._RECORD_FIELDS == ("data_identity",)
-    assert set(config_lib._UNHASHED_FIELDS) == UNHASHED_AT_07F2D01 | set(EMBED_FIELDS)
+    assert config_lib._RECORD_FIELDS == ("data_identity", "budget_plan")
+    assert set(config_lib._UNHASHED_FIELDS) == UNHASHED_AT_07F2D01 | set(EMBED_FIELDS) | {
+        "budget_plan",
+        "checkpoint_minutes",
+    }
     # The hashes of 07f2d01 (a model_dir's config is compared by them).
     assert Config().hash() == "760fa6ce03f7"
     finetune = Config(train_mode="finetune", checkpoint="/p", label_fraction=0.1)
@@ -155,7 +161,7 @@ def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
 def test_every_field_is_declared_in_exactly_one_group_with_a_known_role():
     declared = [f.name for group in config_lib.GROUPS.values() for f in dataclasses.fields(group)]
     assert sorted(declared) == sorted(f.name for f in dataclasses.fields(Config))
-    assert len(declared) == len(set(declared)) == 86 + len(EMBED_FIELDS)
+    assert len(declared) == len(set(declared)) == 86 + len(EMBED_FIELDS) + len(BUDGET_FIELDS)
     assert [f.name for f in dataclasses.fields(Config)] == declared  # the order of GROUPS
     for field in dataclasses.fields(Config):
         assert field.metadata["role"] in (None, *config_lib.ROLES), field.name
@@ -301,12 +307,15 @@ def test_flags_keep_their_names_types_and_defaults_and_are_listed_by_group():
         "embed_output": ("string", "final_avg_pool"),
         "embed_out": ("string", None),
         "embed_neighbours": ("int", 0),
+        "train_minutes": ("float", None),
+        "checkpoint_minutes": ("float", 0.0),
     }
     by_module = cli.FLAGS.flags_by_module_dict()
     assert {flag.name for flag in by_module["tf_simclr settings: model"]} == {
         f.name for f in dataclasses.fields(config_lib.ModelSettings)
     }
     assert "data_identity" not in cli.FLAGS  # a record, not a flag
+    assert "budget_plan" not in cli.FLAGS
 
 
 # config.json files as earlier versions wrote them (Config(...).save() run at each commit;
@@ -473,6 +482,9 @@ DEFAULTS_OF_LATER_SETTINGS = {
     "embed_output": "final_avg_pool",
     "embed_out": None,
     "embed_neighbours": 0,
+    "train_minutes": None,
+    "budget_plan": None,
+    "checkpoint_minutes": 0.0,
 }
 
 

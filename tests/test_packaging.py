@@ -84,6 +84,7 @@ def test_wheel_holds_the_embedded_dataset_and_the_console_command(wheel):
         "tf_simclr/__main__.py",
         "tf_simclr/embedded_data/generate_embedded.py",
         "tf_simclr/embedded_data/README.md",
+        "tf_simclr/recipes/cifar10_paper.flags",  # --recipe's files
     ):
         assert module in names
     assert not any(n.startswith(("tests/", "bench/", "examples/")) for n in names)

@@ -2,7 +2,8 @@
 
     tf-simclr --mode=train_then_eval            # the embedded default dataset, a few minutes
     tf-simclr --helpfull                        # every flag
-    tf-simclr --flagfile=my_run.flags           # flags read from a file (recipes: README)
+    tf-simclr --flagfile=my_run.flags           # flags read from a file
+    tf-simclr --recipe=cifar10_paper --dataset=cifar10 --train_minutes=30   # a shipped recipe
 
 `python -m tf_simclr` and, in a checkout, `python run.py` are the same command. Importing this
 module defines one absl flag per Config field (in absl's global FLAGS); the rest of the library
@@ -71,6 +72,70 @@ def _define_flags() -> None:
 _define_flags()
 FLAGS = flags.FLAGS
 
+# Named recipes: flag files shipped inside the package (tf_simclr/recipes/NAME.flags).
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+_RECIPE_SUFFIX = ".flags"
+
+
+def available_recipes() -> list[str]:
+    """The names --recipe accepts (the recipe files shipped in tf_simclr/recipes/)."""
+    try:
+        names = os.listdir(RECIPES_DIR)
+    except OSError:
+        return []
+    return sorted(n[: -len(_RECIPE_SUFFIX)] for n in names if n.endswith(_RECIPE_SUFFIX))
+
+
+flags.DEFINE_string(
+    "recipe",
+    None,
+    "A named set of flags shipped with tf_simclr (tf_simclr/recipes/NAME.flags), read where "
+    "it stands as --flagfile=<its file> would be: flags after it override it. On the command "
+    "line only (not in a --flagfile). cifar10_paper: the SimCLR paper's CIFAR-10 settings. "
+    f"One of: {', '.join(available_recipes()) or 'none installed'}.",
+    module_name="tf_simclr settings: run",
+)
+
+
+def recipe_path(name: str) -> str:
+    """The flag file of recipe `name`; ConfigError listing the recipes when there is none."""
+    names = available_recipes()
+    if name not in names:
+        raise ConfigError(
+            f"--recipe={name!r} is not a recipe of tf_simclr; available: "
+            f"{', '.join(names) or 'none'}. (For a flag file of your own use --flagfile=PATH.)"
+        )
+    return os.path.join(RECIPES_DIR, name + _RECIPE_SUFFIX)
+
+
+def expand_recipes(argv: list[str]) -> list[str]:
+    """`argv` with each --recipe=NAME (or --recipe NAME) replaced by --flagfile=<its file>, so
+    absl reads the recipe's flags in its place and the flags after it override them."""
+    expanded, rest = [], iter(argv)
+    for arg in rest:
+        name_and_value = arg.lstrip("-") if arg.startswith("-") and arg != "--" else None
+        if name_and_value is None or name_and_value.split("=", 1)[0] != "recipe":
+            expanded.append(arg)
+            if arg == "--":  # what follows is no flag
+                expanded.extend(rest)
+            continue
+        if "=" in name_and_value:
+            name = name_and_value.split("=", 1)[1]
+        else:
+            name = next(rest, "")
+        expanded.append(f"--flagfile={recipe_path(name)}")
+    return expanded
+
+
+def parse_command_line(argv: list[str]) -> list[str]:
+    """absl's parsing of `argv` (the arguments that are not flags are returned) after
+    `expand_recipes`; a usage error (exit code 2) for an unknown recipe."""
+    try:
+        argv = expand_recipes(argv)
+    except ConfigError as err:
+        sys.exit(usage_error(str(err)))
+    return app.parse_flags_with_usage(argv)
+
 
 def _given_flags() -> dict:
     """The Config fields set on the command line (or in a --flagfile), with '' as None for the
@@ -92,6 +157,12 @@ def config_from_flags() -> Config:
     with --checkpoint (fine-tuning, or --mode=eval on another dataset) takes the encoder
     settings and image size that model was trained with, unless given.
     """
+    if FLAGS["recipe"].present:  # left by absl: it came from a --flagfile (expand_recipes)
+        raise ConfigError(
+            f"--recipe={FLAGS.recipe} is read on the command line only, not inside a "
+            f"--flagfile: there, use --flagfile={os.path.join(RECIPES_DIR, FLAGS.recipe)}"
+            f"{_RECIPE_SUFFIX}."
+        )
     given = _given_flags()
     model_dir = os.path.expanduser(given.get("model_dir") or Config.model_dir)
     saved = None
@@ -273,6 +344,7 @@ _USAGE = """tf-simclr: SimCLR pretraining, fine-tuning, evaluation and export.
 
   tf-simclr --mode=train_then_eval      # the embedded default dataset, a few minutes
   tf-simclr --mode=preview              # preview.png: images and their augmented views
+  tf-simclr --recipe=cifar10_paper --dataset=cifar10 --train_minutes=30
   tf-simclr --helpfull                  # every flag
 """
 
@@ -282,6 +354,7 @@ def _show_flags_in_help() -> None:
     # console_main, while the flags are defined here.
     for field in filter(has_flag, dataclasses.fields(Config)):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[field.name])
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS["recipe"])
     main_module = sys.modules.get("__main__")
     if main_module is not None and not main_module.__doc__:  # pip's console-script wrapper
         main_module.__doc__ = _USAGE
@@ -296,4 +369,4 @@ def console_main() -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     _show_flags_in_help()
-    app.run(functools.partial(main, quiet_startup=quiet))
+    app.run(functools.partial(main, quiet_startup=quiet), flags_parser=parse_command_line)

@@ -48,6 +48,7 @@ from tf_simclr.choices import (
     TRAIN_MODES,
     ConfigError,
 )
+from tf_simclr.training.budget import UNPLANNED_STEPS
 
 CONFIG_FILENAME = "config.json"
 RESULT_FILENAME = "result.json"  # written by tf_simclr.workflows.runner at the end of a run
@@ -316,6 +317,16 @@ class OptimisationSettings:
         "--train_steps > 0).",
     )
     train_steps: int = _setting(0, "Training steps; overrides --train_epochs when > 0.")
+    # A budget instead of a length: the steps that fit are planned while training
+    # (tf_simclr.training.budget), and the schedule is laid out over them.
+    train_minutes: float | None = _setting(
+        None,
+        "Train for this many minutes of training time (wall clock, from the start of the "
+        "training loop; evaluation after it not counted) instead of --train_epochs or "
+        "--train_steps: the steps that fit are planned from the speed of the first loops, and "
+        "the learning-rate schedule ends at the last of them. Warmup: --warmup_epochs, at most "
+        "1/6 of the planned steps.",
+    )
     warmup_epochs: float = _setting(2.0, "Linear learning-rate warmup, in epochs.")
     optimizer: str = _setting("lars", "Optimizer.", choices=OPTIMIZERS)
     # LARS moves each weight by about lr * 0.001 of its norm per step: a short schedule needs
@@ -352,6 +363,11 @@ class OptimisationSettings:
         " / --label_ids_file, or all); the distillation loss gets 1 - alpha (0: pure "
         "distillation).",
     )
+    # Not a setting (no flag): the steps a --train_minutes run planned (a
+    # tf_simclr.training.budget.BudgetPlan record: budget_minutes, planned_steps, warmup_steps,
+    # the measured seconds per step, ...), written into config.json once the plan is fixed. A
+    # resumed run keeps it and does not plan again. None: no budget, or not planned yet.
+    budget_plan: dict | None = _setting(None, "", role=RECORD)
 
 
 @dataclasses.dataclass
@@ -440,6 +456,13 @@ class RuntimeSettings:
     checkpoint_epochs: int = _setting(10, "Epochs between checkpoints.")
     checkpoint_steps: int = _setting(
         0, "Steps between checkpoints; overrides --checkpoint_epochs when > 0."
+    )
+    checkpoint_minutes: float = _setting(
+        0.0,
+        "Also save a checkpoint at the end of the first loop after each multiple of this many "
+        "minutes of training time (0: off). E.g. --train_minutes=20 --checkpoint_minutes=5 "
+        "keeps the model at about 5, 10, 15 and 20 minutes (with --keep_checkpoint_max >= 4).",
+        role=OPERATIONAL,
     )
     keep_checkpoint_max: int = _setting(5, "Checkpoints to keep.")
     keep_hub_module_max: int = _setting(1, "Exported SavedModels to keep.")
@@ -586,6 +609,8 @@ class Config(
             table = MODE_DEFAULTS["pretrain"]
         filled = []
         for name in MODE_DEFAULT_FIELDS:
+            if name == "train_epochs" and self.train_minutes is not None:
+                continue  # a time budget sets the length: None records "not given"
             if getattr(self, name) is None:
                 setattr(self, name, table[name])
                 filled.append(name)
@@ -614,12 +639,19 @@ class Config(
         return base + ",blur" if self.use_blur else base
 
     def train_steps_for(self, num_train_examples: int) -> int:
-        """Total optimisation steps: --train_steps, or epochs over the training split."""
+        """Total optimisation steps: --train_steps, or epochs over the training split; with
+        --train_minutes, the steps planned (budget_plan), or UNPLANNED_STEPS before that."""
+        if self.train_minutes is not None:
+            return self.budget_plan["planned_steps"] if self.budget_plan else UNPLANNED_STEPS
         if self.train_steps > 0:
             return self.train_steps
         return max(1, math.ceil(self.train_epochs * num_train_examples / self.train_batch_size))
 
     def warmup_steps_for(self, num_train_examples: int) -> int:
+        """Warmup steps: --warmup_epochs over the training split; with a planned
+        --train_minutes, the warmup planned (at most 1/6 of the planned steps)."""
+        if self.train_minutes is not None and self.budget_plan:
+            return self.budget_plan["warmup_steps"]
         return int(round(self.warmup_epochs * num_train_examples / self.train_batch_size))
 
     def checkpoint_every_for(self, num_train_examples: int) -> int:
@@ -666,7 +698,11 @@ class Config(
 
     def hash(self) -> str:
         """A short hash of the settings that define the trained model (not mode/paths)."""
-        payload = {k: v for k, v in sorted(self.to_dict().items()) if k not in _UNHASHED_FIELDS}
+        payload = {
+            k: v
+            for k, v in sorted(self.to_dict().items())
+            if k not in _UNHASHED_FIELDS and not (k in _HASHED_WHEN_SET and v is None)
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def save(self, model_dir: str | None = None) -> str:
@@ -725,6 +761,10 @@ _INVOCATION_FIELDS = _fields_with_role(INVOCATION)
 _RECORD_FIELDS = _fields_with_role(RECORD)
 # What Config.hash leaves out: all but the settings that define the trained model.
 _UNHASHED_FIELDS = _fields_with_role(INVOCATION, OPERATIONAL, RECORD) + RECIPE_FIELDS
+# Settings added after runs recorded their hash (result.json's config_hash, which
+# --mode=semi_supervised compares to skip finished stages): left out while unset (None), so
+# those runs keep their hash.
+_HASHED_WHEN_SET = ("train_minutes",)
 
 
 def resolve(given: dict[str, Any], saved: Config | None, *, source: str = "") -> Config:

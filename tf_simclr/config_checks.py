@@ -155,10 +155,19 @@ def _check_model(config) -> None:
 
 def _check_optimisation(config) -> None:
     _positive("train_batch_size", config.train_batch_size)
-    _non_negative("train_epochs", config.train_epochs)
     _non_negative("train_steps", config.train_steps)
-    if config.train_steps == 0 and config.train_epochs == 0 and config.mode in TRAINING_MODES:
-        raise ConfigError("Set --train_epochs or --train_steps to a positive number.")
+    if config.train_minutes is not None:
+        _check_time_budget(config)
+    else:
+        _non_negative("train_epochs", config.train_epochs)
+        if config.train_steps == 0 and config.train_epochs == 0 and config.mode in TRAINING_MODES:
+            raise ConfigError("Set --train_epochs or --train_steps to a positive number.")
+        if config.budget_plan:
+            raise ConfigError(
+                "config.json records the steps a --train_minutes run planned, but no "
+                "--train_minutes is set: give the run's --train_minutes, or use a new "
+                "--model_dir."
+            )
     for name in ("learning_rate", "sup_head_learning_rate", "temperature"):
         _positive_number(name, getattr(config, name))
     for name in ("weight_decay", "warmup_epochs"):
@@ -184,6 +193,45 @@ def _check_optimisation(config) -> None:
         raise ConfigError(
             "--distill_alpha=1 ignores the teacher: that is fine-tuning on the labelled "
             "examples (--train_mode=finetune). Use a value below 1."
+        )
+
+
+def _check_time_budget(config) -> None:
+    """--train_minutes: a positive number, the only length given, on a single-process run."""
+    minutes = config.train_minutes
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(
+            f"--train_minutes must be a positive number of minutes, got {minutes:g} (e.g. "
+            "--train_minutes=10)."
+        )
+    for name, given in (
+        ("train_epochs", config.train_epochs is not None),
+        ("train_steps", config.train_steps > 0),
+    ):
+        if given:
+            raise ConfigError(
+                f"--train_minutes={minutes:g} and --{name}={getattr(config, name)} both set the "
+                f"length of training: give only one of them. (A --model_dir whose run trained "
+                f"for --{name} keeps it in its config.json: use a new --model_dir for a time "
+                "budget.)"
+            )
+    if config.mode == "semi_supervised":
+        raise ConfigError(
+            "--train_minutes does not apply to --mode=semi_supervised, whose stages have "
+            "lengths of their own: use --train_epochs or --train_steps."
+        )
+    if config.strategy == "multi_worker":
+        raise ConfigError(
+            "--train_minutes plans the steps from the speed this process measures, and the "
+            "workers of --strategy=multi_worker would each plan their own: use --train_steps."
+        )
+    planned = config.budget_plan
+    if planned and planned.get("budget_minutes") != minutes:
+        raise ConfigError(
+            f"--train_minutes={minutes:g}, but the run in --model_dir planned "
+            f"{planned.get('planned_steps')} steps for a {planned.get('budget_minutes'):g}-minute "
+            "budget (its config.json): drop --train_minutes to resume that plan, or use a new "
+            "--model_dir for another budget."
         )
 
 
@@ -222,6 +270,7 @@ def _check_runtime(config) -> None:
         _positive(name, getattr(config, name))
     for name in ("checkpoint_epochs", "checkpoint_steps", "num_cpu_devices", "collective_timeout"):
         _non_negative(name, getattr(config, name))
+    _non_negative_number("checkpoint_minutes", config.checkpoint_minutes)
     if config.strategy == "tpu" and not (config.tpu_name or os.environ.get("TPU_NAME")):
         raise ConfigError("--strategy=tpu (or --use_tpu) needs --tpu_name (name or grpc address).")
     if config.num_cpu_devices and config.strategy != "mirrored":

@@ -106,11 +106,14 @@ def build_objective(config: Config, train_mode: str | None = None):
     )
 
 
-def learning_rate_schedule(config: Config, num_train_examples: int):
-    """Scaled base learning rate with linear warmup and cosine decay to zero."""
+def learning_rate_schedule(config: Config, num_train_examples: int, schedule_steps=None):
+    """Scaled base learning rate with linear warmup and cosine decay to zero (over the steps
+    `schedule_steps` holds, for a time budget not yet planned: see `schedule_steps`)."""
     base = optim.scale_learning_rate(
         config.learning_rate, config.train_batch_size, config.learning_rate_scaling
     )
+    if schedule_steps is not None:
+        return optim.PlannedWarmupCosineDecay(base, schedule_steps)
     total = config.train_steps_for(num_train_examples)
     warmup = config.warmup_steps_for(num_train_examples)
     if warmup > total:
@@ -135,11 +138,25 @@ def head_l2_coefficient(config: Config) -> float:
     return config.weight_decay if config.optimizer == "lars" and shared else 0.0
 
 
-def build_optimizer(config: Config, num_train_examples: int, *, learning_rate=None):
-    """The optimizer named by --optimizer, on the warmup + cosine schedule (or the given
-    `learning_rate`, a float or schedule)."""
+def schedule_steps(config: Config, num_train_examples: int):
+    """A --train_minutes run whose steps are not planned yet: the warmup and total steps its
+    schedules are laid out over (optim.ScheduleSteps), which its planner assigns once the first
+    loops are timed (tf_simclr.workflows.timed_run). Until then: the --warmup_epochs warmup, and
+    no decay. None otherwise (the schedule's steps are known: `learning_rate_schedule`)."""
+    if config.train_minutes is None or config.budget_plan:
+        return None
+    return optim.ScheduleSteps(
+        config.warmup_steps_for(num_train_examples), config.train_steps_for(num_train_examples)
+    )
+
+
+def build_optimizer(
+    config: Config, num_train_examples: int, *, learning_rate=None, schedule_steps=None
+):
+    """The optimizer named by --optimizer, on the warmup + cosine schedule (over
+    `schedule_steps`, if given), or the given `learning_rate` (a float or schedule)."""
     if learning_rate is None:
-        learning_rate = learning_rate_schedule(config, num_train_examples)
+        learning_rate = learning_rate_schedule(config, num_train_examples, schedule_steps)
     optimizer = optim.build_optimizer(
         config.optimizer,
         learning_rate=learning_rate,
@@ -151,7 +168,7 @@ def build_optimizer(config: Config, num_train_examples: int, *, learning_rate=No
     return optimizer
 
 
-def build_head_optimizer(config: Config, model, num_train_examples: int):
+def build_head_optimizer(config: Config, model, num_train_examples: int, *, schedule_steps=None):
     """Pretraining with a linear-eval head: its own momentum SGD on the same warmup + cosine
     shape, at --sup_head_learning_rate (linearly scaled). Under LARS the head gets no trust
     scaling, so at contrastive learning rates (~1 and up) it would diverge. None otherwise
@@ -163,6 +180,7 @@ def build_head_optimizer(config: Config, model, num_train_examples: int):
     schedule = learning_rate_schedule(
         config.replace(learning_rate=config.sup_head_learning_rate, learning_rate_scaling="linear"),
         num_train_examples,
+        schedule_steps,
     )
     head_optimizer = optim.build_optimizer(
         "momentum",

@@ -9,6 +9,8 @@
 - `AdamWExclude`: Keras AdamW (decoupled decay w <- w - lr * wd * w) with the same exclusions.
 - `WarmupCosineDecay`: linear warmup then cosine decay to zero: Keras' CosineDecay with its
   warmup, in the reference's terms (base rate, warmup and total steps).
+- `PlannedWarmupCosineDecay` on `ScheduleSteps`: the same schedule, its warmup and total steps
+  tf.Variables assigned while training (a time budget, tf_simclr.training.budget).
 - `scale_learning_rate`, `build_optimizer`.
 
 Exclusion patterns are regular expressions searched (`re.search`) in the variable's Keras path
@@ -410,6 +412,81 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
             "total_steps": self.total_steps,
             "name": self.name,
         }
+
+
+class ScheduleSteps:
+    """The warmup and total steps of schedules laid out while training (--train_minutes: the
+    steps that fit are known only once the first loops are timed). They are tf.Variables that
+    `PlannedWarmupCosineDecay` reads at every step, so `assign` changes the schedule of an
+    already traced training function. Schedules built on one ScheduleSteps change together."""
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        _check_schedule_steps(warmup_steps, total_steps)
+        make = lambda value, name: tf.Variable(  # noqa: E731
+            value, dtype=tf.int64, trainable=False, name=name
+        )
+        self.warmup_steps = make(warmup_steps, "schedule_warmup_steps")
+        self.total_steps = make(total_steps, "schedule_total_steps")
+        self.decay_steps = make(max(total_steps - warmup_steps, 1), "schedule_decay_steps")
+
+    def assign(self, warmup_steps: int, total_steps: int) -> None:
+        """Lay the schedules out over `total_steps`, the first `warmup_steps` warming up."""
+        _check_schedule_steps(warmup_steps, total_steps)
+        self.warmup_steps.assign(warmup_steps)
+        self.total_steps.assign(total_steps)
+        self.decay_steps.assign(max(total_steps - warmup_steps, 1))
+
+    def values(self) -> tuple[int, int]:
+        """(warmup_steps, total_steps) as numbers."""
+        return int(self.warmup_steps.numpy()), int(self.total_steps.numpy())
+
+
+def _check_schedule_steps(warmup_steps, total_steps) -> None:
+    for arg, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{arg} must be an integer >= 0, got {value!r}.")
+    if total_steps < warmup_steps:
+        raise ValueError(
+            f"total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps}): "
+            "shorten the warmup or train longer."
+        )
+
+
+@keras.saving.register_keras_serializable(package="tf_simclr")
+class PlannedWarmupCosineDecay(WarmupCosineDecay):
+    """`WarmupCosineDecay` whose warmup and total steps are read from `steps` (a
+    `ScheduleSteps`) at every step: the same values as WarmupCosineDecay(base, warmup, total)
+    for the steps last assigned, computed by the same Keras CosineDecay."""
+
+    def __init__(self, base_learning_rate, steps: ScheduleSteps, name="WarmupCosineDecay"):
+        warmup, total = steps.values()
+        super().__init__(base_learning_rate, warmup, total, name=name)
+        self.steps = steps
+        # Keras' CosineDecay.__call__ casts these two at every call: the variables, not numbers.
+        self.warmup_steps = steps.warmup_steps
+        self.decay_steps = steps.decay_steps
+        self.total_steps = steps.total_steps
+
+    def __call__(self, step):
+        learning_rate = keras.optimizers.schedules.CosineDecay.__call__(self, step)
+        # WarmupCosineDecay's case without decay (total == warmup): 0 after the warmup.
+        no_decay = self.steps.total_steps <= self.steps.warmup_steps
+        after_warmup = tf.cast(step, tf.int64) >= self.steps.warmup_steps
+        return tf.where(no_decay & after_warmup, tf.zeros_like(learning_rate), learning_rate)
+
+    def get_config(self):
+        warmup, total = self.steps.values()
+        return {
+            "base_learning_rate": self.base_learning_rate,
+            "warmup_steps": warmup,
+            "total_steps": total,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        steps = ScheduleSteps(config["warmup_steps"], config["total_steps"])
+        return cls(config["base_learning_rate"], steps, name=config["name"])
 
 
 def scale_learning_rate(base, batch_size, scaling="linear") -> float:

@@ -13,10 +13,17 @@ class Progress:
     """A progress bar on an interactive terminal, periodic log lines otherwise."""
 
     def __init__(
-        self, total: int, initial: int, every: int, images_per_step: int, unit: str = "step"
+        self,
+        total: int | None,
+        initial: int,
+        every: int,
+        images_per_step: int,
+        unit: str = "step",
     ) -> None:
-        """`unit` names what is counted (training steps; batches for --mode=embed)."""
+        """`unit` names what is counted (training steps; batches for --mode=embed); `total`
+        None: not known yet (a time budget before its steps are planned: `set_plan`)."""
         self.total = total
+        self.plan = ""  # what the total stands for, e.g. "budget 10.0 min: 1,234 steps"
         self.unit = unit
         self.every = every
         self.images_per_step = images_per_step
@@ -32,6 +39,16 @@ class Progress:
             except ImportError:
                 self.bar = None
 
+    def set_plan(self, total: int | None, plan: str) -> None:
+        """A new `total` (None: not known yet) and the `plan` it comes from, shown in the bar's
+        description and the log lines."""
+        self.total = total
+        self.plan = plan
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.set_description(plan)
+            self.bar.refresh()
+
     def images_per_second(self, step: int) -> float:
         elapsed = time.perf_counter() - self.start_time
         return (step - self.start_step) * self.images_per_step / max(elapsed, 1e-9)
@@ -43,21 +60,26 @@ class Progress:
             shown = {"loss": f"{metrics['loss']:.4f}"} if "loss" in metrics else {}
             self.bar.set_postfix(**shown, img_s=f"{rate:.0f}")
             return
-        if step - self.last_logged >= self.every or step >= self.total:
+        if step - self.last_logged >= self.every or (self.total and step >= self.total):
             self.last_logged = step
-            remaining = (self.total - step) * self.images_per_step / max(rate, 1e-9)
             hidden = ("learning_rate", "images_per_second")
             shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in hidden)
             if "learning_rate" in metrics:
                 shown += f" lr={metrics['learning_rate']:.4g}"
+            if self.total is None:
+                of, eta = "", ""
+            else:
+                remaining = (self.total - step) * self.images_per_step / max(rate, 1e-9)
+                of, eta = f"/{self.total}", f" ETA {format_seconds(remaining)}"
             log.info(
-                "%s %d/%d %s%.0f img/s ETA %s",
+                "%s %d%s %s%.0f img/s%s%s",
                 self.unit,
                 step,
-                self.total,
+                of,
                 f"{shown.strip()} " if shown.strip() else "",
                 rate,
-                format_seconds(remaining),
+                eta,
+                f" ({self.plan})" if self.plan else "",
             )
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from tf_simclr.config import MODE_DEFAULTS, RESULT_FILENAME, Config, mode_defaults_key
+from tf_simclr.training.budget import describe_result as describe_budget
 
 # Row order and names of the metrics tf_simclr.workflows.runner reports; any other metric follows
 # under its own name.
@@ -120,11 +121,13 @@ def weak_result_warnings(
             "it ends above its encoder's linear probe), then distil it."
         ]
     defaults = MODE_DEFAULTS[mode_defaults_key(config.train_mode, config.random_init)]
-    schedule = (
-        f"--train_steps={config.train_steps}"
-        if config.train_steps > 0
-        else f"{config.train_epochs:g} epochs"
-    )
+    longer = f"a longer --train_epochs (default: {defaults['train_epochs']:g})"
+    if config.train_minutes is not None:
+        schedule, longer = f"--train_minutes={config.train_minutes:g}", "a larger --train_minutes"
+    elif config.train_steps > 0:
+        schedule = f"--train_steps={config.train_steps}"
+    else:
+        schedule = f"{config.train_epochs:g} epochs"
     if total_steps:
         schedule += f" = {total_steps} steps"
     if config.train_mode == "finetune":
@@ -137,8 +140,7 @@ def weak_result_warnings(
         f"The {what}'s top-1 ({100 * top1:.1f}%) {problem}. Likely causes: the learning rate "
         f"(base {config.learning_rate:g}; {rate}) or a schedule too short for the {over} "
         f"({schedule}). Try {change} --learning_rate (this mode's default: "
-        f"{defaults['learning_rate']:g}) and a longer --train_epochs (default: "
-        f"{defaults['train_epochs']:g})."
+        f"{defaults['learning_rate']:g}) and {longer}."
     ]
 
 
@@ -169,6 +171,8 @@ def format_report(result: dict, config: Config) -> str:
             line += f" (training {result['images_per_second']:.0f} images/s"
             line += f" in {result['precision']})" if result.get("precision") else ")"
         lines.append(line + ".")
+    if result.get("budget"):
+        lines.append(describe_budget(result["budget"]))
     if "table" in result:
         from tf_simclr.workflows.semi_supervised import table_lines
 

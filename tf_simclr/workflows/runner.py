@@ -106,6 +106,8 @@ def run(config: Config) -> dict:
         "total_steps": state.total_steps,
         "precision": state.model.dtype_policy.name,
     }
+    if state.budget:  # --train_minutes: the plan and the training time against the budget
+        result["budget"] = state.budget
     # Evaluation and the export compute in float32 whatever precision training used.
     trained = factory.float32_twin(config, state.model, state.num_classes)
     if config.mode == "train_then_eval":

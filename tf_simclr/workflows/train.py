@@ -21,12 +21,13 @@ from tf_simclr.training import checkpoints as ckpt_lib
 from tf_simclr.training import distribute
 from tf_simclr.training import history as history_lib
 from tf_simclr.training import precision as precision_lib
+from tf_simclr.training.budget import TrainingClock
 
 # Kept importable from here, where they were defined before the loop was cut into modules.
 from tf_simclr.training.history import plot_history, read_history  # noqa: F401
 from tf_simclr.training.interrupts import StopRequest
 from tf_simclr.training.progress import Progress
-from tf_simclr.workflows import run_data, storage, warm_start
+from tf_simclr.workflows import run_data, storage, timed_run, warm_start
 from tf_simclr.workflows.storage import ModelDirWriteError  # noqa: F401
 from tf_simclr.workflows.storage import checkpoint_bytes as _checkpoint_bytes  # noqa: F401
 
@@ -53,6 +54,7 @@ class TrainState:
     checkpoint_path: str | None
     history: list[dict] = field(default_factory=list)
     images_per_second: float = 0.0
+    budget: dict | None = None  # a --train_minutes run's plan and training time
 
 
 def setup_runtime(config: Config) -> None:
@@ -177,17 +179,22 @@ class AssembledRun:
     teacher: object | None  # distillation's frozen teacher
     global_step: tf.Variable
     manager: tf.train.CheckpointManager
+    # A --train_minutes run not yet planned: the schedules' steps, set by its planner.
+    schedule_steps: object | None = None
 
     @property
     def step(self) -> int:
         return int(self.global_step.numpy())
 
 
-def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
+def train(
+    config: Config, strategy: tf.distribute.Strategy, *, clock=time.perf_counter
+) -> TrainState:
     """Pretrain or fine-tune as configured; resume from model_dir if it holds checkpoints.
 
     The phases: plan (checks, step counts), assemble (network, optimizers, checkpoint),
-    restore (resume or warm start), loop (train, log, save), and the state left behind."""
+    restore (resume or warm start), loop (train, log, save), and the state left behind.
+    `clock` (seconds) times the training (tests give a fake one)."""
     plan = plan_run(config, strategy)
     try:
         run = assemble(plan, strategy)
@@ -198,8 +205,9 @@ def train(config: Config, strategy: tf.distribute.Strategy) -> TrainState:
         if state.step >= plan.total_steps:
             log.info("Training already finished (step %d of %d).", state.step, plan.total_steps)
             state.history = history_lib.read_history(plan.config.model_dir)
+            state.budget = timed_run.summary(plan.config, state.history)
             return state
-        run_loop(run, state)
+        run_loop(run, state, clock=clock)
     finally:
         plan.role.close()
     return state
@@ -211,6 +219,7 @@ def plan_run(config: Config, strategy: tf.distribute.Strategy) -> RunPlan:
     choice = precision_lib.choose_precision(config.precision, strategy=strategy)
     log.info("Precision %s (%s).", choice.policy, choice.reason)
     config = config.replace(precision=choice.policy)
+    config = timed_run.with_recorded_plan(config)  # --train_minutes: a resumed run's plan
     # Multi-worker: only the chief writes into model_dir; the other workers save checkpoints to a
     # temporary model_dir/worker_tmp_<i> and keep no logs. Waits on peers get a watchdog.
     role = distribute.WorkerRole(
@@ -267,8 +276,11 @@ def assemble(plan: RunPlan, strategy: tf.distribute.Strategy) -> AssembledRun:
     )
     with strategy.scope():
         model = _build_student(config, plan.num_classes)
-        optimizer = factory.build_optimizer(config, plan.num_train)
-        head_optimizer = factory.build_head_optimizer(config, model, plan.num_train)
+        steps = factory.schedule_steps(config, plan.num_train)  # a budget not yet planned
+        optimizer = factory.build_optimizer(config, plan.num_train, schedule_steps=steps)
+        head_optimizer = factory.build_head_optimizer(
+            config, model, plan.num_train, schedule_steps=steps
+        )
         head_ids = {id(v) for v in model.supervised_head_variables} if head_optimizer else set()
         optimizer.build([v for v in model.optimized_variables if id(v) not in head_ids])
         global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -283,7 +295,7 @@ def assemble(plan: RunPlan, strategy: tf.distribute.Strategy) -> AssembledRun:
         step_counter=global_step,
     )
     return AssembledRun(
-        plan, strategy, model, optimizer, head_optimizer, teacher, global_step, manager
+        plan, strategy, model, optimizer, head_optimizer, teacher, global_step, manager, steps
     )
 
 
@@ -314,10 +326,11 @@ def restore(run: AssembledRun) -> str | None:
     return restored
 
 
-def run_loop(run: AssembledRun, state: TrainState) -> None:
+def run_loop(run: AssembledRun, state: TrainState, *, clock=time.perf_counter) -> None:
     """Trains from `state.step` to the end, `steps_per_loop` steps a call: each call's mean
-    metrics go to the history, TensorBoard and the progress display, and checkpoints are saved
-    as configured (always at the end, and at a stop signal). Fills in `state`."""
+    metrics and the training time so far go to the history, TensorBoard and the progress
+    display, and checkpoints are saved as configured (always at the end, and at a stop
+    signal). A --train_minutes run plans its end meanwhile (timed_run). Fills in `state`."""
     config, role = run.plan.config, run.plan.role
     # The data stream resumes where the checkpoint left it, so a resumed run sees the same
     # batches (and augmentations) as an uninterrupted one.
@@ -334,6 +347,10 @@ def run_loop(run: AssembledRun, state: TrainState) -> None:
         run.plan.total_steps, state.step, config.log_every_steps, config.train_batch_size
     )
     last_finite = (history_lib.read_history(config.model_dir) or [None])[-1]
+    timer = TrainingClock(  # the training time continues from the run it resumes
+        (last_finite or {}).get("train_seconds", 0.0), clock, 60 * config.checkpoint_minutes
+    )
+    timed = timed_run.start(run, state.step, progress)  # None unless planning a budget
     step = last_saved = state.step
     try:
         with StopRequest() as stop:
@@ -343,17 +360,25 @@ def run_loop(run: AssembledRun, state: TrainState) -> None:
                 num_steps = min(config.steps_per_loop, run.plan.total_steps - step)
                 means = _run_steps(run, train_loop, iterator, num_steps, last_finite)
                 step = run.step
-                last_finite = {"step": step, **means}
+                last_finite = {"step": step, **means, "train_seconds": round(timer.elapsed(), 3)}
                 _record(run, last_finite, state, writer)
                 progress.update(step, means)
-                if step - last_saved >= run.plan.checkpoint_every or step >= run.plan.total_steps:
+                if timed is not None:
+                    timed.after_loop(step, last_finite["train_seconds"])
+                time_due = timer.checkpoint_due(last_finite["train_seconds"])
+                if (
+                    time_due
+                    or step - last_saved >= run.plan.checkpoint_every
+                    or step >= run.plan.total_steps
+                ):
                     _save(run, step)
                     last_saved = step
                 if stop.signal_name is not None:
                     if last_saved != step:
                         _save(run, step)
                     raise TrainingInterrupted(
-                        f"Stopped by {stop.signal_name} at step {step}/{run.plan.total_steps}; "
+                        f"Stopped by {stop.signal_name} at step {step}"
+                        f"{'' if progress.total is None else f'/{progress.total}'}; "
                         f"checkpoint saved in {config.model_dir}. Rerun the same command to "
                         "resume."
                     )
@@ -362,14 +387,18 @@ def run_loop(run: AssembledRun, state: TrainState) -> None:
         if writer is not None:
             writer.flush()
     state.step = step
+    state.total_steps = run.plan.total_steps  # a budget's planned steps
     state.checkpoint_path = role.checkpoint_path(run.manager.latest_checkpoint)
     state.images_per_second = progress.images_per_second(step)
     # A non-chief worker returns no history, so that nothing plots over the chief's curves.
     state.history = history_lib.read_history(config.model_dir) if role.chief else []
+    state.budget = timed_run.summary(run.plan.config, state.history)
 
 
 def _log_start(run: AssembledRun) -> None:
     config, plan = run.plan.config, run.plan
+    if config.train_minutes is not None:
+        return  # timed_run.start says how a time budget is planned
     log.info(
         "Training %s for %d steps (batch %d on %d replica(s), %d examples, %.1f epochs).",
         config.train_mode,
