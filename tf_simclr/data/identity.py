@@ -113,9 +113,9 @@ def data_identity(dataset: str, data_dir: str | None, split: str) -> dict:
 
 
 def _tfds_name_and_bytes(location: str, split: str) -> tuple[str, int | None]:
-    """The dataset's own name and the bytes of `split` (slices: of the whole split; unions: of
-    each split) from the
-    dataset_info.json it was read with (("", None) where it cannot be read)."""
+    """The dataset's own name and the bytes of `split` (slices: of the whole split; unions:
+    of each split, added) from the dataset_info.json it was read with (("", None) where it
+    cannot be read)."""
     try:
         with open(os.path.join(location, "dataset_info.json"), encoding="utf-8") as f:
             stored = json.load(f)

@@ -170,8 +170,7 @@ def check_stages_fit_data(config: Config, configs: dict[str, Config]) -> dict[st
             "'train+unlabelled'), or other --label_ids_file entries."
         )
     log.info(
-        "Labelled subset: %d of the %d training examples (pretraining and distillation use "
-        "all of them, unlabelled ones included); per class: %s.",
+        "Labelled subset: %d of the %d training examples; per class: %s.",
         labelled,
         total,
         _per_class(counts),
