@@ -13,10 +13,11 @@ import pytest
 from helpers import mixed_tfds as mixed
 from helpers.configs import tiny_config
 
+from tf_simclr import factory
 from tf_simclr.config import Config, ConfigError
 from tf_simclr.evaluation import evaluate as eval_lib
 from tf_simclr.training import history as history_lib
-from tf_simclr.workflows import runner
+from tf_simclr.workflows import runner, semi_supervised
 
 
 def _mixed_config(model_dir, data_dir, **changes):
@@ -75,10 +76,35 @@ def test_pretraining_on_labelled_and_unlabelled_images(mixed_tfds, tmp_path, mon
         runner.run(config.replace(mode="eval", eval_split="unlabelled"))
 
 
+def test_the_recipe_stages_train_on_all_images_or_on_the_labelled_ones(mixed_tfds, tmp_path):
+    """Without training: the stages' epochs count all 32 images (pretraining, distillation)
+    or the 12 labelled ones (fine-tuning, baseline, --label_fraction=1), and the recipe's
+    pre-check counts the labelled subset per class."""
+    config = _mixed_config(
+        tmp_path / "recipe", mixed_tfds, mode="semi_supervised", label_fraction=1.0
+    )
+    configs = semi_supervised.stage_configs(config)
+    examples = {stage: factory.num_train_examples(c) for stage, c in configs.items()}
+    assert examples == {
+        "pretrain": mixed.NUM_MIXED,
+        "finetune": mixed.NUM_TRAIN,
+        "distill": mixed.NUM_MIXED,
+        "supervised": mixed.NUM_TRAIN,
+    }
+    counts = semi_supervised.check_stages_fit_data(
+        config, {s: c.replace(train_batch_size=8) for s, c in configs.items()}
+    )
+    assert counts == dict.fromkeys(mixed.CLASS_NAMES, mixed.TRAIN_PER_CLASS)
+    half = config.replace(label_fraction=0.5)
+    assert factory.num_train_examples(semi_supervised.stage_configs(half)["finetune"]) == 6
+
+
+@pytest.mark.slow
 def test_the_recipe_fine_tunes_on_the_labelled_images_and_distils_on_all(mixed_tfds, tmp_path):
     """--mode=semi_supervised on train+unlabelled: pretraining and distillation run over all
     32 images, fine-tuning and the baseline over the labelled 12 (--label_fraction=1: all of
-    them), the probe is trained on those 12."""
+    them), the probe is trained on those 12. (Slow: four tiny runs, about 90 s on a busy
+    2-core machine.)"""
     config = _mixed_config(
         tmp_path / "recipe",
         mixed_tfds,
