@@ -79,3 +79,15 @@ def finetuned_run(pretrained_run):
     )
     assert (model_dir / "ckpt-4.index").exists()
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def mixed_tfds(tmp_path_factory):
+    """The data_dir of a tiny TFDS dataset with a labelled, an unlabelled (label -1) and a
+    test split, like STL-10 (tests/helpers/mixed_tfds.py), written once per session: read it
+    with dataset=mixed_tfds.NAME, data_dir=<this>. Never write into it."""
+    from helpers.mixed_tfds import write_mixed_dataset
+
+    data_dir = tmp_path_factory.mktemp("mixed_tfds")
+    write_mixed_dataset(data_dir)
+    return data_dir

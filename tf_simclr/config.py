@@ -392,7 +392,7 @@ class EvaluationSettings:
     # Pictures from the features the kNN and linear evaluations extract anyway (pretraining).
     neighbour_images: int = _setting(
         8,
-        "Test images in neighbours.png, each next to its 8 nearest training images by the learned features (0: no picture).",
+        "Test images in neighbours.png, drawn across the classes (seeded by --seed), each next to its 8 nearest training images by the learned features (0: no picture).",
         role=OPERATIONAL,
     )
     projector_embeddings: int = _setting(

@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.numpy_refs import softmax_regression_optimum, weighted_knn_scores
+from helpers.numpy_refs import (
+    softmax_regression_optimum,
+    weighted_knn_scores,
+    weighted_knn_top1,
+)
 
 from tf_simclr.evaluation import evaluate
 
@@ -95,3 +99,33 @@ def test_extract_features_reads_dict_outputs_in_order():
     np.testing.assert_array_equal(got_labels, labels)
     with pytest.raises(KeyError, match="feature_key='nope'"):
         evaluate.extract_features(model, ds, feature_key="nope")
+
+
+def test_unlabelled_images_are_left_out_of_the_knn_bank_and_the_probe(caplog):
+    """Label -1 (an unlabelled image): the kNN bank and the probe hold the labelled rows only,
+    and unlabelled test rows are not scored; a set without any label is refused, named."""
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(3, 8)) * 3
+    train_x, train_y = _blobs(rng, 60, centers, 1.0)
+    test_x, test_y = _blobs(rng, 30, centers, 1.0)
+    hidden = rng.random(60) < 0.4  # these training images lose their label
+    train_y_mixed = np.where(hidden, -1, train_y)
+    test_y_mixed = np.where(np.arange(30) % 5 == 0, -1, test_y)
+    keep, scored = ~hidden, test_y_mixed >= 0
+    caplog.set_level("INFO")
+    got = evaluate.knn_accuracy(
+        train_x, train_y_mixed, test_x, test_y_mixed, num_classes=3, k=7, temperature=0.1
+    )
+    want = weighted_knn_top1(
+        train_x[keep], train_y[keep], test_x[scored], test_y[scored], 7, 0.1, 3
+    )
+    assert got["knn_top1"] == pytest.approx(want)
+    assert f"{keep.sum()} labelled examples used, {hidden.sum()} unlabelled" in caplog.text
+    probe = dict(num_classes=3, epochs=3, seed=2)
+    mixed = evaluate.linear_eval(train_x, train_y_mixed, test_x, test_y_mixed, **probe)
+    labelled = evaluate.linear_eval(
+        train_x[keep], train_y[keep], test_x[scored], test_y[scored], **probe
+    )
+    assert mixed == labelled
+    with pytest.raises(ValueError, match="--train_split='unlabelled' has no labelled example"):
+        evaluate.labelled_only(train_x, np.full(60, -1), source="--train_split='unlabelled'")

@@ -141,3 +141,70 @@ def test_thumbnails_shrink_large_images_only():
     shrunk = visualize.thumbnails(large)
     assert shrunk.shape == (2, 64, 64, 3) and shrunk.dtype == np.uint8
     assert np.all(shrunk == 128)
+
+
+def _class_sorted_batches(per_class: int, num_classes: int, batch_size: int, unlabelled=0):
+    """Batches of a class-sorted split (as an image folder is read): labels 0,0,..,1,1,..;
+    `unlabelled` images of label -1 first. Pixel (0, 0) of each image encodes its position."""
+    labels = np.concatenate(
+        [np.full(unlabelled, -1), np.repeat(np.arange(num_classes), per_class)]
+    ).astype(np.int64)
+    images = _images_with_ids(len(labels), seed=4)
+    return [
+        {"image": images[i : i + batch_size], "label": labels[i : i + batch_size]}
+        for i in range(0, len(labels), batch_size)
+    ], labels
+
+
+def _choose(batches, count, seed):
+    chooser = visualize.QueriesAcrossClasses(count, seed=seed)
+    for batch in batches:
+        chooser(np.zeros((len(batch["label"]), 2)), batch)
+    return chooser.chosen()
+
+
+@pytest.mark.parametrize("count, num_classes", [(8, 10), (8, 3), (4, 4), (5, 1)])
+def test_queries_are_drawn_across_the_classes_of_a_class_sorted_split(count, num_classes):
+    """The first `count` images of a class-sorted split are all of class 0; the chosen queries
+    cover min(count, classes) classes, each class at most one more than another (round robin),
+    their labels and thumbnails are those of the examples chosen, the choice does not depend
+    on the batch size, and another seed chooses differently."""
+    batches, labels = _class_sorted_batches(9, num_classes, batch_size=7, unlabelled=5)
+    indices, chosen_labels, thumbs = _choose(batches, count, seed=3)
+    assert len(indices) == count == len(set(indices.tolist()))
+    assert len(set(chosen_labels.tolist())) == min(count, num_classes)
+    per_class = np.bincount(chosen_labels, minlength=num_classes)
+    if count >= num_classes:
+        assert per_class.max() - per_class.min() <= 1
+    np.testing.assert_array_equal(labels[indices], chosen_labels)
+    assert np.all(chosen_labels >= 0)  # never an unlabelled image
+    np.testing.assert_array_equal(_ids(thumbs), indices)
+    # Deterministic for a seed, whatever the batches; another seed draws other examples.
+    regrouped, _ = _class_sorted_batches(9, num_classes, batch_size=64, unlabelled=5)
+    again = _choose(regrouped, count, seed=3)
+    np.testing.assert_array_equal(again[0], indices)
+    others = [_choose(batches, count, seed=s)[0] for s in (4, 5)]
+    assert any(not np.array_equal(np.sort(o), np.sort(indices)) for o in others)
+
+
+def test_a_class_with_few_examples_lets_the_others_give_more():
+    # Class 1 has a single example: the other class gives the rest of the queries.
+    labels = np.array([0] * 10 + [1])
+    images = _images_with_ids(len(labels))
+    chooser = visualize.QueriesAcrossClasses(6, seed=0)
+    chooser(np.zeros((11, 2)), {"image": images, "label": labels})
+    _, chosen_labels, _ = chooser.chosen()
+    assert sorted(chosen_labels.tolist()) == [0, 0, 0, 0, 0, 1]
+
+
+def test_unlabelled_neighbours_are_framed_grey(tmp_path):
+    search = visualize.NeighbourSearch(np.array([[1.0, 0.0]]), k=2)
+    bank = np.array([[1.0, 0.0], [0.9, 0.1]])
+    search(bank, {"image": _images_with_ids(2)})
+    query = visualize.thumbnails(_images_with_ids(1))
+    path = visualize.write_neighbours(str(tmp_path / "n.png"), search, query, [0], [-1, 0])
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    tile = 64  # 8 px images are enlarged 8x
+    for column, colour in ((1, (150, 150, 150)), (2, (40, 170, 70))):
+        y, x = visualize.neighbour_tile_origin(0, column, tile)
+        assert tuple(picture[y - 1, x]) == colour

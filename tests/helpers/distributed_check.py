@@ -29,7 +29,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_simclr.objectives.loss import contrastive_metrics, nt_xent_loss  # noqa: E402
+from tf_simclr.objectives.loss import (  # noqa: E402
+    contrastive_metrics,
+    labelled_cross_entropy,
+    nt_xent_loss,
+)
 from tf_simclr.training.optim import LARS  # noqa: E402
 
 GLOBAL_B, IN_DIM, TAU = 8, 5, 0.2
@@ -215,7 +219,9 @@ def check_distillation(replicas):
         start = tf.distribute.get_replica_context().replica_id_in_sync_group * local
         rows = slice(start, start + local)
         shares, _ = distillation_terms(s[rows], t[rows], y[rows], **kw)
-        return shares
+        # The online head's labelled rows: accuracy and count are global on every replica.
+        sup = labelled_cross_entropy(s[rows], y[rows])
+        return {**shares, "sup_acc": sup.accuracy, "labelled": sup.global_count}
 
     @tf.function
     def run(s, t, y):
@@ -227,6 +233,11 @@ def check_distillation(replicas):
         total = float(reduce_per_replica(strategy, got[name], "sum"))
         out[f"distill_{name}_diff"] = abs(total - float(ref[name]))
         out[f"distill_{name}"] = float(ref[name])
+    one_device = labelled_cross_entropy(student, labels)
+    for name, expected in (("sup_acc", one_device.accuracy), ("labelled", one_device.count)):
+        local_values = strategy.experimental_local_results(got[name])
+        out[f"labelled_{name}_diff"] = max(abs(float(v) - float(expected)) for v in local_values)
+    out["labelled_count"] = float(one_device.count)
     results[f"mirrored_{replicas}"].update(out)
 
 

@@ -219,6 +219,7 @@ def test_fit_overfits_fixed_batch_with_resnet():
         "contrastive_entropy",
         "sup_loss",
         "sup_acc",
+        "sup_labelled_examples",
     }
     assert all(np.isfinite(hist["loss"]))
     assert hist["loss"][-1] < hist["loss"][0] - 0.2
@@ -441,15 +442,24 @@ def test_pretraining_head_learns_from_labelled_rows_only():
     np.testing.assert_allclose(float(objective.shares["sup_loss"]), expected, rtol=1e-5)
     hits = logits.argmax(axis=1)[rows] == labels[rows]
     np.testing.assert_allclose(float(objective.rates["sup_acc"]), hits.mean(), rtol=1e-6)
+    assert float(objective.rates["sup_labelled_examples"]) == 4.0  # images, not views
 
+    batch["label"] = tf.constant([0, 3, 4, 1, 2, 1])  # every image labelled
+    labelled = model.compute_objective(batch, training=False)
+    assert float(labelled.rates["sup_labelled_examples"]) == 6.0
     batch["label"] = tf.fill([6], -1)
     unlabelled = model.compute_objective(batch, training=False)
     assert float(unlabelled.shares["sup_loss"]) == 0.0
-    np.testing.assert_allclose(
-        float(unlabelled.shares["contrastive_loss"]),
-        float(objective.shares["contrastive_loss"]),
-        rtol=1e-6,
-    )
+    assert float(unlabelled.rates["sup_labelled_examples"]) == 0.0
+    assert float(unlabelled.rates["sup_acc"]) == 0.0
+    assert np.isfinite(float(unlabelled.total))
+    # The labels do not touch the contrastive loss.
+    for other in (unlabelled, labelled):
+        np.testing.assert_allclose(
+            float(other.shares["contrastive_loss"]),
+            float(objective.shares["contrastive_loss"]),
+            rtol=1e-6,
+        )
     with tf.GradientTape() as tape:
         loss = model.compute_objective(batch, training=True).shares["sup_loss"]
     grads = tape.gradient(loss, model.supervised_head_variables)

@@ -213,7 +213,7 @@ def test_labelled_cross_entropy_matches_numpy_and_skips_unlabelled_rows():
     np.testing.assert_allclose(
         float(result.accuracy), (x.argmax(axis=1)[rows] == labels[rows]).mean(), rtol=1e-6
     )
-    assert float(result.count) == rows.sum()
+    assert float(result.count) == float(result.global_count) == rows.sum()
     grad = tape.gradient(result.share, logits_t).numpy()
     assert not np.any(grad[~rows])  # unlabelled rows get no gradient
     # d(mean CE)/d logits = (softmax - one_hot) / number of labelled rows.
@@ -222,3 +222,10 @@ def test_labelled_cross_entropy_matches_numpy_and_skips_unlabelled_rows():
 
     none = labelled_cross_entropy(logits_t, np.full(10, -1, np.int32))
     assert float(none.share) == 0.0 and float(none.accuracy) == 0.0 and float(none.count) == 0
+    assert float(none.global_count) == 0.0
+    none_grad = tf.GradientTape()
+    with none_grad:
+        none_grad.watch(logits_t)
+        share = labelled_cross_entropy(logits_t, np.full(10, -1, np.int32)).share
+    gradient = none_grad.gradient(share, logits_t).numpy()
+    assert np.all(np.isfinite(gradient)) and not np.any(gradient)  # no NaN from 0 / 0

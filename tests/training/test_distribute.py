@@ -63,6 +63,10 @@ def test_mirrored_distillation_terms_equal_single_device(dist_results, replicas)
     assert r["distill_distill_loss"] > 0.1 and r["distill_sup_loss"] > 0.1
     assert r["distill_distill_loss_diff"] < TOL
     assert r["distill_sup_loss_diff"] < TOL
+    # The online head's accuracy and labelled count are over the global batch, on every
+    # replica (some hold no labelled row), so averaging them over replicas keeps them.
+    assert r["labelled_count"] == 4  # the first half of the global batch of 8
+    assert r["labelled_sup_acc_diff"] < TOL and r["labelled_labelled_diff"] == 0
 
 
 @pytest.mark.parametrize("replicas", [2, 4])

@@ -26,6 +26,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import mixed_tfds as mixed
 from helpers.configs import TINY_SETTINGS, as_flags, tiny_config
 
 from tf_simclr import factory
@@ -198,10 +199,41 @@ def jobs(request, tmp_path_factory):
         started["one"] = _one_device_twin("one", tmp, ["--train_steps=2"])
     if "test_missing_worker_fails_fast_at_startup" in wanted:
         started["alone"] = _start_alone(tmp, index=0)  # the chief, without worker 1
+    if "test_mirrored_online_head_on_partly_labelled_batches" in wanted:
+        data_dir = request.getfixturevalue("mixed_tfds")
+        mixed_flags = [
+            f"--dataset={mixed.NAME}",
+            f"--data_dir={data_dir}",
+            f"--train_split={mixed.MIXED_SPLIT}",
+            "--train_steps=2",
+            "--steps_per_loop=1",
+        ]
+        for name, flags in [
+            ("mixed_single", ["--strategy=default"]),
+            ("mixed_mirrored", ["--strategy=mirrored", "--num_cpu_devices=2"]),
+        ]:
+            args = [RUN, f"--model_dir={tmp / name}", *TINY, *mixed_flags, *flags]
+            started[name] = Job(name, args, tmp)
     yield started, tmp
     for value in started.values():
         for job in value if isinstance(value, list) else [value]:
             job.kill()
+
+
+def test_mirrored_online_head_on_partly_labelled_batches(jobs):
+    """Pretraining on train+unlabelled (tests/helpers/mixed_tfds.py: each step's batch of 32 is
+    the whole split, 12 labelled images falling unevenly on the 2 replicas): the online head's
+    loss and accuracy are over the global batch's labelled images, as on one device, and the
+    step reports all 12 of them."""
+    started, tmp = jobs
+    for job in (started["mixed_single"], started["mixed_mirrored"]):
+        assert job.wait() == 0, f"{job.name} failed:\n{job.tail()}"
+    ref, got = _history(tmp / "mixed_single"), _history(tmp / "mixed_mirrored")
+    assert [r["step"] for r in ref] == [r["step"] for r in got] == [1, 2]
+    for r, g in zip(ref, got, strict=True):
+        assert r["sup_labelled_examples"] == g["sup_labelled_examples"] == mixed.NUM_TRAIN
+        for key in ("loss", "contrastive_loss", "sup_loss", "sup_acc"):
+            assert g[key] == pytest.approx(r[key], rel=LOSS_RTOL), (r["step"], key)
 
 
 def test_mirrored_matches_single_device(jobs):

@@ -301,7 +301,8 @@ def test_fit_and_the_training_loop_take_the_same_step():
     batch = {
         "view1": rng.random((8, 16, 16, 3), dtype=np.float32),
         "view2": rng.random((8, 16, 16, 3), dtype=np.float32),
-        "label": rng.integers(0, 4, 8).astype(np.int32),
+        # Two unlabelled images (-1): both paths train the head on the labelled six only.
+        "label": np.array([0, -1, 3, 1, -1, 2, 2, 1], np.int32),
     }
     by_fit, by_loop = fresh(), fresh()
     for a, b in zip(by_fit.weights, by_loop.weights, strict=True):
@@ -322,9 +323,11 @@ def test_fit_and_the_training_loop_take_the_same_step():
             "contrastive_entropy",
             "sup_loss",
             "sup_acc",
+            "sup_labelled_examples",
             "weight_decay_loss",
         }
     )
+    assert metrics["sup_labelled_examples"] == 6.0
     for name, value in metrics.items():
         assert history[name][0] == pytest.approx(value, rel=1e-5, abs=1e-7), name
     moved = 0

@@ -113,17 +113,19 @@ def data_identity(dataset: str, data_dir: str | None, split: str) -> dict:
 
 
 def _tfds_name_and_bytes(location: str, split: str) -> tuple[str, int | None]:
-    """The dataset's own name and the bytes of `split` (slices: of the whole split) from the
-    dataset_info.json it was read with (("", None) where it cannot be read)."""
+    """The dataset's own name and the bytes of `split` (slices: of the whole split; unions:
+    of each split, added) from the dataset_info.json it was read with (("", None) where it
+    cannot be read)."""
     try:
         with open(os.path.join(location, "dataset_info.json"), encoding="utf-8") as f:
             stored = json.load(f)
     except (OSError, ValueError):
         return "", None
-    base = split.split("[")[0]
     sizes = {s.get("name"): s.get("numBytes") for s in stored.get("splits", [])}
-    size = sizes.get(base)
-    return str(stored.get("name", "")), int(size) if size is not None else None
+    # A union ("train+unlabelled") counts the bytes of each of its splits.
+    parts = [sizes.get(part.strip().split("[")[0]) for part in split.split("+")]
+    size = None if any(p is None for p in parts) else sum(int(p) for p in parts)
+    return str(stored.get("name", "")), size
 
 
 def describe(identity: dict, *, location: bool = True) -> str:

@@ -15,16 +15,20 @@ logger = logging.getLogger(__name__)
 
 
 def label_fraction_indices(labels: np.ndarray, fraction: float, *, seed: int = 0) -> np.ndarray:
-    """Sorted positions of a class-balanced, deterministic ``fraction`` of the examples.
+    """Sorted positions of a class-balanced, deterministic ``fraction`` of the labelled examples.
 
-    Every class gets round(fraction * N / num_classes) examples (at least 1, at most all of
-    that class), chosen by a seeded permutation within the class. Same inputs, same subset.
+    Examples with a label < 0 (unlabelled, as in STL-10's "unlabelled" split) are never chosen
+    and do not count: with N labelled examples, every class gets round(fraction * N /
+    num_classes) examples (at least 1, at most all of that class), chosen by a seeded
+    permutation within the class. Same inputs, same subset.
     """
     labels = np.asarray(labels)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction}.")
-    classes = np.unique(labels)
-    per_class = max(1, int(round(fraction * len(labels) / len(classes))))
+    classes = np.unique(labels[labels >= 0])
+    if len(classes) == 0:
+        return np.zeros([0], np.int64)
+    per_class = max(1, int(round(fraction * np.sum(labels >= 0) / len(classes))))
     chosen = []
     for c in classes:
         idx = np.flatnonzero(labels == c)
@@ -81,15 +85,15 @@ def _read_labels_and_ids(raw: _Raw) -> tuple[np.ndarray, list[str]]:
 
 
 def _wants_labelled_subset(label_fraction, label_ids_file) -> bool:
-    """Whether these arguments keep a subset of the split (a fraction of 1 keeps it whole)."""
+    """Whether these arguments keep a subset of the split (a fraction of 1 keeps its labelled
+    examples: the whole of a labelled split)."""
     if label_fraction is None and label_ids_file is None:
         return False
     if label_fraction is not None and label_ids_file is not None:
         raise ValueError("Pass either label_fraction or label_ids_file, not both.")
-    if label_fraction is not None and float(label_fraction) >= 1.0:
-        if float(label_fraction) > 1.0:
-            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}.")
-        return False
+    if label_fraction is not None and float(label_fraction) > 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}.")
+    # A fraction of 1 is a subset too: every labelled example, without a split's unlabelled ones.
     return True
 
 
@@ -129,7 +133,8 @@ def labelled_class_counts(
         positions = _labelled_positions(raw, key, label_fraction, label_ids_file, seed, label_cache)
         labels = labels[positions]
     names = list(raw.info.class_names) or [str(i) for i in range(raw.info.num_classes)]
-    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(names))
+    labels = np.asarray(labels, np.int64)
+    counts = np.bincount(labels[labels >= 0], minlength=len(names))  # unlabelled: no class
     return {name: int(n) for name, n in zip(names, counts, strict=False)}, total
 
 
@@ -201,7 +206,18 @@ def _labelled_positions(
             f"{split!r} of {dataset!r} (first: {missing[:_MAX_LOGGED]}). Example ids look like "
             f"{ids[:3]}."
         )
-    return np.unique(np.asarray(out, np.int64))
+    positions = np.unique(np.asarray(out, np.int64))
+    unlabelled = positions[labels[positions] < 0] if len(positions) else positions
+    if len(unlabelled):
+        logger.warning(
+            "%d of the ids in %r name unlabelled examples (label -1) of split %r; they are "
+            "left out of the labelled subset (first: %s).",
+            len(unlabelled),
+            label_ids_file,
+            split,
+            [ids[i] for i in unlabelled[:_MAX_LOGGED]],
+        )
+    return positions[labels[positions] >= 0] if len(positions) else positions
 
 
 def stratified_subset(labels: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:

@@ -360,8 +360,9 @@ def build_finetune_dataset(
     ``augmentations`` (with ``color_jitter_strength``, ``brightness``) says otherwise, as in
     ``build_pretrain_dataset``: the image is that builder's first view for the same ``seed``.
 
-    ``label_fraction`` (e.g. 0.01, 0.1) keeps a class-balanced deterministic subset of the
-    split; ``label_ids_file`` keeps the listed examples instead. ``info.num_examples[split]``
+    ``label_fraction`` (e.g. 0.01, 0.1; 1.0: all) keeps a class-balanced deterministic subset
+    of the split's labelled examples (never its unlabelled ones, label -1); ``label_ids_file``
+    keeps the listed labelled examples instead. ``info.num_examples[split]``
     is then the subset's size. ``label_cache`` keeps the split's labels for the next call.
     """
     return build_dataset(

@@ -146,10 +146,7 @@ def _tfds_raw(
 ) -> _Raw:
     tfds = _tfds()
     info = builder.info
-    if split not in info.splits and split.split("[")[0] not in info.splits:
-        raise ValueError(
-            f"Split {split!r} not in dataset {name!r}; available splits: {sorted(info.splits)}."
-        )
+    split_info = _split_info(info, split, name)
     features = info.features
     if "image" not in features or "label" not in features:
         raise ValueError(
@@ -160,14 +157,11 @@ def _tfds_raw(
     num_classes = features["label"].num_classes
     class_names = tuple(features["label"].names) if features["label"].names else ()
     counts = {s: int(info.splits[s].num_examples) for s in info.splits}
-    try:
-        counts[split] = int(info.splits[split].num_examples)
-    except (KeyError, ValueError):
-        pass
+    counts[split] = int(split_info.num_examples)
     read_config = tfds.ReadConfig(add_tfds_id=True, try_autocache=False, shuffle_seed=seed)
     file_sharded = False
     if input_context is not None and input_context.num_input_pipelines > 1:
-        num_shards = info.splits[split.split("[")[0]].num_shards
+        num_shards = split_info.num_shards
         if num_shards >= input_context.num_input_pipelines:
             read_config.input_context = input_context
             file_sharded = True
@@ -198,6 +192,18 @@ def _tfds_raw(
         location=str(builder.data_dir),
     )
     return _Raw(info=dinfo, dataset=ds, file_sharded=file_sharded)
+
+
+def _split_info(info, split: str, name: str):
+    """TFDS's description of `split`: a split ("train"), a slice ("train[:10%]") or several
+    joined with "+" ("train+unlabelled", as STL-10's labelled and unlabelled images)."""
+    try:
+        return info.splits[split]
+    except (KeyError, ValueError, AssertionError, TypeError) as err:
+        raise ValueError(
+            f"Split {split!r} not in dataset {name!r}; available splits: {sorted(info.splits)} "
+            "(slices such as 'train[:10%]' and unions such as 'train+unlabelled' work too)."
+        ) from err
 
 
 def _builder_from_dir(path: str):

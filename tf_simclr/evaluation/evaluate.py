@@ -61,6 +61,32 @@ def extract_features(
     return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
+def labelled_only(
+    features: np.ndarray, labels: np.ndarray, *, source: str = "the split"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of the labelled rows (label >= 0). Unlabelled images (label -1, as
+    in STL-10's "unlabelled" split) have no class to vote for, fit or score, so they are left
+    out, with their number logged. ValueError naming `source` (e.g. the flag that chose the
+    split) when no row is labelled."""
+    labels = np.asarray(labels)
+    keep = labels >= 0
+    if not keep.any():
+        raise ValueError(
+            f"{source} has no labelled example ({len(labels)} images, every label -1): the kNN "
+            "bank, the linear probe and the accuracies need labels. Give a split with labels "
+            "(e.g. 'train' or 'test'; pretraining itself may use 'train+unlabelled')."
+        )
+    if keep.all():
+        return features, labels
+    log.info(
+        "%s: %d labelled examples used, %d unlabelled ones (label -1) left out.",
+        source,
+        int(keep.sum()),
+        int((~keep).sum()),
+    )
+    return np.asarray(features)[keep], labels[keep]
+
+
 def knn_classify(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -120,7 +146,14 @@ def knn_accuracy(
     k: int = 200,
     temperature: float = 0.1,
 ) -> dict[str, float]:
-    """Top-1 (and top-5, with more than 5 classes) accuracy of weighted kNN."""
+    """Top-1 (and top-5, with more than 5 classes) accuracy of weighted kNN. The bank holds
+    the labelled training rows only, and only labelled test rows are scored (`labelled_only`)."""
+    train_features, train_labels = labelled_only(
+        train_features, train_labels, source="The kNN training set"
+    )
+    test_features, test_labels = labelled_only(
+        test_features, test_labels, source="The kNN test set"
+    )
     if k > len(train_features):
         log.warning(
             "kNN: k=%d is more than the %d training examples; every one of them votes.",
@@ -251,8 +284,16 @@ def linear_eval(
     seed: int = 0,
 ) -> dict[str, float]:
     """Linear probe on frozen features: softmax regression trained with SGD + momentum and a
-    cosine schedule on standardised features. Returns top-1 / top-5 test accuracy."""
+    cosine schedule on standardised features, on the labelled rows (`labelled_only`). Returns
+    top-1 / top-5 test accuracy."""
     _check_epochs(epochs)
+    if len(train_features) and len(test_features):
+        train_features, train_labels = labelled_only(
+            train_features, train_labels, source="The linear probe's training set"
+        )
+        test_features, test_labels = labelled_only(
+            test_features, test_labels, source="The linear probe's test set"
+        )
     if len(train_features) == 0 or len(test_features) == 0:
         raise ValueError(
             f"linear_eval needs training and test features, got {len(train_features)} and "
@@ -303,6 +344,9 @@ def choose_weight_decay(
     cross-entropy). Returns (the chosen weight decay, {candidate: held-out top-1}); the
     default LINEAR_WEIGHT_DECAY and {} when no example can be held out."""
     _check_epochs(epochs)
+    train_features, train_labels = labelled_only(
+        train_features, train_labels, source="The linear probe's training set"
+    )
     fit, held = holdout_split(train_labels, holdout_fraction, seed)
     if len(held) == 0:
         log.warning(
@@ -341,11 +385,17 @@ def choose_weight_decay(
 
 
 def classification_accuracy(
-    model: Callable, dataset: tf.data.Dataset, *, max_batches: int | None = None
+    model: Callable,
+    dataset: tf.data.Dataset,
+    *,
+    max_batches: int | None = None,
+    source: str = "The evaluation split",
 ) -> dict[str, float]:
     """Top-1 (and top-5, with more than 5 classes) of the model's supervised logits
-    ("logits_sup") on {"image","label"} data."""
+    ("logits_sup") on the labelled images (label >= 0) of {"image","label"} data (`source`
+    names it in the error when it has none)."""
     scores, labels = extract_features(
         model, dataset, feature_key="logits_sup", max_batches=max_batches
     )
+    scores, labels = labelled_only(scores, labels, source=source)
     return _topk_metrics("", scores, labels)

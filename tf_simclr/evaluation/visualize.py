@@ -3,7 +3,9 @@
 Both reuse the features the evaluation extracts (`evaluate.extract_features` calls their
 collectors batch by batch), so nothing is computed twice and only small thumbnails are kept:
 
-- `FirstExamples` keeps the thumbnails of a split's first examples (the queries, the sprite);
+- `FirstExamples` keeps the thumbnails of a split's first examples (the projector's sprite);
+- `QueriesAcrossClasses` draws the picture's queries across the classes (seeded), keeping only
+  the few thumbnails they can need, so a class-sorted split does not give queries of one class;
 - `NeighbourSearch` finds each query's top-k training examples by cosine similarity while the
   training features stream past, keeping only the k best thumbnails per query;
 - `write_neighbours` draws queries and their neighbours; `write_projector` writes features,
@@ -31,6 +33,8 @@ THUMBNAIL_SIZE = 64
 
 _SAME_CLASS = (40, 170, 70)
 _OTHER_CLASS = (210, 50, 40)
+_NO_CLASS = (150, 150, 150)  # an unlabelled neighbour (label -1)
+_UINT64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _BACKGROUND = (255, 255, 255)
 
 
@@ -71,6 +75,85 @@ class FirstExamples:
     def thumbnails(self) -> np.ndarray:
         """uint8 [min(limit, seen), s, s, 3]."""
         return np.concatenate(self.images) if self.images else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def seeded_keys(seed: int, values: np.ndarray, salt: int) -> np.ndarray:
+    """A pseudo-random uint64 key for each integer of `values`, a function of (seed, salt,
+    value) alone (splitmix64's mixing), so a key does not depend on batch boundaries."""
+    mask = int(_UINT64)
+    with np.errstate(over="ignore"):
+        x = np.asarray(values).astype(np.int64).astype(np.uint64)
+        x = x + np.uint64((int(seed) * 0x9E3779B97F4A7C15 + salt * 0xD1B54A32D192ED03) & mask)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+class QueriesAcrossClasses:
+    """Chooses `count` labelled examples of the batches it is given, spread over the classes:
+    the classes in a seeded order, then round robin, each class giving its examples in a
+    seeded order (a class with too few examples lets the others give more). The same batches
+    and seed give the same queries, whatever the batch size; unlabelled examples (label < 0)
+    are never chosen.
+
+    Only the examples the choice can still need are kept: with c classes seen so far, a class
+    gives at most max(1, count - c + 1) queries, the lowest-keyed ones."""
+
+    def __init__(self, count: int, *, seed: int, thumbnail_size: int = THUMBNAIL_SIZE) -> None:
+        self.count = count
+        self.seed = seed
+        self.thumbnail_size = thumbnail_size
+        self.seen = 0
+        # class -> (keys, stream indices, thumbnails), sorted by key
+        self._kept: dict[int, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
+
+    def _cap(self) -> int:
+        return max(1, self.count - len(self._kept) + 1)
+
+    def __call__(self, features: np.ndarray, batch: dict) -> None:
+        labels = np.asarray(batch["label"]).reshape(-1)
+        indices = np.arange(self.seen, self.seen + len(labels))
+        self.seen += len(labels)
+        if self.count <= 0:
+            return
+        keys = seeded_keys(self.seed, indices, salt=1)
+        images = None
+        for label in np.unique(labels[labels >= 0]).tolist():
+            rows = np.flatnonzero(labels == label)
+            self._kept.setdefault(label, (np.zeros(0, np.uint64), np.zeros(0, np.int64), []))
+            old_keys, old_indices, old_thumbs = self._kept[label]
+            all_keys = np.concatenate([old_keys, keys[rows]])
+            all_indices = np.concatenate([old_indices, indices[rows]])
+            best = np.lexsort((all_indices, all_keys))[: self._cap()]
+            thumbs = []
+            for position in best.tolist():
+                if position < len(old_thumbs):
+                    thumbs.append(old_thumbs[position])
+                    continue
+                if images is None:
+                    images = np.asarray(batch["image"])
+                row = rows[position - len(old_thumbs)]
+                thumbs.append(thumbnails(images[row : row + 1], self.thumbnail_size)[0])
+            self._kept[label] = (all_keys[best], all_indices[best], thumbs)
+        cap = self._cap()  # new classes lower every class's cap
+        for label, (k, i, t) in self._kept.items():
+            self._kept[label] = (k[:cap], i[:cap], t[:cap])
+
+    def chosen(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(stream indices [Q], labels [Q], thumbnails uint8 [Q, s, s, 3]) of the queries,
+        Q = min(count, labelled examples seen), in the round-robin order."""
+        classes = sorted(self._kept)
+        order = np.lexsort((classes, seeded_keys(self.seed, classes, salt=2)))
+        picked: list[tuple[int, int, np.ndarray]] = []
+        for rank in range(max((len(v[1]) for v in self._kept.values()), default=0)):
+            for c in order.tolist():
+                _, indices, thumbs = self._kept[classes[c]]
+                if rank < len(indices) and len(picked) < self.count:
+                    picked.append((int(indices[rank]), classes[c], thumbs[rank]))
+        if not picked:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1, 1, 3), np.uint8)
+        indices, labels, thumbs = zip(*picked, strict=True)
+        return np.asarray(indices), np.asarray(labels), np.stack(thumbs)
 
 
 class NeighbourSearch:
@@ -146,10 +229,12 @@ def neighbours_picture(
     scale: int | None = None,
     border: int = 3,
     caption: str | None = None,
+    unlabelled: np.ndarray | None = None,
 ) -> np.ndarray:
     """uint8 picture: one row per query, the query then its neighbours framed green (same
-    class as the query) or red (another class). Images: uint8 [Q, s, s, 3] and [Q, k, s, s, 3].
-    `caption` (default: test images and their nearest training images) heads the picture."""
+    class as the query), red (another class) or grey (`unlabelled` [Q, k]: no label). Images:
+    uint8 [Q, s, s, 3] and [Q, k, s, s, 3]. `caption` (default: test images and their nearest
+    training images) heads the picture."""
     from PIL import Image, ImageDraw
 
     if scale is None:
@@ -166,15 +251,18 @@ def neighbours_picture(
         for j in range(k):
             y, x = neighbour_tile_origin(q, j + 1, tile, border)
             colour = _SAME_CLASS if same_class[q, j] else _OTHER_CLASS
+            if unlabelled is not None and unlabelled[q, j]:
+                colour = _NO_CLASS
             picture[y - border : y + tile + border, x - border : x + tile + border] = colour
             picture[y : y + tile, x : x + tile] = neighbours[q, j]
     image = Image.fromarray(picture)
     draw = ImageDraw.Draw(image)
     if caption is None:
         caption = f"test image | its {k} nearest training images"
-    draw.text(
-        (border, border), f"{caption} (frame green: same class, red: another)", fill=(0, 0, 0)
-    )
+    frames = "green: same class, red: another"
+    if unlabelled is not None and np.any(unlabelled):
+        frames += ", grey: unlabelled"
+    draw.text((border, border), f"{caption} (frame {frames})", fill=(0, 0, 0))
     return np.asarray(image)
 
 
@@ -186,12 +274,17 @@ def write_neighbours(
     train_labels: np.ndarray,
 ) -> str:
     """Write the picture of `search`'s queries (their thumbnails and labels) and neighbours
-    (labels: `train_labels[search.indices]`) to `path` as PNG; returns `path`."""
+    (labels: `train_labels[search.indices]`, < 0 for unlabelled images) to `path` as PNG;
+    returns `path`."""
     from PIL import Image
 
-    same_class = np.asarray(train_labels)[search.indices] == np.asarray(query_labels)[:, None]
+    neighbour_labels = np.asarray(train_labels)[search.indices]
+    same_class = neighbour_labels == np.asarray(query_labels)[:, None]
     picture = neighbours_picture(
-        np.asarray(query_images), search.neighbour_thumbnails(), same_class
+        np.asarray(query_images),
+        search.neighbour_thumbnails(),
+        same_class,
+        unlabelled=neighbour_labels < 0,
     )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(picture).save(path)

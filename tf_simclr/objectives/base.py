@@ -16,7 +16,8 @@ class Objective(NamedTuple):
     total: this replica's share of the global objective (summed over replicas, the strategies'
         gradient all-reduce gives the full gradient). shares: the loss terms, as shares
         ("contrastive_loss", "sup_loss", "weight_decay_loss", ...). rates: per-replica rates to
-        average over replicas ("contrastive_acc", "sup_acc", ...).
+        average over replicas ("contrastive_acc", ...), or values of the global batch that
+        every replica holds alike, which averaging keeps ("sup_acc", "sup_labelled_examples").
     """
 
     total: tf.Tensor

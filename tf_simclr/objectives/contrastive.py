@@ -21,7 +21,10 @@ class ContrastivePretraining:
     (`tf_simclr.objectives.loss.nt_xent_loss`, negatives from all replicas) and, when the model has a
     supervised head and the batch has labels, the online linear probe's cross-entropy on both
     views' labelled rows (its input is stop-gradient features) with its L2 term
-    (`head_weight_decay`). Labels < 0 mark unlabelled images."""
+    (`head_weight_decay`). Labels < 0 mark unlabelled images (a split such as STL-10's
+    "train+unlabelled"): the contrastive loss uses every image, the probe's loss and accuracy
+    only the labelled ones, averaged over those of the global batch, and
+    "sup_labelled_examples" says how many images of the global batch were labelled."""
 
     train_mode = "pretrain"
     metric_names_all = (
@@ -31,6 +34,7 @@ class ContrastivePretraining:
         "contrastive_acc",
         "contrastive_entropy",
         "sup_acc",
+        "sup_labelled_examples",
     )
 
     def __init__(
@@ -77,6 +81,9 @@ class ContrastivePretraining:
             )
             shares["sup_loss"] = sup.share
             rates["sup_acc"] = sup.accuracy
+            # Global, so the same on every replica (averaging over replicas keeps it); both
+            # views carry each label, so the images are half the labelled rows.
+            rates["sup_labelled_examples"] = sup.global_count / 2.0
             if self.head_weight_decay:
                 shares["weight_decay_loss"] = head_l2_share(model, self.head_weight_decay)
         return with_total(model, shares, rates)
@@ -94,7 +101,7 @@ class ContrastivePretraining:
         shares, rates = ["loss", "contrastive_loss"], ["contrastive_acc", "contrastive_entropy"]
         if model.has_supervised_head:
             shares.append("sup_loss")
-            rates.append("sup_acc")
+            rates += ["sup_acc", "sup_labelled_examples"]
             if self.head_weight_decay:
                 shares.append("weight_decay_loss")
         return shares, rates

@@ -175,20 +175,23 @@ class LabelledCrossEntropy(NamedTuple):
 
     share: this replica's share of the mean cross-entropy over the labelled rows of all
         replicas (summed over replicas: the global mean; 0 where no row is labelled).
-    accuracy: top-1 accuracy on this replica's labelled rows (0 where it has none).
+    accuracy: top-1 accuracy on the labelled rows of all replicas (the same on every replica;
+        0 where no row is labelled).
     count: this replica's labelled rows.
+    global_count: the labelled rows of all replicas (the same on every replica).
     """
 
     share: tf.Tensor
     accuracy: tf.Tensor
     count: tf.Tensor
+    global_count: tf.Tensor
 
 
 def labelled_cross_entropy(logits, labels) -> LabelledCrossEntropy:
     """Softmax cross-entropy of `logits` [b, C] against `labels` [b] on the labelled rows only:
-    a negative label marks an unlabelled image, which adds no loss and no gradient. The mean is
-    over the labelled rows of the whole (global) batch, so it does not depend on how they fall
-    on replicas."""
+    a negative label marks an unlabelled image, which adds no loss and no gradient. The mean and
+    the accuracy are over the labelled rows of the whole (global) batch, so they do not depend
+    on how those rows fall on replicas (some replicas may hold none)."""
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     labelled = labels >= 0
@@ -196,10 +199,13 @@ def labelled_cross_entropy(logits, labels) -> LabelledCrossEntropy:
         labels=tf.maximum(labels, 0), logits=logits
     )
     labelled_f = tf.cast(labelled, tf.float32)
-    count = tf.reduce_sum(labelled_f)
-    # A batch without labelled rows contributes nothing (not 0 / 0).
-    global_count = tf.maximum(sum_over_replicas(count), 1.0)
-    share = tf.reduce_sum(tf.where(labelled, per_example, 0.0)) / global_count
     hits = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
-    accuracy = tf.reduce_sum(hits * labelled_f) / tf.maximum(count, 1.0)
-    return LabelledCrossEntropy(share, accuracy, count)
+    # One collective for both sums; counts carry no gradient.
+    local = tf.stop_gradient(
+        tf.stack([tf.reduce_sum(labelled_f), tf.reduce_sum(hits * labelled_f)])
+    )
+    global_count, global_hits = tf.unstack(sum_over_replicas(local))
+    # A batch without labelled rows contributes nothing (not 0 / 0).
+    denominator = tf.maximum(global_count, 1.0)
+    share = tf.reduce_sum(tf.where(labelled, per_example, 0.0)) / denominator
+    return LabelledCrossEntropy(share, global_hits / denominator, local[0], global_count)

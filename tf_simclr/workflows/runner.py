@@ -197,23 +197,59 @@ def _feature_metrics(
     "linear_weight_decay"). With `pictures`, the same features also give the nearest-neighbour
     picture and the projector files (written by the chief); returns (metrics,
     {"neighbours": path, "projector": path} as written)."""
-    metrics, files = {}, {}
+    files = {}
     if not (config.knn_eval or config.linear_eval):
-        return metrics, files
+        return {}, files
     pictures = pictures and _is_chief(config)
     num_queries = config.neighbour_images if pictures else 0
     num_embeddings = config.projector_embeddings if pictures else 0
-    # The test split first: its first images are the picture's queries, whose neighbours are
-    # then found while the training features stream past.
-    first = visualize.FirstExamples(max(num_queries, num_embeddings))
+    # The test split first: the picture's queries are drawn from it across the classes, and
+    # their neighbours then found while the training features stream past.
+    first = visualize.FirstExamples(num_embeddings)
+    queries = visualize.QueriesAcrossClasses(num_queries, seed=config.seed)
     test_data, info = factory.eval_dataset_and_info(config, config.eval_split)
-    test_x, test_y = eval_lib.extract_features(model, test_data, on_batch=[first])
-    search = visualize.NeighbourSearch(test_x[:num_queries]) if num_queries else None
+    test_x, test_y = eval_lib.extract_features(model, test_data, on_batch=[first, queries])
+    query_index, query_y, query_images = queries.chosen()
+    search = visualize.NeighbourSearch(test_x[query_index]) if len(query_index) else None
     train_x, train_y = eval_lib.extract_features(
         model,
         factory.eval_dataset(config, config.train_split),
         on_batch=[search] if search else (),
     )
+    # Unlabelled images (label -1) are neither in the kNN bank nor fit nor scored.
+    labelled = (
+        *eval_lib.labelled_only(train_x, train_y, source=f"--train_split={config.train_split!r}"),
+        *eval_lib.labelled_only(test_x, test_y, source=f"--eval_split={config.eval_split!r}"),
+    )
+    metrics = _knn_and_probe(config, labelled, num_classes, prefix, choose_weight_decay)
+    if search is not None:
+        files["neighbours"] = visualize.write_neighbours(
+            os.path.join(config.model_dir, visualize.NEIGHBOURS_FILENAME),
+            search,
+            query_images,
+            query_y,
+            train_y,
+        )
+        log.info("Wrote %s.", files["neighbours"])
+    if num_embeddings:
+        count = min(num_embeddings, len(test_x))
+        files["projector"] = visualize.write_projector(
+            config.model_dir,
+            test_x[:count],
+            test_y[:count],
+            first.thumbnails()[:count],
+            info.class_names,
+        )
+        log.info("Wrote %d embeddings for TensorBoard's projector.", count)
+    return metrics, files
+
+
+def _knn_and_probe(
+    config: Config, features: tuple, num_classes: int, prefix: str, choose_weight_decay: bool
+) -> dict:
+    """kNN and linear-probe metrics of (train features, labels, test features, labels)."""
+    train_x, train_y, test_x, test_y = features
+    metrics = {}
     if config.knn_eval:
         knn = eval_lib.knn_accuracy(
             train_x,
@@ -235,23 +271,7 @@ def _feature_metrics(
             train_x, train_y, test_x, test_y, weight_decay=weight_decay, **probe
         )
         metrics.update({prefix + k: v for k, v in linear.items()})
-    images = first.thumbnails()
-    if search is not None:
-        files["neighbours"] = visualize.write_neighbours(
-            os.path.join(config.model_dir, visualize.NEIGHBOURS_FILENAME),
-            search,
-            images[: len(search.queries)],
-            test_y[: len(search.queries)],
-            train_y,
-        )
-        log.info("Wrote %s.", files["neighbours"])
-    if num_embeddings:
-        count = min(num_embeddings, len(test_x))
-        files["projector"] = visualize.write_projector(
-            config.model_dir, test_x[:count], test_y[:count], images[:count], info.class_names
-        )
-        log.info("Wrote %d embeddings for TensorBoard's projector.", count)
-    return metrics, files
+    return metrics
 
 
 def evaluate_model(
@@ -276,7 +296,9 @@ def evaluate_model(
     supervised = config.train_mode in SUPERVISED_TRAIN_MODES
     if head_fits and (supervised or config.lineareval_while_pretraining):
         sup = eval_lib.classification_accuracy(
-            model, factory.eval_dataset(config, config.eval_split)
+            model,
+            factory.eval_dataset(config, config.eval_split),
+            source=f"--eval_split={config.eval_split!r}",
         )
         key = {"finetune": "finetune", "distill": "student"}.get(config.train_mode, "sup_head")
         metrics.update({f"{key}_{k}": v for k, v in sup.items()})

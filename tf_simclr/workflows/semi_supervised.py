@@ -9,6 +9,11 @@ exports and can be evaluated on its own):
    (--label_fraction or --label_ids_file), from projection-head layer --ft_proj_selector.
 3. ``distill/``: a student of the same architecture, from random weights, distilled from the
    fine-tuned network on every training image (--distill_temperature, --distill_alpha).
+
+A training split with unlabelled images (label -1, e.g. STL-10's --train_split=
+train+unlabelled) works as the paper means it: pretraining and distillation use every image
+(the teacher labels the unlabelled ones), while the labelled subset, the baseline and the
+probes are drawn from the labelled images only (--label_fraction is a fraction of those).
 4. ``supervised/``: the same architecture trained from scratch on the labelled subset only.
 
 The table compares, on the eval split: the supervised baseline, the pretrained encoder's
@@ -157,6 +162,13 @@ def check_stages_fit_data(config: Config, configs: dict[str, Config]) -> dict[st
         config.strict_data,
     )
     labelled = sum(counts.values())
+    if labelled == 0:
+        raise ConfigError(
+            f"--train_split={config.train_split!r} has no labelled image in the labelled subset "
+            f"({total} images, every one with label -1 or none listed): fine-tuning needs "
+            "labels. Give a split that holds labelled images (e.g. 'train' or "
+            "'train+unlabelled'), or other --label_ids_file entries."
+        )
     log.info(
         "Labelled subset: %d of the %d training examples; per class: %s.",
         labelled,
@@ -285,9 +297,13 @@ def probe_on_labelled(model, labelled: Config, num_classes: int) -> dict[str, fl
         strict=labelled.strict_data,
         indices=indices,
     )
-    train_x, train_y = eval_lib.extract_features(model, train_data)
-    test_x, test_y = eval_lib.extract_features(
-        model, factory.eval_dataset(labelled, labelled.eval_split)
+    train_x, train_y = eval_lib.labelled_only(
+        *eval_lib.extract_features(model, train_data),
+        source=f"--train_split={labelled.train_split!r}",
+    )
+    test_x, test_y = eval_lib.labelled_only(
+        *eval_lib.extract_features(model, factory.eval_dataset(labelled, labelled.eval_split)),
+        source=f"--eval_split={labelled.eval_split!r}",
     )
     probe = eval_lib.linear_eval(
         train_x,
