@@ -220,6 +220,9 @@ def jobs(request, tmp_path_factory):
             job.kill()
 
 
+# Slow: two more TF processes; tests/training/test_distribute.py checks the same global
+# labelled-row reduction in-process on 2 and 4 replicas.
+@pytest.mark.slow
 def test_mirrored_online_head_on_partly_labelled_batches(jobs):
     """Pretraining on train+unlabelled (tests/helpers/mixed_tfds.py: each step's batch of 32 is
     the whole split, 12 labelled images falling unevenly on the 2 replicas): the online head's
