@@ -186,14 +186,15 @@ def test_training_mode_equals_the_reference_module_run_here(reference_fixtures, 
 
 
 # --------------------------------------------------------------------- one step
-def _one_step(root, name, perturb_seed=None):
+def _one_step_runner(root, name):
+    """The fixture's step settings, the converted model and a function that takes one training
+    step on the fixture's batch (or a perturbed copy of it) from the checkpoint's state. The
+    step is traced once; each call first puts every model and optimizer variable back to the
+    checkpoint's values, so the calls are independent steps from the same start."""
     fixture = os.path.join(root, name)
     with open(os.path.join(fixture, "step.json"), encoding="utf-8") as f:
         step = json.load(f)
     batch = np.load(os.path.join(fixture, "step_batch.npz"))
-    features = batch["features"]
-    if perturb_seed is not None:
-        features = _perturbed(features, perturb_seed)
     converted = convert.load_reference(
         os.path.join(fixture, "ckpt_before_step"),
         reference_flags=_flags(root, name),
@@ -213,24 +214,36 @@ def _one_step(root, name, perturb_seed=None):
     )
     optimizer.build(model.optimized_variables)
     convert.restore_optimizer_state(converted, optimizer)
-    labels = batch["labels"].astype(np.int32)
-    if config.train_mode == "pretrain":
-        data = {"view1": features[..., :3], "view2": features[..., 3:], "label": labels}
-    else:
-        data = {"image": features, "label": labels}
+    state = [*model.variables, *optimizer.variables]
+    start = [v.numpy() for v in state]
     step_fn = tf.function(train.make_step_fn(model, optimizer))
-    metrics = step_fn({k: tf.constant(v) for k, v in data.items()})
-    weights = {w.path: w.numpy().astype(np.float64) for w in model.weights}
-    slots = {
-        w.path: optimizer.momentum_variable(w).numpy().astype(np.float64)
-        for w in model.optimized_variables
-    }
-    return step, converted, {k: float(v) for k, v in metrics.items()}, weights, slots
+    labels = batch["labels"].astype(np.int32)
+
+    def take_step(perturb_seed=None):
+        for variable, value in zip(state, start, strict=True):
+            variable.assign(value)
+        features = batch["features"]
+        if perturb_seed is not None:
+            features = _perturbed(features, perturb_seed)
+        if config.train_mode == "pretrain":
+            data = {"view1": features[..., :3], "view2": features[..., 3:], "label": labels}
+        else:
+            data = {"image": features, "label": labels}
+        metrics = step_fn({k: tf.constant(v) for k, v in data.items()})
+        weights = {w.path: w.numpy().astype(np.float64) for w in model.weights}
+        slots = {
+            w.path: optimizer.momentum_variable(w).numpy().astype(np.float64)
+            for w in model.optimized_variables
+        }
+        return {k: float(v) for k, v in metrics.items()}, weights, slots
+
+    return step, converted, take_step
 
 
 @pytest.mark.parametrize("name", WITH_STEP)
 def test_one_training_step_equals_the_reference(reference_fixtures, name):
-    step, converted, metrics, weights, slots = _one_step(reference_fixtures, name)
+    step, converted, take_step = _one_step_runner(reference_fixtures, name)
+    metrics, weights, slots = take_step()
     expected = {"sup_loss": "sup_loss", "weight_decay_loss": "weight_decay_loss"}
     expected["loss"] = "total_loss"
     if "contrast_loss" in step:
@@ -241,7 +254,7 @@ def test_one_training_step_equals_the_reference(reference_fixtures, name):
     noise_w = dict.fromkeys(weights, 0.0)
     noise_s = dict.fromkeys(slots, 0.0)
     for seed in (1, 2):
-        _, _, _, moved_w, moved_s = _one_step(reference_fixtures, name, perturb_seed=seed)
+        _, moved_w, moved_s = take_step(perturb_seed=seed)
         for k in noise_w:
             noise_w[k] = max(noise_w[k], float(np.abs(moved_w[k] - weights[k]).max()))
         for k in noise_s:
