@@ -282,7 +282,9 @@ class ModelSettings:
     global_bn: bool = _setting(True, "Synchronise batch-norm statistics across replicas.")
     batch_norm_decay: float = _setting(0.9, "Batch-norm moving-average decay (momentum).")
     lineareval_while_pretraining: bool = _setting(
-        True, "Train a linear head on stop_gradient features meanwhile.", role=ARCHITECTURE
+        True,
+        "Train a linear head on stop_gradient features meanwhile (off with --unlabelled).",
+        role=ARCHITECTURE,
     )
     zero_init_logits_layer: bool = _setting(
         False, "Zero-initialise the supervised head when fine-tuning."

@@ -246,3 +246,8 @@ def test_train_then_eval_on_an_eval_dataset_records_it_and_refuses_another(data,
     with pytest.raises(run_data.DataMismatchError, match=r"evaluated on the labelled data"):
         runner.run(other)
     assert (model_dir / "result.json").read_bytes() == before
+    # Resuming with another evaluation dataset too, before any step.
+    resume = config.replace(mode="train", train_steps=4, eval_dataset=str(data["renamed"]))
+    with pytest.raises(run_data.DataMismatchError, match=r"Resuming it would report"):
+        runner.run(resume)
+    assert _ckpts(model_dir) == [2]
