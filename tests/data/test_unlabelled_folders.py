@@ -5,6 +5,7 @@ without it, images at the root or directly in a split folder stop with an error 
 images, or with none readable, stops with the count and the fix."""
 
 import io
+import json
 import logging
 import os
 
@@ -214,3 +215,12 @@ def test_a_tfds_source_read_as_unlabelled_drops_its_labels():
     identity = data_identity("embedded", None, "test", unlabelled=True)
     assert identity["class_names"] == [] and identity["unlabelled"] is True
     assert identity["fingerprint"] != data_identity("embedded", None, "test")["fingerprint"]
+
+
+def test_the_info_command_describes_an_unlabelled_folder(tmp_path, capsys):
+    root = _write(tmp_path / "flat", {"a.png": _png(), "b/c.png": _png(), "b/d.png": _png()})
+    assert D.main(["info", root]) == 2
+    assert "--unlabelled" in capsys.readouterr().err
+    assert D.main(["info", root, "--unlabelled"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["num_examples"], info["num_classes"], info["kind"]) == ({"train": 3}, 0, "folder")
