@@ -18,7 +18,7 @@ from helpers.cli import config_from_argv
 from helpers.configs import tiny_config
 from PIL import Image
 
-from tf_simclr.config import Config
+from tf_simclr.config import Config, ConfigError
 from tf_simclr.data.identity import data_identity
 from tf_simclr.evaluation import visualize
 from tf_simclr.training import history as history_lib
@@ -251,3 +251,18 @@ def test_train_then_eval_on_an_eval_dataset_records_it_and_refuses_another(data,
     with pytest.raises(run_data.DataMismatchError, match=r"Resuming it would report"):
         runner.run(resume)
     assert _ckpts(model_dir) == [2]
+
+
+def test_a_run_is_not_resumed_with_the_other_reading_of_its_data(pretrained, pretrained_copy):
+    labelled = Config.load(str(pretrained_copy)).replace(
+        model_dir=str(pretrained_copy), mode="train", unlabelled=True
+    )
+    with pytest.raises(
+        ConfigError, match=r"trained with labels \(--unlabelled=False\).*new --model_dir"
+    ):
+        runner.run(labelled)
+    run_dir = pretrained["dir"]
+    unlabelled = Config.load(str(run_dir)).replace(model_dir=str(run_dir), unlabelled=False)
+    with pytest.raises(ConfigError, match=r"trained without labels.*--unlabelled=true"):
+        runner.run(unlabelled.replace(mode="export"))
+    assert _ckpts(pretrained_copy) == [2] and _ckpts(run_dir) == [2, 4]

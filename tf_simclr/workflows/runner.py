@@ -37,7 +37,19 @@ def check_saved_architecture(config: Config) -> None:
     path = os.path.join(config.model_dir, CONFIG_FILENAME)
     if not os.path.isfile(path):
         return
-    conflicts = Config.load(config.model_dir).architecture_conflicts(config)
+    saved = Config.load(config.model_dir)
+    if saved.unlabelled != config.unlabelled:
+        trained, now = ("without", "with") if saved.unlabelled else ("with", "without")
+        raise ConfigError(
+            f"--model_dir={config.model_dir} holds a run trained {trained} labels "
+            f"(--unlabelled={saved.unlabelled}), and this one reads its data {now} them: its "
+            "network has "
+            + ("no" if saved.unlabelled else "an")
+            + " online linear head and its data identity is the data read that way. Give "
+            f"--unlabelled={str(saved.unlabelled).lower()} (or leave it out: the run's "
+            "config.json supplies it), or use a new --model_dir."
+        )
+    conflicts = saved.architecture_conflicts(config)
     if conflicts:
         raise ConfigError(
             f"--model_dir={config.model_dir} holds a run with another architecture (saved vs "
