@@ -126,6 +126,77 @@ def test_missing_eval_split_is_refused_before_training(tmp_path):
     assert _no_checkpoint_written(tmp_path)
 
 
+def _png(size: int = 16, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return png_bytes(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def _looks_whole_but_does_not_decode() -> bytes:
+    data = bytearray(_png())
+    data[16:24] = bytes(8)  # IHDR width and height 0; signature and IEND intact
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (
+            {"a/notes.txt": b"hi", "b/c/data.csv": b"1,2"},
+            r"No images in '.*photos' \(searched at any depth\).*Add images, or point --dataset",
+        ),
+        (
+            {"0.png": b"not a png", "a/1.jpg": b"\xff\xd8\xff cut", "a/b/2.png": b""},
+            r"all 3 image file\(s\) are corrupt or unreadable.*Replace them",
+        ),
+        (
+            {
+                "0.png": _looks_whole_but_does_not_decode(),
+                "a/1.png": _looks_whole_but_does_not_decode(),
+            },
+            r"None of the 2 image\(s\) of split 'train' of .* can be decoded.*Replace them",
+        ),
+    ],
+    ids=["no-images", "all-unreadable", "none-decodes"],
+)
+def test_an_unlabelled_folder_with_nothing_to_train_on_stops_before_writing(
+    tmp_path, files, message
+):
+    root = _folder(tmp_path / "photos", files)
+    with pytest.raises(ValueError, match=message):
+        runner.run(_config(tmp_path, dataset=root, unlabelled=True))
+    assert not (tmp_path / "model").exists()
+
+
+def test_images_without_class_folders_name_unlabelled_as_the_fix(tmp_path):
+    root = _folder(tmp_path / "photos", {"train/0.png": _png(), "train/1.png": _png(seed=1)})
+    with pytest.raises(ValueError, match=r"directly in the split folder.*--unlabelled"):
+        runner.run(_config(tmp_path, dataset=root))
+    assert not (tmp_path / "model").exists()
+
+
+def test_an_eval_dataset_with_other_classes_in_its_splits_stops_before_training(tmp_path):
+    photos = _folder(tmp_path / "photos", {f"{i}.png": _png(seed=i) for i in range(40)})
+    labelled = _folder(
+        tmp_path / "labelled",
+        {"train/cat/0.png": _png(), "train/dog/0.png": _png(seed=1), "test/cat/0.png": _png()},
+    )
+    config = _config(
+        tmp_path, mode="train_then_eval", dataset=photos, unlabelled=True, eval_dataset=labelled
+    )
+    with pytest.raises(
+        ValueError, match=r"Split 'test' of .* lacks the class folder\(s\) \['dog'\]"
+    ):
+        runner.run(config)
+    assert not (tmp_path / "model").exists()
+
+
+def test_unlabelled_train_then_eval_without_eval_dataset_is_a_usage_error(tmp_path):
+    photos = _folder(tmp_path / "photos", {f"{i}.png": _png(seed=i) for i in range(4)})
+    with pytest.raises(ConfigError, match=r"Add --eval_dataset=<labelled data>.*--mode=train"):
+        config_from_argv(f"--dataset={photos}", "--unlabelled", f"--model_dir={tmp_path / 'm'}")
+    assert not (tmp_path / "m").exists()
+
+
 # ------------------------------------------------------------------------------------------
 # Flags and their combinations
 # ------------------------------------------------------------------------------------------

@@ -139,6 +139,9 @@ EMBED_FIELDS = ("embed_output", "embed_out", "embed_neighbours")
 # Training for a time budget, added since: the budget (hashed only when set), the plan it
 # records (no flag) and checkpoints by training time (operational).
 BUDGET_FIELDS = ("train_minutes", "budget_plan", "checkpoint_minutes")
+# The data settings added since (unlabelled training data, labelled evaluation data): part of
+# Config.hash only when set, so the hashes above stay.
+UNLABELLED_FIELDS = ("unlabelled", "eval_dataset")
 
 
 def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
@@ -161,7 +164,11 @@ def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
 def test_every_field_is_declared_in_exactly_one_group_with_a_known_role():
     declared = [f.name for group in config_lib.GROUPS.values() for f in dataclasses.fields(group)]
     assert sorted(declared) == sorted(f.name for f in dataclasses.fields(Config))
-    assert len(declared) == len(set(declared)) == 86 + len(EMBED_FIELDS) + len(BUDGET_FIELDS)
+    assert (
+        len(declared)
+        == len(set(declared))
+        == (86 + len(EMBED_FIELDS) + len(BUDGET_FIELDS) + len(UNLABELLED_FIELDS))
+    )
     assert [f.name for f in dataclasses.fields(Config)] == declared  # the order of GROUPS
     for field in dataclasses.fields(Config):
         assert field.metadata["role"] in (None, *config_lib.ROLES), field.name
@@ -309,8 +316,11 @@ def test_flags_keep_their_names_types_and_defaults_and_are_listed_by_group():
         "embed_neighbours": ("int", 0),
         "train_minutes": ("float", None),
         "checkpoint_minutes": ("float", 0.0),
+        "unlabelled": ("bool", False),
+        "eval_dataset": ("string", None),
     }
     by_module = cli.FLAGS.flags_by_module_dict()
+    assert set(UNLABELLED_FIELDS) <= {f.name for f in by_module["tf_simclr settings: data"]}
     assert {flag.name for flag in by_module["tf_simclr settings: model"]} == {
         f.name for f in dataclasses.fields(config_lib.ModelSettings)
     }
@@ -485,6 +495,8 @@ DEFAULTS_OF_LATER_SETTINGS = {
     "train_minutes": None,
     "budget_plan": None,
     "checkpoint_minutes": 0.0,
+    "unlabelled": False,
+    "eval_dataset": None,
 }
 
 
@@ -556,3 +568,88 @@ def test_each_rule_is_checked_by_its_groups_check(group, changes, message):
                 check(config)
         else:
             check(config)
+
+
+# ------------------------------------------------------------------------------------------
+# Unlabelled training data and a labelled evaluation dataset
+# ------------------------------------------------------------------------------------------
+def test_unlabelled_switches_the_online_head_off_and_both_settings_are_part_of_the_hash():
+    unlabelled = Config(unlabelled=True, mode="train")
+    assert unlabelled.lineareval_while_pretraining is False
+    assert Config(mode="train").lineareval_while_pretraining is True
+    base = Config(mode="train").hash()
+    assert unlabelled.hash() != base
+    with_eval = Config(mode="train", eval_dataset="/data/labelled")
+    assert with_eval.hash() != base
+    assert with_eval.replace(eval_dataset="/data/other").hash() != with_eval.hash()
+    # At their defaults they leave the hash as it was before they existed (pinned above).
+    assert Config().hash() == "760fa6ce03f7"
+    assert Config.from_json(unlabelled.to_json()) == unlabelled
+
+
+def test_unlabelled_and_eval_dataset_flags_reach_the_config():
+    from helpers.cli import config_from_argv
+
+    config = config_from_argv("--mode=train", "--unlabelled", "--eval_dataset=/data/colours")
+    assert (config.unlabelled, config.eval_dataset) == (True, "/data/colours")
+    assert config.lineareval_while_pretraining is False
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            dict(unlabelled=True),  # --mode=train_then_eval, the default
+            r"--mode=train_then_eval evaluates .* need labels.*Add --eval_dataset=<labelled "
+            r"data>.*or use --mode=train",
+        ),
+        (
+            dict(unlabelled=True, mode="eval"),
+            r"--mode=eval evaluates .*Add --eval_dataset=.*or use --mode=train",
+        ),
+        (
+            dict(unlabelled=True, mode="train", train_mode="finetune", checkpoint="/p"),
+            r"--unlabelled says the training data has no labels, but --train_mode=finetune "
+            r"trains on labels",
+        ),
+        (
+            dict(unlabelled=True, mode="semi_supervised", label_fraction=0.1),
+            r"--mode=semi_supervised fine-tunes on labels",
+        ),
+        (
+            dict(eval_dataset="/l", mode="train", train_mode="finetune", checkpoint="/p"),
+            r"--eval_dataset gives the kNN and linear probe of pretraining",
+        ),
+        (
+            dict(eval_dataset="/l", mode="eval", checkpoint="/p"),
+            r"give the labelled data as --dataset=/l and drop --eval_dataset",
+        ),
+        (
+            dict(eval_dataset="/l", eval_split="train"),
+            r"--eval_split='train' is the training split of --eval_dataset",
+        ),
+        (dict(eval_dataset=" "), r"--eval_dataset is empty"),
+    ],
+    ids=[
+        "unlabelled-train-then-eval",
+        "unlabelled-eval",
+        "unlabelled-finetune",
+        "unlabelled-semi-supervised",
+        "eval-dataset-finetune",
+        "eval-dataset-transfer",
+        "eval-dataset-train-split",
+        "eval-dataset-empty",
+    ],
+)
+def test_unlabelled_and_eval_dataset_usage_errors(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**changes)
+
+
+def test_unlabelled_with_an_eval_dataset_or_mode_train_is_valid():
+    Config(unlabelled=True, eval_dataset="/l")  # train_then_eval
+    Config(unlabelled=True, mode="eval", eval_dataset="/l")
+    Config(unlabelled=True, mode="train")
+    Config(unlabelled=True, mode="preview")
+    # The fit split is --eval_dataset's "train": training on a split named "test" is fine.
+    Config(eval_dataset="/l", train_split="test", eval_split="test")

@@ -197,8 +197,18 @@ class DataSettings:
     data_dir: str | None = _setting(
         None, "TFDS data_dir holding prepared datasets (no downloads are attempted)."
     )
+    unlabelled: bool = _setting(
+        False,
+        "The training data has no labels: an image folder is read as every image at any depth under ROOT/<train_split> (under ROOT when it has no train/ folder), class folders or not; other sources' labels are ignored. Pretraining only; the online linear head (--lineareval_while_pretraining) is switched off, and the kNN and linear probe need --eval_dataset.",
+    )
+    eval_dataset: str | None = _setting(
+        None,
+        "Labelled data for the kNN and the linear probe (same forms as --dataset, read with --data_dir): they fit on its 'train' split and score on its --eval_split, instead of the training data's. Both splits must have the same classes. Pretraining only.",
+    )
     train_split: str = _setting("train", "Split to train on.")
-    eval_split: str = _setting("test", "Split to evaluate on.")
+    eval_split: str = _setting(
+        "test", "Split to evaluate on (of --eval_dataset when given, else of --dataset)."
+    )
     cache_dataset: bool = _setting(False, "Cache decoded images in memory (small datasets).")
     image_size: int = _setting(
         32, "Input side in pixels; <= 32 selects the CIFAR stem (--checkpoint: its run's)."
@@ -273,7 +283,9 @@ class ModelSettings:
     global_bn: bool = _setting(True, "Synchronise batch-norm statistics across replicas.")
     batch_norm_decay: float = _setting(0.9, "Batch-norm moving-average decay (momentum).")
     lineareval_while_pretraining: bool = _setting(
-        True, "Train a linear head on stop_gradient features meanwhile.", role=ARCHITECTURE
+        True,
+        "Train a linear head on stop_gradient features meanwhile (off with --unlabelled).",
+        role=ARCHITECTURE,
     )
     zero_init_logits_layer: bool = _setting(
         False, "Zero-initialise the supervised head when fine-tuning."
@@ -589,6 +601,10 @@ class Config(
 
     def __post_init__(self) -> None:
         self._fill_mode_defaults()
+        # Unlabelled data gives the online linear head nothing to learn from: it is not built
+        # (config.json records that, so every reader of the run builds the same network).
+        if self.unlabelled and self.lineareval_while_pretraining:
+            self.lineareval_while_pretraining = False
         if self.use_tpu and self.strategy == "default":
             self.strategy = "tpu"
         # "~/runs" means the home directory, as in a shell (not a folder named "~").
@@ -701,7 +717,8 @@ class Config(
         payload = {
             k: v
             for k, v in sorted(self.to_dict().items())
-            if k not in _UNHASHED_FIELDS and not (k in _HASHED_WHEN_SET and v is None)
+            if k not in _UNHASHED_FIELDS
+            and not (k in _HASHED_WHEN_SET and v == Config.__dataclass_fields__[k].default)
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -762,9 +779,9 @@ _RECORD_FIELDS = _fields_with_role(RECORD)
 # What Config.hash leaves out: all but the settings that define the trained model.
 _UNHASHED_FIELDS = _fields_with_role(INVOCATION, OPERATIONAL, RECORD) + RECIPE_FIELDS
 # Settings added after runs recorded their hash (result.json's config_hash, which
-# --mode=semi_supervised compares to skip finished stages): left out while unset (None), so
-# those runs keep their hash.
-_HASHED_WHEN_SET = ("train_minutes",)
+# --mode=semi_supervised compares to skip finished stages): part of it only when they differ
+# from their default, so the runs written before them keep their hash.
+_HASHED_WHEN_SET = ("train_minutes", "unlabelled", "eval_dataset")
 
 
 def resolve(given: dict[str, Any], saved: Config | None, *, source: str = "") -> Config:

@@ -104,11 +104,62 @@ def _check_data(config) -> None:
     evaluates = config.mode in EVALUATING_MODES and (
         config.knn_eval or config.linear_eval or config.random_init_baseline
     )
-    if evaluates and config.eval_split == config.train_split:
+    # With --eval_dataset, the kNN bank and the probe's training data are its "train" split.
+    fit_split = "train" if config.eval_dataset else config.train_split
+    if evaluates and config.eval_split == fit_split:
+        of = " of --eval_dataset" if config.eval_dataset else ""
         raise ConfigError(
-            f"--eval_split={config.eval_split!r} is the training split: the kNN and linear "
+            f"--eval_split={config.eval_split!r} is the training split{of}: the kNN and linear "
             "probe would be scored on the examples they were fit on (a kNN finds each image "
             "itself). Give a held-out split (e.g. --eval_split=test)."
+        )
+    _check_unlabelled(config)
+    _check_eval_dataset(config)
+
+
+def _check_unlabelled(config) -> None:
+    """--unlabelled: pretraining only, and nothing to evaluate on without --eval_dataset."""
+    if not config.unlabelled:
+        return
+    if config.mode == "semi_supervised" or config.train_mode != "pretrain":
+        what = (
+            "--mode=semi_supervised fine-tunes on labels"
+            if config.mode == "semi_supervised"
+            else f"--train_mode={config.train_mode} trains on labels"
+        )
+        raise ConfigError(
+            f"--unlabelled says the training data has no labels, but {what}. Contrastive "
+            "pretraining (--train_mode=pretrain) is what learns from unlabelled images; "
+            "fine-tune its checkpoint on labelled data afterwards (without --unlabelled)."
+        )
+    if config.mode in ("train_then_eval", "eval") and not config.eval_dataset:
+        raise ConfigError(
+            f"--mode={config.mode} evaluates the features with a kNN and a linear probe, which "
+            "need labels, and --unlabelled says the training data has none. Add "
+            "--eval_dataset=<labelled data> (an image folder with train/ and test/ class "
+            "folders, or a TFDS name) to evaluate on it, or use --mode=train to pretrain only."
+        )
+
+
+def _check_eval_dataset(config) -> None:
+    """--eval_dataset: labelled data for the frozen-feature evaluations of pretraining."""
+    if config.eval_dataset is None:
+        return
+    if not config.eval_dataset.strip():
+        raise ConfigError(
+            "--eval_dataset is empty: give an image folder, a TFDS name or a TFDS-format "
+            "directory, or leave it out to evaluate on --dataset."
+        )
+    if config.mode == "semi_supervised" or config.train_mode != "pretrain":
+        raise ConfigError(
+            "--eval_dataset gives the kNN and linear probe of pretraining their labelled data; "
+            f"--mode={config.mode} --train_mode={config.train_mode} evaluates on --dataset. "
+            "Drop --eval_dataset (or give the labelled data as --dataset)."
+        )
+    if config.evaluates_checkpoint():
+        raise ConfigError(
+            "--mode=eval --checkpoint evaluates that model's frozen features on --dataset: "
+            f"give the labelled data as --dataset={config.eval_dataset} and drop --eval_dataset."
         )
 
 

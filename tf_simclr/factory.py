@@ -193,14 +193,26 @@ def build_head_optimizer(config: Config, model, num_train_examples: int, *, sche
 
 
 def dataset_info(config: Config, split: str | None = None):
-    """DatasetInfo of the configured source (sizes and classes), read without decoding images."""
+    """DatasetInfo of the configured source (sizes and classes), read without decoding images
+    (--unlabelled: without labels, so no classes)."""
     _, info = data_lib.load_source(
         config.dataset,
         data_dir=config.data_dir,
         split=split or config.train_split,
         strict=config.strict_data,  # corrupt files stop the run before anything is built
+        unlabelled=config.unlabelled,
     )
     return info
+
+
+def eval_data_config(config: Config) -> Config:
+    """The config the frozen-feature evaluations (kNN, linear probe) read their data from:
+    with --eval_dataset, that labelled dataset, fit on its "train" split; else `config`."""
+    if not config.eval_dataset:
+        return config
+    return config.replace(
+        dataset=config.eval_dataset, train_split="train", unlabelled=False, eval_dataset=None
+    )
 
 
 def num_train_examples(config: Config) -> int:
@@ -215,6 +227,7 @@ def num_train_examples(config: Config) -> int:
         label_ids_file=config.label_ids_file if labelled_subset else None,
         seed=config.seed,
         strict=config.strict_data,
+        unlabelled=config.unlabelled,
     )
 
 
@@ -251,6 +264,7 @@ def pretrain_dataset_fn(config: Config, global_batch_size: int, start_step: int 
             cache=_cache_setting(config),
             strict=config.strict_data,
             start_batch=_start_batch(start_step, input_context),
+            unlabelled=config.unlabelled,
         )
         return dataset
 

@@ -1,7 +1,9 @@
 """Data sources and input pipelines for SimCLR.
 
 Sources (``load_source``): a TFDS dataset by name (prepared in ``data_dir``; nothing is
-downloaded), a TFDS-format directory, an image folder ``root/<split>/<class>/*.jpg``, or
+downloaded), a TFDS-format directory, an image folder ``root/<split>/<class>/*.jpg`` (with
+``unlabelled=True``: every image at any depth under ``root/<split>``, or under ``root`` without
+split folders, each with label -1), or
 ``"embedded"``: the small dataset shipped with the package (the project's ``data/`` folder,
 installed as ``tf_simclr/embedded_data/``; ``EMBEDDED_DIR``; written by
 ``data/generate_embedded.py``).
@@ -26,7 +28,15 @@ decoding every kind of source), ``labels`` (label fractions, id files, evaluatio
 
 from tf_simclr.data.cli import main
 from tf_simclr.data.converter import convert_image_folder, write_tfds_dataset
-from tf_simclr.data.folders import IMAGE_EXTENSIONS, check_image_folder, list_image_folder
+from tf_simclr.data.folders import (
+    IMAGE_EXTENSIONS,
+    check_image_folder,
+    check_same_classes,
+    describe_unlabelled_folder,
+    list_image_folder,
+    list_unlabelled_images,
+    unlabelled_image_dir,
+)
 from tf_simclr.data.labels import (
     LabelCache,
     count_examples,
@@ -46,7 +56,9 @@ from tf_simclr.data.pipelines import (
 from tf_simclr.data.sources import (
     DEFAULT_DATASET,
     EMBEDDED_DIR,
+    UNLABELLED,
     DatasetInfo,
+    check_decodable,
     image_folder_root,
     load_source,
 )
@@ -62,6 +74,7 @@ __all__ = [
     "DEFAULT_DATASET",
     "EMBEDDED_DIR",
     "IMAGE_EXTENSIONS",
+    "UNLABELLED",
     "DatasetInfo",
     "LabelCache",
     "build_dataset",
@@ -69,17 +82,22 @@ __all__ = [
     "build_eval_dataset",
     "build_finetune_dataset",
     "build_pretrain_dataset",
+    "check_decodable",
     "check_image_folder",
+    "check_same_classes",
     "convert_image_folder",
     "count_examples",
+    "describe_unlabelled_folder",
     "image_folder_root",
     "label_fraction_indices",
     "labelled_class_counts",
     "labelled_subset_indices",
     "list_image_folder",
+    "list_unlabelled_images",
     "load_source",
     "main",
     "read_label_ids_file",
     "stratified_subset",
+    "unlabelled_image_dir",
     "write_tfds_dataset",
 ]

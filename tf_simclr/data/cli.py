@@ -30,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("dataset", nargs="?", default=DEFAULT_DATASET)
     i.add_argument("--data_dir", default=None)
     i.add_argument("--split", default="train")
+    i.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="read without labels (an image folder: every image at any depth)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -39,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(out)
         else:
-            _, info = load_source(args.dataset, data_dir=args.data_dir, split=args.split)
+            _, info = load_source(
+                args.dataset, data_dir=args.data_dir, split=args.split, unlabelled=args.unlabelled
+            )
             print(json.dumps(dataclasses.asdict(info), indent=1))
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,6 +25,12 @@ _MAX_LOGGED = 5
 _SPLIT_NAMES = ("train", "test", "validation", "val", "valid", "eval")
 # The layouts an image folder may have, as error messages name them.
 _LAYOUT = "root/<split>/<class>/*.jpg (or root/<class>/*.jpg for a folder without splits)"
+# The other reading, for images without labels (an error about a labelled layout names it).
+_UNLABELLED_HINT = (
+    "If the images have no labels, read them as unlabelled instead (--unlabelled, "
+    "unlabelled=True: every image at any depth under root/train, or under root without a "
+    "train/ folder; pretraining only)"
+)
 
 
 def _is_image_name(name: str, exts=IMAGE_EXTENSIONS) -> bool:
@@ -163,6 +169,26 @@ def check_image_folder(root: str, splits: Sequence[str] = ("train",)) -> tuple[s
     return tuple(classes)
 
 
+def check_same_classes(root: str, splits: Sequence[str] = ("train", "test")) -> tuple[str, ...]:
+    """``check_image_folder`` for labelled data that scores features (an evaluation dataset:
+    a kNN bank or probe fit on one split, scored on the other): besides the layout, every
+    split must have the same class folders. Returns the class names."""
+    classes = check_image_folder(root, splits)
+    found = _folder_splits(os.path.expanduser(root))
+    first = splits[0]
+    expected = set(_subdirs(found[first]))
+    for split in splits[1:]:
+        missing = sorted(expected - set(_subdirs(found[split])))
+        if missing:
+            raise ValueError(
+                f"Split {split!r} of {root!r} lacks the class folder(s) {missing} that "
+                f"{first!r} has: as labelled evaluation data, both splits need the same "
+                f"classes (a probe fit on {first!r} would be scored on other classes). Add "
+                f"{split!r} images of those classes, or remove them from {first!r}."
+            )
+    return classes
+
+
 def _check_folder_layout(root: str) -> dict[str, str]:
     """The splits of the image folder ``root`` ({split: directory}) after checking that it
     exists, holds no stray images and uses one layout (with or without split folders)."""
@@ -175,7 +201,8 @@ def _check_folder_layout(root: str) -> dict[str, str]:
     if stray:
         raise ValueError(
             f"{len(stray)} image(s) lie directly in the image folder {root!r} (e.g. "
-            f"{stray[0]!r}), where they would be ignored. Move them into class folders: {_LAYOUT}."
+            f"{stray[0]!r}), where they would be ignored. Move them into class folders: {_LAYOUT}. "
+            f"{_UNLABELLED_HINT}."
         )
     splits_found = _folder_splits(root)
     if not splits_found:
@@ -196,7 +223,8 @@ def _check_flat_layout(root: str) -> None:
         raise ValueError(
             f"Images lie directly in the split folder(s) {with_images} of {root!r}, which "
             "would be read as one split with those folders as classes. Put them into class "
-            f"folders, e.g. {os.path.join(root, with_images[0], '<class>')}/: {_LAYOUT}."
+            f"folders, e.g. {os.path.join(root, with_images[0], '<class>')}/: {_LAYOUT}. "
+            f"{_UNLABELLED_HINT}."
         )
     nested = [d for d in top if d not in with_images and _subdirs(os.path.join(root, d))]
     if nested:
@@ -289,12 +317,121 @@ def _checked_listing(root, split, *, strict, extensions, warn):
     if bad and (strict or warn):
         _report_bad(bad, strict, root)
     if not paths:
+        found = f"classes found: {classes or 'none'}"
         raise ValueError(
-            f"No readable images in {_folder_splits(root)[split]!r} (classes found: "
-            f"{classes or 'none'}). Expected files with extensions {', '.join(extensions)} in "
-            "class subfolders."
+            _no_readable_images(
+                _folder_splits(root)[split], found, bad, extensions, "in class subfolders"
+            )
         )
     return paths, labels, classes, list(bad)
+
+
+def _no_readable_images(directory: str, found: str, bad: dict[str, str], extensions, where) -> str:
+    """The message for a split without a single readable image: how many files were
+    unreadable and why (the first one), or which files were expected."""
+    if bad:
+        path, why = next(iter(bad.items()))
+        return (
+            f"No readable images in {directory!r} ({found}): all {len(bad)} image file(s) are "
+            f"corrupt or unreadable (e.g. {path}: {why}), so there is nothing to train or "
+            "evaluate on. Replace them with readable images, or point to the right folder."
+        )
+    return (
+        f"No readable images in {directory!r} ({found}). Expected files with extensions "
+        f"{', '.join(extensions)} {where}."
+    )
+
+
+# -- unlabelled folders: every image at any depth ------------------------------------------
+
+
+def unlabelled_image_dir(root: str, split: str = "train") -> str:
+    """The directory an unlabelled image folder's ``split`` is read from: root/<split> when it
+    exists, else root itself for "train" (a folder without split folders)."""
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"Image folder {root!r} does not exist. Pass an existing directory of images (at "
+            "any depth; root/train/ is read when it exists)."
+        )
+    split_dir = os.path.join(root, split)
+    if os.path.isdir(split_dir):
+        return split_dir
+    if split == "train":
+        return root
+    raise ValueError(
+        f"Split {split!r} not found in the unlabelled image folder {root!r}: there is no "
+        f"{split_dir}/ folder. Pass --train_split=train (the whole folder when it has no "
+        "train/ folder), or add the folder."
+    )
+
+
+def _walk_image_files(directory: str, extensions) -> tuple[list[str], int]:
+    """(sorted paths of the files with an image extension at any depth under ``directory``,
+    hidden files and folders left out; the number of sub-folders holding any). Symbolic links
+    to folders are followed once each."""
+    found, folders, seen = [], set(), set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        names = [f for f in filenames if _is_image_name(f, extensions)]
+        if names and dirpath != directory:
+            folders.add(os.path.relpath(dirpath, directory).split(os.sep)[0])
+        found.extend(os.path.join(dirpath, f) for f in names)
+    return sorted(found), len(folders)
+
+
+def list_unlabelled_images(
+    root: str, split: str = "train", *, strict: bool = False, extensions=IMAGE_EXTENSIONS, warn=True
+) -> tuple[list[str], list[str], str]:
+    """List (paths, bad_paths, directory) of every image at any depth under root/<split> (or
+    root, for "train" of a folder without split folders), read without labels: class folders,
+    if any, are ignored. Damaged files are skipped with a warning as in ``list_image_folder``
+    (``strict=True``: they raise); no image at all, or none readable, raises ValueError
+    naming the folder, the count and the fix."""
+    directory = unlabelled_image_dir(root, split)
+    candidates, _ = _walk_image_files(directory, _CONVERT_EXTENSIONS)
+    if not candidates:
+        raise ValueError(
+            f"No images in {directory!r} (searched at any depth): it holds no files with "
+            f"extensions {', '.join(IMAGE_EXTENSIONS)}. Add images, or point --dataset at the "
+            "folder that holds them."
+        )
+    paths, bad = [], {}
+    for p in candidates:
+        if not _is_image_name(os.path.basename(p), extensions):
+            bad[p] = "format read only by the converter (python -m tf_simclr.data convert)"
+            continue
+        problem = _file_problem(p, extensions)
+        if problem is None:
+            paths.append(p)
+        else:
+            bad[p] = problem
+    if bad and (strict or warn):
+        _report_bad(bad, strict, directory)
+    if not paths:
+        raise ValueError(
+            _no_readable_images(directory, "unlabelled, at any depth", bad, extensions, "")
+        )
+    return paths, list(bad), directory
+
+
+def describe_unlabelled_folder(root: str, split: str = "train") -> str:
+    """The log line saying how an unlabelled folder is read, e.g. "Reading /x/train as
+    unlabelled images: 12,345 images in 3 sub-folders; labels ignored." (names only)."""
+    directory = unlabelled_image_dir(root, split)
+    files, folders = _walk_image_files(directory, IMAGE_EXTENSIONS)
+    direct = sum(os.path.dirname(p) == directory for p in files)
+    text = f"Reading {directory} as unlabelled images: {len(files):,} images"
+    if folders:
+        text += f" in {folders:,} sub-folder(s)"
+        text += f" and {direct:,} directly in it" if direct else ""
+        text += "; labels (class folders) ignored"
+    return text + "."
 
 
 def _report_bad(bad: dict[str, str], strict: bool, root: str) -> None:

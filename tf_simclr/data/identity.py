@@ -17,7 +17,16 @@ import hashlib
 import json
 import os
 
-from tf_simclr.data.folders import _folder_splits, _is_image_name, _subdirs, check_image_folder
+from tf_simclr.data.folders import (
+    IMAGE_EXTENSIONS,
+    _folder_splits,
+    _is_image_name,
+    _subdirs,
+    _walk_image_files,
+    check_image_folder,
+    list_unlabelled_images,
+    unlabelled_image_dir,
+)
 from tf_simclr.data.sources import EMBEDDED_NAME, _open_raw, image_folder_root
 
 # The identity's keys, in the order a message shows them.
@@ -30,6 +39,7 @@ IDENTITY_KEYS = (
     "class_names",
     "num_examples",
     "fingerprint",
+    "unlabelled",
 )
 
 
@@ -85,15 +95,52 @@ def _folder_identity(root: str, split: str) -> dict:
     }
 
 
-def data_identity(dataset: str, data_dir: str | None, split: str) -> dict:
+def _unlabelled_folder_identity(root: str, split: str) -> dict:
+    """An image folder read as unlabelled: every image file at any depth under the directory
+    its split is read from, by relative path and size."""
+    directory = unlabelled_image_dir(root, split)
+    paths, _ = _walk_image_files(directory, IMAGE_EXTENSIONS)
+    if not paths:
+        list_unlabelled_images(root, split, warn=False)  # raises, naming the folder and the fix
+    files = sorted(
+        (os.path.relpath(p, directory).replace(os.sep, "/"), os.path.getsize(p)) for p in paths
+    )
+    return {
+        "kind": "folder",
+        "dataset": os.path.abspath(root),
+        "data_dir": None,
+        "version": None,
+        "split": split,
+        "class_names": [],
+        "num_examples": len(files),
+        "fingerprint": _digest(["unlabelled folder", split, files]),
+        "unlabelled": True,
+    }
+
+
+def data_identity(dataset: str, data_dir: str | None, split: str, unlabelled: bool = False) -> dict:
     """The identity of `split` of `dataset` (a dict of IDENTITY_KEYS, JSON-serialisable):
     kind, the dataset as an absolute path (or TFDS name / "embedded"), the resolved data_dir
     and version (TFDS kinds), the split, the class names in label order, the number of
-    examples and the fingerprint. Raises the data module's errors for a missing dataset or
-    split."""
+    examples and the fingerprint. `unlabelled`: the data read without labels (no class names,
+    "unlabelled": True, and a fingerprint of its own: the same files read with labels are
+    other training data). Raises the data module's errors for a missing dataset or split."""
     root = image_folder_root(absolute_dataset(dataset))
+    if root is not None and unlabelled:
+        return _unlabelled_folder_identity(root, split)
     if root is not None:
         return _folder_identity(root, split)
+    identity = _tfds_identity(dataset, data_dir, split)
+    if unlabelled:
+        identity.update(
+            class_names=[],
+            fingerprint=_digest(["unlabelled", identity["fingerprint"]]),
+            unlabelled=True,
+        )
+    return identity
+
+
+def _tfds_identity(dataset: str, data_dir: str | None, split: str) -> dict:
     raw = _open_raw(absolute_dataset(dataset), data_dir, split, False, None, warn=False)
     info = raw.info
     classes = list(info.class_names) or [str(i) for i in range(info.num_classes)]
@@ -135,8 +182,9 @@ def describe(identity: dict, *, location: bool = True) -> str:
         where = f"{where} (in {identity['data_dir']})"
     classes = identity.get("class_names") or []
     shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    labels = "unlabelled" if identity.get("unlabelled") else f"{len(classes)} classes ({shown})"
     text = (
         f"split {identity.get('split')!r}: {identity.get('num_examples')} examples, "
-        f"{len(classes)} classes ({shown}), fingerprint {identity.get('fingerprint')}"
+        f"{labels}, fingerprint {identity.get('fingerprint')}"
     )
     return f"{where}, {text}" if location else text

@@ -162,15 +162,19 @@ def count_examples(
     seed: int = 0,
     strict: bool = False,
     label_cache: LabelCache | None = None,
+    unlabelled: bool = False,
 ) -> int:
     """Examples of ``split``, or of its labelled subset (as ``build_finetune_dataset`` keeps it
     for ``label_fraction`` / ``label_ids_file`` and ``seed``), without building a pipeline.
 
     Only the labels are read, and only for a subset. Damaged files of an image folder are not
-    counted (they are skipped with a warning; ``strict=True``: they raise).
+    counted (they are skipped with a warning; ``strict=True``: they raise). ``unlabelled``:
+    the split read without labels (``load_source``), which has no labelled subset.
     """
     wanted = _wants_labelled_subset(label_fraction, label_ids_file)
-    raw = _open_raw(dataset, data_dir, split, strict, None)
+    if unlabelled and wanted:
+        raise ValueError("Unlabelled data has no labelled subset: drop label_fraction/ids.")
+    raw = _open_raw(dataset, data_dir, split, strict, None, unlabelled=unlabelled)
     if not wanted:
         return raw.info.num_examples[split]
     key = (dataset, data_dir, split)

@@ -184,6 +184,7 @@ def build_dataset(
     start_batch: int = 0,
     choose_examples: Callable[[], np.ndarray | None] | None = None,
     labelled_ids: Callable[[], Sequence[str] | None] | None = None,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """The input pipeline behind every ``build_*_dataset``.
 
@@ -199,6 +200,7 @@ def build_dataset(
     the other arguments are checked, since it may read every label of the split.
     ``info.num_examples[split]`` is then the number kept. ``labelled_ids`` gives the ids of
     the examples whose labels are kept (None: all); every other example gets label -1.
+    ``unlabelled``: the source read without labels (``load_source``), every label -1.
     """
     if num_views not in (1, 2):
         raise ValueError(f"num_views must be 1 or 2, got {num_views!r}.")
@@ -215,6 +217,7 @@ def build_dataset(
         seed=seed,
         choose_examples=choose_examples,
         labelled_ids=labelled_ids,
+        unlabelled=unlabelled,
     )
     if not training:
         return _eval_batches(ds, image_size, per_replica, _should_cache(cache, info, split)), info
@@ -264,6 +267,7 @@ def _load_examples(
     seed: int,
     choose_examples,
     labelled_ids,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """The split's chosen examples as {"image", "label"} (labels outside ``labelled_ids``
     hidden), files shuffled when training; ``info`` counts the examples kept."""
@@ -279,6 +283,7 @@ def _load_examples(
         shuffle_files=training,
         seed=seed if training else None,
         with_ids=keep_labels is not None,
+        unlabelled=unlabelled,
     )
     if keep_labels is not None:
         ds = _map(ds, _label_only(keep_labels))
@@ -304,6 +309,7 @@ def build_pretrain_dataset(
     shuffle_buffer: int = 10_000,
     strict: bool = False,
     start_batch: int = 0,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Infinite shuffled two-view batches {"view1", "view2": f32 [B,S,S,3], "label": i32 [B]}.
 
@@ -312,7 +318,8 @@ def build_pretrain_dataset(
     ``augmentations`` is a preset ("imagenet", "cifar") or a list like "crop,flip,color,blur";
     ``color_jitter_strength`` None means the preset's (1.0 for explicit lists). Deterministic
     given ``seed``; the two views of an image are independent draws. ``start_batch`` resumes
-    the stream after that many batches (training resumed from a checkpoint).
+    the stream after that many batches (training resumed from a checkpoint). ``unlabelled``:
+    the split read without labels (label -1; an image folder: every image at any depth).
     """
     return build_dataset(
         dataset,
@@ -332,6 +339,7 @@ def build_pretrain_dataset(
         shuffle_buffer=shuffle_buffer,
         strict=strict,
         start_batch=start_batch,
+        unlabelled=unlabelled,
     )
 
 

@@ -16,9 +16,12 @@ from tf_simclr.data.folders import (
     _common_shape,
     _folder_splits,
     _list_split,
+    list_unlabelled_images,
 )
 
 DEFAULT_DATASET = "embedded"
+# The label of an example without one (unlabelled data, or labels hidden outside a subset).
+UNLABELLED = -1
 EMBEDDED_NAME = "shapes10"
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,6 +107,32 @@ def _folder_raw(root: str, split: str, strict: bool, warn: bool = True) -> _Raw:
     return _Raw(
         info=info, dataset=_folder_dataset(paths, labels, ids), labels=labels, ids=ids, paths=paths
     )
+
+
+def _unlabelled_folder_raw(root: str, split: str, strict: bool, warn: bool = True) -> _Raw:
+    """Every image at any depth under root/<split> (root, for a folder without a train/
+    folder), each with label -1; ids are paths relative to that directory."""
+    paths, bad, directory = list_unlabelled_images(root, split, strict=strict, warn=warn)
+    info = DatasetInfo(
+        num_examples={split: len(paths)},
+        num_classes=0,
+        image_shape=_common_shape(paths[: min(len(paths), 64)]),
+        name=os.path.basename(os.path.normpath(os.path.expanduser(root))),
+        kind="folder",
+        skipped_files=len(bad),
+    )
+    labels = np.full(len(paths), UNLABELLED, np.int64)
+    ids = [os.path.relpath(p, directory).replace(os.sep, "/") for p in paths]
+    return _Raw(
+        info=info, dataset=_folder_dataset(paths, labels, ids), labels=labels, ids=ids, paths=paths
+    )
+
+
+def _without_labels(raw: _Raw) -> _Raw:
+    """A labelled source read as unlabelled: every label -1, no classes."""
+    dataset = _map(raw.dataset, lambda d: {**d, "label": tf.constant(UNLABELLED, tf.int64)})
+    info = dataclasses.replace(raw.info, num_classes=0, class_names=())
+    return dataclasses.replace(raw, info=info, dataset=dataset)
 
 
 def _folder_dataset(paths, labels, ids) -> tf.data.Dataset:
@@ -227,7 +256,16 @@ def _open_raw(
     shuffle_files: bool = False,
     seed: int | None = None,
     warn: bool = True,
+    unlabelled: bool = False,
 ) -> _Raw:
+    """The source `dataset` names, before decoding; ``unlabelled``: read without labels (an
+    image folder as every image at any depth, other sources with their labels dropped)."""
+    if unlabelled:
+        folder = image_folder_root(dataset) if isinstance(dataset, str) else None
+        if folder is not None:
+            return _unlabelled_folder_raw(folder, split, strict, warn)
+        raw = _open_raw(dataset, data_dir, split, strict, input_context, shuffle_files, seed, warn)
+        return _without_labels(raw)
     sh = (shuffle_files, seed)
     if not isinstance(dataset, str) or not dataset.strip():
         raise ValueError(f"dataset must be a non-empty string, got {dataset!r}.")
@@ -327,6 +365,7 @@ def load_source(
     indices: np.ndarray | None = None,
     shuffle_files: bool = False,
     seed: int | None = None,
+    unlabelled: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Open a source; returns (dataset of {"image": uint8 [H, W, 3], "label": int64}, info).
 
@@ -337,10 +376,15 @@ def load_source(
     ``with_ids`` adds an "id" string; ``indices`` keeps only those example positions (of the
     stored order). ``shuffle_files`` shuffles the read order with ``seed`` (file order for
     TFDS; the whole file list for image folders, whose stored order is sorted by class).
+    ``unlabelled``: every label is -1 (UNLABELLED) and ``info`` has no classes; an image
+    folder is then every image at any depth under root/<split> (or root, for "train" of a
+    folder without split folders), class folders or not.
     """
     # A subset of a TFDS split is picked by position, so its files must be read in order.
     tfds_shuffle = shuffle_files and indices is None
-    raw = _open_raw(dataset, data_dir, split, strict, input_context, tfds_shuffle, seed)
+    raw = _open_raw(
+        dataset, data_dir, split, strict, input_context, tfds_shuffle, seed, unlabelled=unlabelled
+    )
     ds = raw.dataset
     if raw.paths is not None:
         order = np.arange(len(raw.paths)) if indices is None else np.unique(indices)
@@ -384,6 +428,29 @@ def load_source(
 
         ds = _map(ds, fit)
     return ds, raw.info
+
+
+def check_decodable(
+    dataset: str, *, data_dir: str | None = None, split: str = "train", unlabelled: bool = False
+) -> None:
+    """Raise ValueError unless at least one image of the split decodes. Listing an image
+    folder skips the files it can tell are damaged; files that look whole but do not decode
+    are skipped while reading, so a split of only those would leave training nothing to read.
+    Decodes only until the first good image."""
+    ds, info = load_source(dataset, data_dir=data_dir, split=split, unlabelled=unlabelled)
+    for _ in ds.take(1):
+        return
+    listed = info.num_examples.get(split, 0)
+    raise ValueError(
+        f"None of the {listed} image(s) of split {split!r} of {dataset!r} can be decoded"
+        + (
+            f" (and {info.skipped_files} more were skipped as damaged)"
+            if info.skipped_files
+            else ""
+        )
+        + ": every one is corrupt, so there is nothing to train or evaluate on. Replace them "
+        "with readable images (the warnings above name them), or point to the right folder."
+    )
 
 
 def _map(ds: tf.data.Dataset, fn, parallel: bool | int = True) -> tf.data.Dataset:

@@ -74,15 +74,22 @@ def write_preview(
     seed: int = 0,
     num_images: int = 8,
     num_views: int = 2,
+    unlabelled: bool = False,
 ) -> str:
     """Write a PNG grid of ``num_images`` images of ``dataset`` with their augmented views.
 
-    Columns: original (eval preprocessing), view 1, view 2. Returns ``path``.
+    Columns: original (eval preprocessing), view 1, view 2. Returns ``path``. ``unlabelled``:
+    the source read without labels (``load_source``).
     """
     from PIL import Image
 
     ds, _ = data_lib.load_source(
-        dataset, data_dir=data_dir, split=split, shuffle_files=True, seed=seed
+        dataset,
+        data_dir=data_dir,
+        split=split,
+        shuffle_files=True,
+        seed=seed,
+        unlabelled=unlabelled,
     )
     examples = [ex["image"] for ex in ds.take(num_images)]
     if not examples:

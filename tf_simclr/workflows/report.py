@@ -158,6 +158,23 @@ def _has_event_files(model_dir: str) -> bool:
         return True
 
 
+def _nothing_evaluated(config: Config) -> str:
+    """What an unlabelled --mode=train run says instead of a results table."""
+    if config.eval_dataset:
+        return (
+            "Nothing was evaluated (--mode=train): the training data has no labels "
+            f"(--unlabelled). tf-simclr --mode=eval --model_dir={config.model_dir} scores its "
+            f"features with a kNN and a linear probe on --eval_dataset={config.eval_dataset}."
+        )
+    return (
+        "Nothing could be evaluated: the training data has no labels (--unlabelled), and the "
+        "kNN and linear probe need labelled images. --eval_dataset=<labelled data> adds the "
+        f"evaluation: tf-simclr --mode=eval --model_dir={config.model_dir} "
+        "--eval_dataset=<labelled data> for this run, or --mode=train_then_eval "
+        "--eval_dataset=<labelled data> next time."
+    )
+
+
 def format_report(result: dict, config: Config) -> str:
     """The end-of-run summary of `result` (what tf_simclr.workflows.runner.run returned)."""
     lines = []
@@ -194,8 +211,11 @@ def format_report(result: dict, config: Config) -> str:
         )
     metrics = result.get("metrics")
     if metrics:
-        lines.append(f"Results on split {config.eval_split!r} of {config.dataset}:")
+        evaluated_on = config.eval_dataset or config.dataset
+        lines.append(f"Results on split {config.eval_split!r} of {evaluated_on}:")
         lines += metrics_table(metrics, knn_k=config.knn_k if config.knn_eval else None)
+    elif "step" in result and config.unlabelled and config.mode == "train":
+        lines.append(_nothing_evaluated(config))
     for warning in result.get("warnings", ()):
         lines.append(f"WARNING: {warning}")
     files = [

@@ -34,8 +34,15 @@ class DataMismatchError(ValueError):
 
 
 def identity_of(config: Config) -> dict:
-    """The identity of the training split `config` names, as it is now on disk."""
-    return data_identity(config.dataset, config.data_dir, config.train_split)
+    """The identity of the training split `config` names, as it is now on disk (read without
+    labels with --unlabelled); with --eval_dataset, that dataset's "train" split (the kNN bank
+    and the probe's training data) under "eval_dataset"."""
+    identity = data_identity(
+        config.dataset, config.data_dir, config.train_split, unlabelled=config.unlabelled
+    )
+    if config.eval_dataset:
+        identity["eval_dataset"] = data_identity(config.eval_dataset, config.data_dir, "train")
+    return identity
 
 
 def same_data(recorded: dict, current: dict) -> bool:
@@ -132,6 +139,7 @@ def check_own_data(config: Config, current: dict, *, reader: str) -> None:
     recorded = _recorded(Config.load(model_dir), f"--model_dir={model_dir}", current)
     if recorded is None:
         return
+    _check_eval_data(config, recorded, current, reader)
     if same_data(recorded, current):
         if recorded.get("dataset") != current.get("dataset"):
             log.info(
@@ -151,6 +159,29 @@ def check_own_data(config: Config, current: dict, *, reader: str) -> None:
         f"--model_dir={model_dir} holds a run trained on {describe(recorded)}; {now}: "
         f"{_difference(recorded, current)}. "
         + _CONSEQUENCES[reader].format(model_dir=model_dir, flags=_recorded_flags(recorded))
+    )
+
+
+def _check_eval_data(config: Config, recorded: dict, current: dict, reader: str) -> None:
+    """A run recorded with an --eval_dataset is resumed, evaluated or exported with that
+    labelled data only (else its result.json would mix numbers on other data). A run without
+    one may be given one (an unlabelled run's first evaluation)."""
+    old, new = recorded.get("eval_dataset"), current.get("eval_dataset")
+    if old is None or (new is not None and same_data(old, new)):
+        return
+    now = (
+        f"--eval_dataset={config.eval_dataset} is {describe(new)}"
+        if new is not None
+        else "no --eval_dataset is given now (its training data would be evaluated instead)"
+    )
+    what = {"resume": "Resuming it", "eval": "Evaluating it"}.get(reader, "Reading it")
+    raise DataMismatchError(
+        f"--model_dir={config.model_dir} holds a run evaluated on the labelled data "
+        f"--eval_dataset={old.get('dataset')} ({describe(old, location=False)}); {now}. "
+        f"{what} would report the kNN and linear probe on other labelled data as this run's. "
+        f"Give --eval_dataset={old.get('dataset')}; to evaluate its frozen features on other "
+        f"labelled data, give --mode=eval --checkpoint={config.model_dir} --model_dir=<a new "
+        "folder> --dataset=<that data>."
     )
 
 

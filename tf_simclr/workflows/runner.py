@@ -37,7 +37,19 @@ def check_saved_architecture(config: Config) -> None:
     path = os.path.join(config.model_dir, CONFIG_FILENAME)
     if not os.path.isfile(path):
         return
-    conflicts = Config.load(config.model_dir).architecture_conflicts(config)
+    saved = Config.load(config.model_dir)
+    if saved.unlabelled != config.unlabelled:
+        trained, now = ("without", "with") if saved.unlabelled else ("with", "without")
+        raise ConfigError(
+            f"--model_dir={config.model_dir} holds a run trained {trained} labels "
+            f"(--unlabelled={saved.unlabelled}), and this one reads its data {now} them: its "
+            "network has "
+            + ("no" if saved.unlabelled else "an")
+            + " online linear head and its data identity is the data read that way. Give "
+            f"--unlabelled={str(saved.unlabelled).lower()} (or leave it out: the run's "
+            "config.json supplies it), or use a new --model_dir."
+        )
+    conflicts = saved.architecture_conflicts(config)
     if conflicts:
         raise ConfigError(
             f"--model_dir={config.model_dir} holds a run with another architecture (saved vs "
@@ -55,6 +67,7 @@ def with_absolute_paths(config: Config) -> Config:
         label_ids_file=identity_lib.absolute_path(config.label_ids_file),
         checkpoint=identity_lib.absolute_path(config.checkpoint),
         teacher=identity_lib.absolute_path(config.teacher),
+        eval_dataset=config.eval_dataset and identity_lib.absolute_dataset(config.eval_dataset),
     )
 
 
@@ -96,8 +109,8 @@ def run(config: Config) -> dict:
     if config.mode == "eval":
         return evaluate_checkpoints(config, strategy)
 
-    if config.mode == "train_then_eval":
-        _check_eval_split(config)  # before training, not after it
+    if config.mode == "train_then_eval" or config.eval_dataset:
+        _check_evaluation_data(config)  # before training, not after it
     config = _with_checked_data(config)
     start = time.perf_counter()
     state = train_lib.train(config, strategy)
@@ -136,7 +149,34 @@ def _with_checked_data(config: Config) -> Config:
         run_data.check_own_data(config, current, reader="resume")
     elif config.checkpoint and not config.random_init:
         run_data.pretrained_identity(config, current, purpose="fine-tuning")
+    _log_unlabelled(config)
+    # Files that look whole but do not decode are skipped while reading: not all of them.
+    data_lib.check_decodable(
+        config.dataset,
+        data_dir=config.data_dir,
+        split=config.train_split,
+        unlabelled=config.unlabelled,
+    )
     return config.replace(data_identity=current)
+
+
+def _log_unlabelled(config: Config) -> None:
+    """--unlabelled: how the training data is read, and that the online head is off."""
+    if not config.unlabelled:
+        return
+    root = data_lib.image_folder_root(config.dataset)
+    if root is not None:
+        log.info("%s", data_lib.describe_unlabelled_folder(root, config.train_split))
+    else:
+        log.info(
+            "Reading split %r of %s as unlabelled images (--unlabelled): labels ignored.",
+            config.train_split,
+            config.dataset,
+        )
+    log.info(
+        "The online linear head is not trained: the training data has no labels "
+        "(--unlabelled switches --lineareval_while_pretraining off)."
+    )
 
 
 def _add_warnings(config: Config, result: dict, num_classes: int) -> None:
@@ -173,6 +213,16 @@ def _check_eval_split(config: Config) -> None:
             f"--eval_split={config.eval_split!r} is not a split of {config.dataset}; "
             f"available: {', '.join(sorted(splits))}."
         )
+
+
+def _check_evaluation_data(config: Config) -> None:
+    """The labelled data the kNN and linear probe read, checked before any training: its
+    splits exist and (--eval_dataset) have the same classes, at least 2."""
+    target = factory.eval_data_config(config)
+    root = data_lib.image_folder_root(target.dataset)
+    if config.eval_dataset and root is not None:
+        data_lib.check_same_classes(root, (target.train_split, target.eval_split))
+    _check_eval_split(target)
 
 
 def _check_enough_classes(num_classes: int, dataset: str) -> None:
@@ -279,7 +329,10 @@ def evaluate_model(
 ) -> dict:
     """All evaluations that apply to the configured train_mode, plus the random-init baseline
     and its gains (`choose_weight_decay`: see _feature_metrics). Returns {"metrics": {...}} and
-    the paths of the pictures written ("neighbours", "projector")."""
+    the paths of the pictures written ("neighbours", "projector"). With --eval_dataset, the
+    frozen-feature evaluations on that labelled data only (`num_classes` is not used)."""
+    if config.eval_dataset:
+        return _evaluate_on_eval_dataset(config, model, choose_weight_decay)
     _check_enough_classes(num_classes, config.dataset)
     log.info("Evaluating on split %r.", config.eval_split)
     metrics, files = {}, {}
@@ -315,20 +368,44 @@ def evaluate_model(
         if not config.random_init:
             metrics.update(_encoder_probe_on_labelled(config, num_classes))
     if config.train_mode == "pretrain" or not head_fits:
-        probe = dict(choose_weight_decay=choose_weight_decay)
-        features, files = _feature_metrics(config, model, num_classes, pictures=True, **probe)
+        features, files = _frozen_feature_metrics(config, model, num_classes, choose_weight_decay)
         metrics.update(features)
-        if config.random_init_baseline:
-            baseline = factory.build_model(config, num_classes)
-            # Its own seed, not a global reseed in the middle of the run.
-            model_lib.reinitialize(baseline, seed=config.seed + 1)
-            random_init, _ = _feature_metrics(
-                config, baseline, num_classes, "random_init_", **probe
-            )
-            metrics.update(random_init)
-            for name in list(features):
-                if name.endswith(("_top1", "_top5")) and "random_init_" + name in metrics:
-                    metrics[name + "_gain"] = metrics[name] - metrics["random_init_" + name]
+    return {"metrics": metrics, **files}
+
+
+def _frozen_feature_metrics(
+    config: Config, model, num_classes: int, choose_weight_decay: bool
+) -> tuple[dict, dict]:
+    """kNN and linear probe of the frozen features (with the pictures), and with
+    --random_init_baseline the same for random weights and the gains; (metrics, files)."""
+    probe = dict(choose_weight_decay=choose_weight_decay)
+    metrics, files = _feature_metrics(config, model, num_classes, pictures=True, **probe)
+    if config.random_init_baseline:
+        baseline = factory.build_model(config, num_classes)
+        # Its own seed, not a global reseed in the middle of the run.
+        model_lib.reinitialize(baseline, seed=config.seed + 1)
+        random_init, _ = _feature_metrics(config, baseline, num_classes, "random_init_", **probe)
+        for name in list(metrics):
+            if name.endswith(("_top1", "_top5")) and "random_init_" + name in random_init:
+                metrics[name + "_gain"] = metrics[name] - random_init["random_init_" + name]
+        metrics.update(random_init)
+    return metrics, files
+
+
+def _evaluate_on_eval_dataset(config: Config, model, choose_weight_decay: bool) -> dict:
+    """--eval_dataset: the kNN and linear probe of the frozen features, fit on its "train"
+    split and scored on its --eval_split (the online head, if any, predicts the training
+    data's classes: not scored here)."""
+    target = factory.eval_data_config(config)
+    num_classes = factory.dataset_info(target).num_classes
+    _check_enough_classes(num_classes, target.dataset)
+    log.info(
+        "Evaluating the frozen features on --eval_dataset=%s: kNN bank and linear probe from "
+        "its split 'train', scored on its split %r.",
+        target.dataset,
+        target.eval_split,
+    )
+    metrics, files = _frozen_feature_metrics(target, model, num_classes, choose_weight_decay)
     return {"metrics": metrics, **files}
 
 
@@ -397,6 +474,8 @@ def evaluate_checkpoints(config: Config, strategy) -> dict:
         return evaluate_pretrained(config, strategy)
     current = run_data.identity_of(config)
     run_data.check_own_data(config, current, reader="eval")
+    if config.eval_dataset:
+        _check_evaluation_data(config)
     if config.train_mode == "distill":  # teacher_top1 is scored against these labels
         run_data.check_teacher(config, current)
     no_run = not (
@@ -544,6 +623,7 @@ def preview(config: Config) -> str:
         color_jitter_strength=config.color_jitter_strength,
         brightness=config.brightness,
         seed=config.seed,
+        unlabelled=config.unlabelled,
     )
     log.info("Wrote %s.", path)
     return path
@@ -552,6 +632,8 @@ def preview(config: Config) -> str:
 def write_result(config: Config, result: dict) -> str:
     """result.json in model_dir (atomic), with the config hash identifying the run."""
     payload = {"config_hash": config.hash(), "dataset": config.dataset, **result}
+    if config.eval_dataset:
+        payload["eval_dataset"] = config.eval_dataset
     path = os.path.join(config.model_dir, RESULT_FILENAME)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
