@@ -324,14 +324,17 @@ def training_dataset_fn(config: Config, global_batch_size: int, start_step: int 
     return build(config, global_batch_size, start_step=start_step)
 
 
-def eval_dataset(config: Config, split: str):
+def eval_dataset(config: Config, split: str, label_cache: data_lib.LabelCache | None = None):
     """Single pass over `split` with evaluation preprocessing. With --eval_steps, over a
     class-stratified subset of eval_steps * eval_batch_size examples (not the first batches,
-    which in a class-sorted image folder hold only the first classes)."""
-    return eval_dataset_and_info(config, split)[0]
+    which in a class-sorted image folder hold only the first classes); choosing it reads the
+    split's labels, once per `label_cache` given."""
+    return eval_dataset_and_info(config, split, label_cache)[0]
 
 
-def eval_dataset_and_info(config: Config, split: str):
+def eval_dataset_and_info(
+    config: Config, split: str, label_cache: data_lib.LabelCache | None = None
+):
     """`eval_dataset` and the source's DatasetInfo (class names, sizes)."""
     subset = config.eval_steps * config.eval_batch_size if config.eval_steps > 0 else None
     return data_lib.build_eval_dataset(
@@ -343,4 +346,5 @@ def eval_dataset_and_info(config: Config, split: str):
         strict=config.strict_data,
         max_examples=subset,
         seed=config.seed,
+        label_cache=label_cache,
     )

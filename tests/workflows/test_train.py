@@ -103,6 +103,27 @@ def test_checkpoints_hold_every_weight_and_optimizer_variable(tmp_path):
     assert len(optimizer_keys) == len(state.optimizer.variables)
 
 
+def test_the_evaluation_reads_each_splits_labels_once(pretrained_copy, monkeypatch):
+    """The trained model's and the random-init baseline's kNN and probe run over the same
+    class-stratified --eval_steps subsets: choosing them reads each split's labels once (a
+    pass over a TFDS split's records), not once per pipeline."""
+    from tf_simclr.data import labels as labels_lib
+
+    reads = []
+    read = labels_lib._read_labels_and_ids
+
+    def counted(raw):
+        reads.append(raw.info.num_examples)
+        return read(raw)
+
+    monkeypatch.setattr(labels_lib, "_read_labels_and_ids", counted)
+    config = tiny_config(pretrained_copy, mode="eval", train_steps=2, knn_k=5)
+    result = runner.run(config)
+    assert {"knn_top1", "random_init_knn_top1", "linear_top1"} <= set(result["metrics"])
+    # One read of the train split and one of the test split (the embedded set: 5,000 / 1,000).
+    assert len(reads) == 2
+
+
 def test_rerun_of_a_finished_run_trains_nothing(pretrained_copy):
     config = tiny_config(pretrained_copy, mode="train", train_steps=2)  # the finished run's own
     mtime = os.path.getmtime(pretrained_copy / "ckpt-2.index")

@@ -241,6 +241,7 @@ def _feature_metrics(
     prefix: str = "",
     pictures: bool = False,
     choose_weight_decay: bool = False,
+    label_cache: data_lib.LabelCache | None = None,
 ) -> tuple[dict, dict]:
     """kNN and linear-probe accuracy of frozen final_avg_pool features (`choose_weight_decay`:
     the probe's weight decay chosen on held-out training examples, reported as
@@ -257,13 +258,13 @@ def _feature_metrics(
     # their neighbours then found while the training features stream past.
     first = visualize.FirstExamples(num_embeddings)
     queries = visualize.QueriesAcrossClasses(num_queries, seed=config.seed)
-    test_data, info = factory.eval_dataset_and_info(config, config.eval_split)
+    test_data, info = factory.eval_dataset_and_info(config, config.eval_split, label_cache)
     test_x, test_y = eval_lib.extract_features(model, test_data, on_batch=[first, queries])
     query_index, query_y, query_images = queries.chosen()
     search = visualize.NeighbourSearch(test_x[query_index]) if len(query_index) else None
     train_x, train_y = eval_lib.extract_features(
         model,
-        factory.eval_dataset(config, config.train_split),
+        factory.eval_dataset(config, config.train_split, label_cache),
         on_batch=[search] if search else (),
     )
     # Unlabelled images (label -1) are neither in the kNN bank nor fit nor scored.
@@ -336,6 +337,9 @@ def evaluate_model(
     _check_enough_classes(num_classes, config.dataset)
     log.info("Evaluating on split %r.", config.eval_split)
     metrics, files = {}, {}
+    # Every evaluation below reads the same class-stratified --eval_steps subsets: choosing
+    # them reads each split's labels once.
+    label_cache = data_lib.LabelCache()
     head_classes = getattr(getattr(model, "supervised_head", None), "units", None)
     head_fits = head_classes is None or head_classes == num_classes
     if not head_fits:
@@ -350,7 +354,7 @@ def evaluate_model(
     if head_fits and (supervised or config.lineareval_while_pretraining):
         sup = eval_lib.classification_accuracy(
             model,
-            factory.eval_dataset(config, config.eval_split),
+            factory.eval_dataset(config, config.eval_split, label_cache),
             source=f"--eval_split={config.eval_split!r}",
         )
         key = {"finetune": "finetune", "distill": "student"}.get(config.train_mode, "sup_head")
@@ -360,7 +364,7 @@ def evaluate_model(
         # were checked before: run_data.check_teacher).
         teacher = distill_lib.load_teacher(config.teacher, image_size=config.image_size)
         scores = eval_lib.classification_accuracy(
-            teacher, factory.eval_dataset(config, config.eval_split)
+            teacher, factory.eval_dataset(config, config.eval_split, label_cache)
         )
         metrics.update({f"teacher_{k}": v for k, v in scores.items()})
         metrics.update(_teacher_encoder_probe(config))
@@ -368,17 +372,23 @@ def evaluate_model(
         if not config.random_init:
             metrics.update(_encoder_probe_on_labelled(config, num_classes))
     if config.train_mode == "pretrain" or not head_fits:
-        features, files = _frozen_feature_metrics(config, model, num_classes, choose_weight_decay)
+        features, files = _frozen_feature_metrics(
+            config, model, num_classes, choose_weight_decay, label_cache
+        )
         metrics.update(features)
     return {"metrics": metrics, **files}
 
 
 def _frozen_feature_metrics(
-    config: Config, model, num_classes: int, choose_weight_decay: bool
+    config: Config,
+    model,
+    num_classes: int,
+    choose_weight_decay: bool,
+    label_cache: data_lib.LabelCache | None = None,
 ) -> tuple[dict, dict]:
     """kNN and linear probe of the frozen features (with the pictures), and with
     --random_init_baseline the same for random weights and the gains; (metrics, files)."""
-    probe = dict(choose_weight_decay=choose_weight_decay)
+    probe = dict(choose_weight_decay=choose_weight_decay, label_cache=label_cache)
     metrics, files = _feature_metrics(config, model, num_classes, pictures=True, **probe)
     if config.random_init_baseline:
         baseline = factory.build_model(config, num_classes)
