@@ -12,6 +12,7 @@ holds.
 Example: python bench/bench_export.py --depth 18 --width 0.125 --image-size 16
 Old vs new, interleaved: python bench/compare_checkouts.py --script bench_export.py OLD NEW \
     -- --depth 18 --width 0.125 --image-size 16
+(copy this script into OLD's bench/ if OLD predates it).
 """
 
 from __future__ import annotations
