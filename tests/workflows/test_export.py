@@ -414,13 +414,28 @@ def test_export_traces_the_network_once_per_mode(tmp_path, monkeypatch):
     _assert_outputs_close(module(x), model(x))
 
 
-def test_refused_dtypes_are_graphs_without_the_network(tmp_path):
-    """`m(images)` has a function for each dtype and call form; those of a refused dtype only
-    fail with the message, so they capture none of the module's variables."""
+def test_call_forms_of_the_reloaded_module(tmp_path):
+    """`m(images)` has a function for each dtype and call form: float32 and uint8 answer like
+    the model in the form's mode; those of a refused dtype only fail with the message, so
+    they capture none of the module's variables."""
     model = _tiny_model()
     model(_images(1, 8))
     path = export.export_saved_model(model, str(tmp_path / "saved_model"), step=1)
     module = tf.saved_model.load(path)
+    x = _images(3, 8, seed=9)
+    pixels = np.round(x * 255).astype("uint8")
+    forms = [
+        ({}, False),
+        ({"training": False}, False),
+        ({"training": True}, True),
+        ({"trainable": False}, False),
+        ({"trainable": True}, True),
+        ({"training": True, "trainable": True}, True),
+    ]
+    for kwargs, training in forms:
+        for images, as_float in ((x, x), (pixels, pixels.astype("float32") / 255.0)):
+            expected = model(as_float, training=training)
+            _assert_outputs_close(module(images, **kwargs), expected, atol=1e-5, rtol=1e-5)
     accepted = {tf.float32, tf.uint8}
     by_dtype = {}
     for fn in module.__call__.concrete_functions:
