@@ -1,9 +1,12 @@
-"""Step time of two checkouts of tf_simclr, interleaved: bench_train_step.py from checkout A,
-then from B, for a few rounds, each in its own process; prints each run and the median ratio
-(B's step time / A's). Interleaving keeps a shared machine's load changes out of the ratio.
+"""Time a benchmark script from two checkouts of tf_simclr, interleaved: the script from
+checkout A, then from B, for a few rounds, each in its own process; prints each run and the
+median ratio (B's time / A's). Interleaving keeps a shared machine's load changes out of the
+ratio. ``--script`` picks the benchmark: bench_train_step.py (step time, the default) or
+bench_export.py (export time).
 
     git worktree add ../old <commit>
     python bench/compare_checkouts.py ../old . --rounds 3 -- --width 0.25 --batch-size 256 --steps 6
+    python bench/compare_checkouts.py ../old . --script bench_export.py -- --width 0.125
 """
 
 from __future__ import annotations
@@ -19,11 +22,18 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from default_run import cpu_model  # noqa: E402
 
+# Per script: the arguments it always gets here, the JSON key of the time it reports, and
+# other keys worth printing per run.
+SCRIPTS = {
+    "bench_train_step.py": (["--no-flops"], "step_time_s_median", ("images_per_s",)),
+    "bench_export.py": ([], "export_s", ("traced_graphs", "placeholders")),
+}
 
-def _one_run(checkout: str, bench_args: list[str]) -> dict:
-    script = os.path.join(checkout, "bench", "bench_train_step.py")
+
+def _one_run(checkout: str, script: str, bench_args: list[str]) -> dict:
+    fixed_args = SCRIPTS[script][0]
     proc = subprocess.run(
-        [sys.executable, script, "--no-flops", *bench_args],
+        [sys.executable, os.path.join(checkout, "bench", script), *fixed_args, *bench_args],
         cwd=checkout,
         capture_output=True,
         text=True,
@@ -39,19 +49,20 @@ def main() -> None:
     parser.add_argument("a", help="checkout A (e.g. the old commit's worktree)")
     parser.add_argument("b", help="checkout B")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--script", choices=sorted(SCRIPTS), default="bench_train_step.py")
     argv = sys.argv[1:]
     bench_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    args.bench_args = bench_args  # bench_train_step.py's own arguments, after --
+    _, metric, extras = SCRIPTS[args.script]
     print(f"CPU: {cpu_model()}, load {os.getloadavg()[0]:.2f}", flush=True)
     times = {"a": [], "b": []}
     for round_index in range(args.rounds):
         for side in ("a", "b"):
-            result = _one_run(getattr(args, side), args.bench_args)
-            times[side].append(result["step_time_s_median"])
+            result = _one_run(getattr(args, side), args.script, bench_args)
+            times[side].append(result[metric])
+            shown = ", ".join(f"{k} {result[k]:.0f}" for k in extras)
             print(
-                f"round {round_index + 1} {side}: {result['step_time_s_median']:.3f} s/step "
-                f"({result['images_per_s']:.0f} img/s)",
+                f"round {round_index + 1} {side}: {metric} {result[metric]:.3f} ({shown})",
                 flush=True,
             )
     ratios = [b / a for a, b in zip(times["a"], times["b"], strict=True)]
@@ -59,9 +70,11 @@ def main() -> None:
         json.dumps(
             {
                 "cpu": cpu_model(),
+                "script": args.script,
+                "metric": metric,
                 "load_after": round(os.getloadavg()[0], 2),
-                "a_step_s": times["a"],
-                "b_step_s": times["b"],
+                f"a_{metric}": times["a"],
+                f"b_{metric}": times["b"],
                 "b_over_a_median": float(np.median(ratios)),
                 "b_over_a_per_round": ratios,
             }

@@ -393,6 +393,65 @@ def test_export_keeps_newest_and_replaces_same_step(tmp_path):
     assert _entries(base) == ["10", "notes"]
 
 
+def test_export_traces_the_network_once_per_mode(tmp_path, monkeypatch):
+    """The saver traces its functions in its own context: the network is traced there once
+    per mode (inference, training), not also before saving."""
+    model = _tiny_model()
+    model(_images(1, 8))
+    modes = []
+    real_forward = export._HubModule._forward_py
+
+    def counting_forward(self, images, training):
+        modes.append(training)
+        return real_forward(self, images, training)
+
+    monkeypatch.setattr(export._HubModule, "_forward_py", counting_forward)
+    path = export.export_saved_model(model, str(tmp_path / "saved_model"), step=1, image_size=8)
+    assert sorted(modes) == [False, True]
+    monkeypatch.undo()
+    module = tf.saved_model.load(path)
+    x = _images(2, 8)
+    _assert_outputs_close(module(x), model(x))
+
+
+def test_call_forms_of_the_reloaded_module(tmp_path):
+    """`m(images)` has a function for each dtype and call form: float32 and uint8 answer like
+    the model in the form's mode; those of a refused dtype only fail with the message, so
+    they capture none of the module's variables."""
+    model = _tiny_model()
+    model(_images(1, 8))
+    path = export.export_saved_model(model, str(tmp_path / "saved_model"), step=1)
+    module = tf.saved_model.load(path)
+    x = _images(3, 8, seed=9)
+    pixels = np.round(x * 255).astype("uint8")
+    forms = [
+        ({}, False),
+        ({"training": False}, False),
+        ({"training": True}, True),
+        ({"trainable": False}, False),
+        ({"trainable": True}, True),
+        ({"training": True, "trainable": True}, True),
+    ]
+    for kwargs, training in forms:
+        for images, as_float in ((x, x), (pixels, pixels.astype("float32") / 255.0)):
+            expected = model(as_float, training=training)
+            _assert_outputs_close(module(images, **kwargs), expected, atol=1e-5, rtol=1e-5)
+    accepted = {tf.float32, tf.uint8}
+    by_dtype = {}
+    for fn in module.__call__.concrete_functions:
+        args, kwargs = fn.structured_input_signature
+        images = args[0] if args else kwargs["images"]
+        by_dtype.setdefault(images.dtype, []).append(fn)
+    assert set(by_dtype) == accepted | set(export._REFUSED_DTYPES)
+    # m(x), training=True, trainable=False, trainable=True, training=True with trainable=True.
+    assert all(len(fns) == 5 for fns in by_dtype.values())
+    for dtype, fns in by_dtype.items():
+        for fn in fns:
+            assert bool(fn.captured_inputs) == (dtype in accepted), (dtype, fn.name)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="got dtype float16"):
+        module(_images(1, 8).astype("float16"), training=True)
+
+
 def test_interrupted_export_leaves_no_partial_module(tmp_path, monkeypatch):
     model = _tiny_model()
     model(_images(1, 8))

@@ -11,7 +11,8 @@ The exported module works for people who never import tf_simclr:
   ``keras.layers.TFSMLayer`` needs; :class:`SimCLRHubLayer` wraps that for Keras 3.
 * ``tensorflow_hub.KerasLayer(path, trainable=True, output_key="final_avg_pool")`` in a tf-keras
   model fine-tunes it: gradients flow in training mode, also through layers that were
-  synchronised batch norm (traced as plain batch norm, so no custom gradient is involved).
+  synchronised batch norm (exported outside a strategy scope, their one-replica all_reduce is
+  saved with its custom gradient).
 * A reloaded module fine-tuned in user code can be saved again with ``tf.saved_model.save(m, p)``
   (``serving_default`` is kept).
 
@@ -50,6 +51,10 @@ _OLD_PREFIX = ".old-export-"
 # pixels). `m(images)` is traced for them too, as a function that only fails with the message
 # naming the dtype and the fix.
 _REFUSED_DTYPES = (tf.float64, tf.float16, tf.int32, tf.int64, tf.uint16)
+# The (training, trainable) values `m(images, ...)` is traced for (Python bools, one graph
+# each): the defaults, training=True, and the reference SimCLRv2 `trainable=` style, alone or
+# with training=True. `trainable` overrides `training` when given.
+_CALL_FORMS = ((False, None), (True, None), (False, False), (False, True), (True, True))
 
 
 def _is_remote(path: str) -> bool:
@@ -137,13 +142,7 @@ class _HubModule(tf.train.Checkpoint):
         self.regularization_losses = _regularization_fns(model)
         height, width = image_size
         any_size = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
-        # Any shape: the call checks rank and channels itself, with a readable message.
-        any_shape = [
-            tf.TensorSpec(None, dtype, name="images")
-            for dtype in (tf.float32, tf.uint8, *_REFUSED_DTYPES)
-        ]
         fixed_size = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
-
         # The network is traced once per mode; every public entry point calls into one of
         # these two graphs, so the module stores each only once. The fixed input signature
         # makes calls with fixed-size images reuse them instead of retracing.
@@ -151,23 +150,29 @@ class _HubModule(tf.train.Checkpoint):
             self._forward_inference_py, input_signature=[any_size]
         )
         self._forward_training = tf.function(self._forward_training_py, input_signature=[any_size])
-        self._forward_inference.get_concrete_function()
-        self._forward_training.get_concrete_function()
-        # Python bools for training/trainable: one (cheap, wrapper) trace per accepted
-        # combination. `trainable` (reference SimCLRv2 style) overrides `training` when given.
-        combos = ((False, None), (True, None), (False, False), (False, True), (True, True))
-        for spec in any_shape:
-            for training, trainable in combos:
-                self.__call__.get_concrete_function(spec, training=training, trainable=trainable)
         self.serve = tf.function(self._serve_py, input_signature=[fixed_size])
         self.serve_train = tf.function(self._serve_train_py, input_signature=[fixed_size])
-        self.serve.get_concrete_function()
-        self.serve_train.get_concrete_function()
         # tf.saved_model.save(obj) with no `signatures` uses this attribute as serving_default,
         # so a module reloaded, fine-tuned and saved again keeps its serving signature.
         self._default_save_signature = self.serve
-        for fn in self.regularization_losses:
-            fn.get_concrete_function()
+        # Nothing is traced here: see _trackable_children.
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        # The saver asks for the children inside its save context, which is part of
+        # tf.function's cache key: a trace made before tf.saved_model.save would be traced
+        # again there (the network included) and thrown away. So the call forms of `m(images)`
+        # are traced now, once; the functions with an input signature (serve, the two forward
+        # graphs, the regularisers) are traced by the saver itself.
+        if save_type == "savedmodel":
+            self._trace_call_forms()
+        return super()._trackable_children(save_type, **kwargs)
+
+    def _trace_call_forms(self) -> None:
+        # Any shape: the call checks rank and channels itself, with a readable message.
+        for dtype in (tf.float32, tf.uint8, *_REFUSED_DTYPES):
+            spec = tf.TensorSpec(None, dtype, name="images")
+            for training, trainable in _CALL_FORMS:
+                self.__call__.get_concrete_function(spec, training=training, trainable=trainable)
 
     def _forward_py(self, images, training):
         outputs = self._model(images, training=training)
@@ -188,10 +193,11 @@ class _HubModule(tf.train.Checkpoint):
     def __call__(self, images, training=False, trainable=None):
         if trainable is not None:
             training = trainable
-        images = _checked_images(images)
-        if training:
-            return self._forward_training(images)
-        return self._forward_inference(images)
+        forward = self._forward_training if training else self._forward_inference
+        problem = validation.dtype_problem(images.dtype)
+        if problem is not None:
+            return _refusal(images, problem, forward.get_concrete_function().structured_outputs)
+        return forward(_checked_images(images))
 
     def _serve_py(self, images):
         return self._forward_inference(_checked_images(images))
@@ -200,16 +206,22 @@ class _HubModule(tf.train.Checkpoint):
         return self._forward_training(_checked_images(images))
 
 
+def _refusal(images: tf.Tensor, problem: str, outputs_like: Mapping) -> dict:
+    """A graph for a refused dtype: it fails with `problem` (the message of
+    validation.check_images) and never runs the network; its outputs only have the network's
+    names and dtypes, so the graph captures no variable."""
+    # A condition that is never true but not a constant, so nothing folds it away.
+    failed = tf.debugging.Assert(tf.equal(tf.size(images), -1), [problem])
+    with tf.control_dependencies([failed]):
+        return {
+            name: tf.zeros([1 if d is None else d for d in like.shape], like.dtype)
+            for name, like in outputs_like.items()
+        }
+
+
 def _checked_images(images: tf.Tensor) -> tf.Tensor:
     """The float32 [0, 1] batch a module function feeds the network (uint8 scaled to [0, 1]),
-    behind the checks of validation.check_images. A refused dtype gives a graph that fails with
-    that check's message (the network never runs)."""
-    problem = validation.dtype_problem(images.dtype)
-    if problem is not None:
-        # A condition that is never true but not a constant, so nothing folds it away.
-        failed = tf.debugging.Assert(tf.equal(tf.size(images), -1), [problem])
-        with tf.control_dependencies([failed]):
-            return tf.zeros([1, 1, 1, 3], tf.float32)
+    behind the checks of validation.check_images."""
     images = validation.check_images(images, name="images", rank=4)
     if images.dtype == tf.uint8:
         images = tf.cast(images, tf.float32) * (1.0 / 255.0)
@@ -235,12 +247,10 @@ def write_saved_model(model, path: str, *, image_size=None) -> str:
     """
     sizes = _normalise_image_size(image_size)
     _ensure_built(model, sizes)
-    # Trace in a cross-replica context: synchronised batch norm then computes plain batch
-    # moments (the same numbers on one replica) instead of a default-context all_reduce whose
-    # custom gradients would have to be saved (they load with a warning per BN layer and slow
-    # saving down). A reloaded module is never replica-synchronised anyway.
-    with tf.distribute.get_strategy().scope():
-        module = _HubModule(model, sizes)
+    module = _HubModule(model, sizes)
+    # Every function is traced by the saver, in the caller's distribution context: outside a
+    # strategy scope synchronised batch norm is traced with the default replica context's
+    # all_reduce (one replica, the same batch moments), whose custom gradients are saved.
     tf.saved_model.save(
         module,
         path,
