@@ -506,12 +506,24 @@ def test_finetune_augmentations_are_the_pretraining_first_view(tmp_path, side):
     np.testing.assert_array_equal(tuned["image"], first_view["view1"])
 
 
-def test_finetune_dataset_fn_uses_the_configured_augmentations(tmp_path):
+def test_finetune_dataset_fn_uses_the_configured_augmentations(tmp_path, mixed_tfds):
+    from helpers.mixed_tfds import NAME
+
     from tf_simclr import factory
     from tf_simclr.config import Config
 
-    config = Config(model_dir=str(tmp_path), train_mode="finetune", checkpoint="/ckpt-1", seed=4)
-    kw = dict(batch_size=8, image_size=config.image_size, seed=4)
+    # The session's tiny TFDS dataset (12 training images of 16 px, the fixed-size route as
+    # the embedded one's): each pipeline fills its shuffle buffer with 12 images, not 5000.
+    data = dict(dataset=NAME, data_dir=str(mixed_tfds))
+    config = Config(
+        model_dir=str(tmp_path),
+        train_mode="finetune",
+        checkpoint="/ckpt-1",
+        seed=4,
+        image_size=16,
+        **data,
+    )
+    kw = dict(batch_size=8, image_size=config.image_size, seed=4, **data)
 
     def from_config(**changes):
         return _first_batch(factory.finetune_dataset_fn(config.replace(**changes), 8)())
