@@ -520,7 +520,8 @@ def test_view_color_kernel_blurs_only_when_drawn_after_grayscale():
     x = tf.constant(np.random.default_rng(6).random((40, 40, 3)) * 255, tf.float32)
     kern = A.blur_kernel(tf.constant([1.2]), 40)[0]
     for gray in (False, True):
-        args = (1 / 255, True, tf.constant([1, 3, 0, 2]), 1.2, 0.7, 1.4, -0.1, gray)
+        # gray as a tensor, as the pipeline passes it: one compiled kernel for both cases.
+        args = (1 / 255, True, tf.constant([1, 3, 0, 2]), 1.2, 0.7, 1.4, -0.1, tf.constant(gray))
         plain = view_kernels._VIEW_COLOR[False](x, *args).numpy()
         kept = view_kernels._VIEW_COLOR[False](x, *args, kern, tf.constant(False)).numpy()
         blurred = view_kernels._VIEW_COLOR[False](x, *args, kern, tf.constant(True)).numpy()
@@ -534,7 +535,8 @@ def test_view_color_kernel_matches_tf_image_ops_in_order():
     x = tf.constant(np.random.default_rng(5).random((12, 10, 3)) * 255, tf.float32)
     fb, fc, fs, dh = 1.3, 0.6, 1.5, 0.12
     for order, flip, gray in [([2, 0, 3, 1], True, False), ([3, 1, 0, 2], False, True)]:
-        args = (1 / 255, flip, tf.constant(order), fb, fc, fs, dh, gray)
+        # Tensors, as the pipeline passes them: one compiled kernel for both cases.
+        args = (1 / 255, tf.constant(flip), tf.constant(order), fb, fc, fs, dh, tf.constant(gray))
         out = view_kernels._VIEW_COLOR[False](x, *args).numpy()
         ref = tf.clip_by_value(x / 255, 0, 1)
         ref = ref[:, ::-1] if flip else ref

@@ -335,14 +335,15 @@ def test_preview_writes_png(tmp_path):
     assert img.shape[1] > img.shape[0] / 3 * 2  # three columns: original + two views
 
 
-def test_start_batch_resumes_the_stream_exactly():
-    """Batches from a stream started at batch 3 equal batches 3.. of a fresh stream."""
-    fresh, _ = D.build_pretrain_dataset(
-        "embedded", batch_size=8, image_size=16, augmentations="cifar", seed=5
-    )
-    resumed, _ = D.build_pretrain_dataset(
-        "embedded", batch_size=8, image_size=16, augmentations="cifar", seed=5, start_batch=3
-    )
+def test_start_batch_resumes_the_stream_exactly(mixed_tfds):
+    """Batches from a stream started at batch 3 equal batches 3.. of a fresh stream (on the
+    session's tiny TFDS dataset, 12 training images: batch 3 starts in the middle of the
+    second epoch, and the batches run into the third)."""
+    from helpers.mixed_tfds import NAME
+
+    kw = dict(batch_size=5, image_size=16, augmentations="cifar", seed=5)
+    fresh, _ = D.build_pretrain_dataset(NAME, data_dir=str(mixed_tfds), **kw)
+    resumed, _ = D.build_pretrain_dataset(NAME, data_dir=str(mixed_tfds), start_batch=3, **kw)
     want = list(fresh.take(5))[3:]
     got = list(resumed.take(2))
     for a, b in zip(want, got, strict=True):
@@ -506,12 +507,24 @@ def test_finetune_augmentations_are_the_pretraining_first_view(tmp_path, side):
     np.testing.assert_array_equal(tuned["image"], first_view["view1"])
 
 
-def test_finetune_dataset_fn_uses_the_configured_augmentations(tmp_path):
+def test_finetune_dataset_fn_uses_the_configured_augmentations(tmp_path, mixed_tfds):
+    from helpers.mixed_tfds import NAME
+
     from tf_simclr import factory
     from tf_simclr.config import Config
 
-    config = Config(model_dir=str(tmp_path), train_mode="finetune", checkpoint="/ckpt-1", seed=4)
-    kw = dict(batch_size=8, image_size=config.image_size, seed=4)
+    # The session's tiny TFDS dataset (12 training images of 16 px, the fixed-size route as
+    # the embedded one's): each pipeline fills its shuffle buffer with 12 images, not 5000.
+    data = dict(dataset=NAME, data_dir=str(mixed_tfds))
+    config = Config(
+        model_dir=str(tmp_path),
+        train_mode="finetune",
+        checkpoint="/ckpt-1",
+        seed=4,
+        image_size=16,
+        **data,
+    )
+    kw = dict(batch_size=8, image_size=config.image_size, seed=4, **data)
 
     def from_config(**changes):
         return _first_batch(factory.finetune_dataset_fn(config.replace(**changes), 8)())

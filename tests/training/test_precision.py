@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers.configs import tiny_config
+from tests.helpers.stub_steps import stub_train_loop
 from tf_simclr import factory
 from tf_simclr.config import PRECISIONS as CONFIG_PRECISIONS
 from tf_simclr.config import Config
@@ -187,52 +188,69 @@ MIXED_STEP = {
 }
 
 
-@pytest.mark.parametrize("policy", sorted(MIXED_STEP))
-def test_mixed_precision_step_matches_float32_step_and_stays_float32(tmp_path, policy):
-    """One pretraining step in a mixed policy and one in float32 from the same weights: losses
-    within the half type's rounding, the same update direction, and float32 weights, slots and
-    checkpoint (float16 through its loss-scale optimizer)."""
-    bounds = MIXED_STEP[policy]
-    f32, low = _tiny_model("float32"), _tiny_model(policy)
-    low.set_weights(f32.get_weights())
-    half = "bfloat16" if policy == "mixed_bfloat16" else "float16"
-    assert low.compute_dtype == half and f32.compute_dtype == "float32"
+def _batch():
     rng = np.random.default_rng(0)
-    batch = {
+    return {
         "view1": tf.constant(rng.random((16, 16, 16, 3), dtype=np.float32)),
         "view2": tf.constant(rng.random((16, 16, 16, 3), dtype=np.float32)),
         "label": tf.constant(rng.integers(0, 4, 16).astype(np.int32)),
     }
-    start = [w.numpy() for w in f32.trainable_weights]
-    metrics, optimizers = {}, {}
-    for name, model in (("float32", f32), ("half", low)):
-        mixed = policy if name == "half" else None
-        opt = optim.build_optimizer(
-            "lars", learning_rate=0.5, weight_decay=1e-4, mixed_precision=mixed
-        )
-        head = optim.build_optimizer("momentum", learning_rate=0.1, mixed_precision=mixed)
-        step = tf.function(train.make_step_fn(model, opt, head))
-        metrics[name] = {k: float(v) for k, v in step(batch).items()}
-        optimizers[name] = opt
+
+
+def _one_step(model, mixed_precision):
+    """One compiled pretraining step of `model` on _batch(): (its metrics, its optimizer)."""
+    opt = optim.build_optimizer(
+        "lars", learning_rate=0.5, weight_decay=1e-4, mixed_precision=mixed_precision
+    )
+    head = optim.build_optimizer("momentum", learning_rate=0.1, mixed_precision=mixed_precision)
+    step = tf.function(train.make_step_fn(model, opt, head))
+    return {k: float(v) for k, v in step(_batch()).items()}, opt
+
+
+@pytest.fixture(scope="module")
+def float32_step():
+    """The float32 side of the test below, the same for every policy (traced once): the tiny
+    model's weights before one step, and its metrics and trainable weights after it."""
+    f32 = _tiny_model("float32")
+    assert f32.compute_dtype == "float32"
+    weights = f32.get_weights()
+    metrics, _ = _one_step(f32, None)
+    return weights, metrics, [w.numpy() for w in f32.trainable_weights]
+
+
+@pytest.mark.parametrize("policy", sorted(MIXED_STEP))
+def test_mixed_precision_step_matches_float32_step_and_stays_float32(
+    tmp_path, policy, float32_step
+):
+    """One pretraining step in a mixed policy and one in float32 from the same weights: losses
+    within the half type's rounding, the same update direction, and float32 weights, slots and
+    checkpoint (float16 through its loss-scale optimizer)."""
+    bounds = MIXED_STEP[policy]
+    f32_weights, f32_metrics, f32_after = float32_step
+    low = _tiny_model(policy)
+    low.set_weights(f32_weights)
+    half = "bfloat16" if policy == "mixed_bfloat16" else "float16"
+    assert low.compute_dtype == half
+    start = [w.numpy() for w in low.trainable_weights]
+    metrics = {"float32": f32_metrics}
+    metrics["half"], half_optimizer = _one_step(low, policy)
     for key in ("loss", "contrastive_loss", "sup_loss"):
         assert metrics["half"][key] == pytest.approx(
             metrics["float32"][key], rel=bounds["loss_rtol"]
         ), key
     # The update: per-layer LARS steps point the same way in both precisions.
     cosines = []
-    for w0, a, b in zip(start, f32.trainable_weights, low.trainable_weights, strict=True):
-        da, db = (a.numpy() - w0).ravel(), (b.numpy() - w0).ravel()
+    for w0, a, b in zip(start, f32_after, low.trainable_weights, strict=True):
+        da, db = (a - w0).ravel(), (b.numpy() - w0).ravel()
         if np.linalg.norm(da) > 0:
             cosines.append(da @ db / (np.linalg.norm(da) * np.linalg.norm(db)))
     assert len(cosines) > len(start) // 2
     assert np.median(cosines) > bounds["median_cosine"] and min(cosines) > bounds["min_cosine"]
     assert all(w.dtype == "float32" for w in low.weights)
-    slots = [v for v in optimizers["half"].variables if v.dtype != "int64"]  # not the step
+    slots = [v for v in half_optimizer.variables if v.dtype != "int64"]  # not the step
     assert len(slots) >= len(low.trainable_weights) // 2
     assert {v.dtype for v in slots} == {"float32"}
-    path = tf.train.Checkpoint(model=low, optimizer=optimizers["half"]).write(
-        str(tmp_path / "ckpt")
-    )
+    path = tf.train.Checkpoint(model=low, optimizer=half_optimizer).write(str(tmp_path / "ckpt"))
     reader = tf.train.load_checkpoint(path)
     dtypes = reader.get_variable_to_dtype_map()
     assert {d for k, d in dtypes.items() if d.is_floating} == {tf.float32}
@@ -258,6 +276,8 @@ def test_evaluation_and_export_get_a_float32_twin(tmp_path):
 
 
 def test_auto_precision_is_chosen_and_logged_by_training(tmp_path, monkeypatch, caplog):
+    # The choice is made before the first step: the steps are stubs (no network traced).
+    stub_train_loop(monkeypatch, {})
     monkeypatch.setattr(precision, "cpu_bfloat16_flags", lambda: ())
     monkeypatch.setattr(precision, "_gpu_compute_capabilities", lambda: [])
     config = tiny_config(tmp_path, precision="auto", train_steps=2)
@@ -275,12 +295,15 @@ def test_optimizers_are_built_for_every_precision_setting(tmp_path):
         assert isinstance(opt, keras.optimizers.LossScaleOptimizer) == scaled, setting
 
 
-def test_a_bfloat16_run_exports_a_float32_module(tmp_path):
+def test_a_bfloat16_run_exports_a_float32_module(tmp_path, monkeypatch):
     """The runner trains in bfloat16 but exports (and evaluates) the float32 twin: the
-    reloaded module computes exactly what a float32 model with the checkpoint's weights does."""
+    reloaded module computes exactly what a float32 model with the checkpoint's weights does.
+    (The steps are stubs, so the checkpoint holds the bfloat16 run's initial weights: a
+    bfloat16 training step is test_mixed_precision_step_matches_float32_step_and_stays_float32.)"""
     from tf_simclr.training import checkpoints as ckpt_lib
     from tf_simclr.workflows import runner
 
+    stub_train_loop(monkeypatch, {})
     config = tiny_config(
         tmp_path, precision="mixed_bfloat16", mode="train", train_steps=2, export=True
     )

@@ -38,6 +38,7 @@ from helpers.rel_proc import (
     tiny_flags,
     wait_for,
 )
+from helpers.stub_steps import stub_train_loop
 
 from tf_simclr import data as data_lib
 from tf_simclr import factory
@@ -224,32 +225,12 @@ def test_soak_twenty_kills_and_resumes(tmp_path):
 # ------------------------------------------------------------------------------------------
 # The loop's bookkeeping with a stub training step
 # ------------------------------------------------------------------------------------------
-def _stub_train_loop(monkeypatch, events: dict) -> None:
-    def make_train_loop(strategy, step_fn, global_step, metric_names):
-        def loop(iterator, num_steps):
-            loss = 1.0
-            for _ in range(int(num_steps)):
-                global_step.assign_add(1)
-                event = events.get(int(global_step.numpy()))
-                if event == "nan":
-                    loss = float("nan")
-                elif event is not None:
-                    os.kill(os.getpid(), event)
-            metrics = {k: tf.constant(loss if k == "loss" else 0.5) for k in metric_names}
-            return metrics, tf.constant(loss)
-
-        return loop
-
-    monkeypatch.setattr(train, "_make_train_loop", make_train_loop)
-    monkeypatch.setattr(train, "_distribute", lambda strategy, dataset_fn: [])
-
-
 @pytest.fixture
 def fake_steps(monkeypatch):
     """Replace the compiled train loop by one that advances the step counter only. Returns a
     dict step -> "nan" | signal number: what happens when that step is reached."""
     events = {}
-    _stub_train_loop(monkeypatch, events)
+    stub_train_loop(monkeypatch, events)
     return events
 
 
@@ -300,7 +281,7 @@ def test_non_finite_loss_reports_step_last_metrics_and_keeps_checkpoints(tmp_pat
 def _trained_template(tmp_path_factory):
     config = _fast_config(tmp_path_factory.mktemp("template") / "run", train_steps=4)
     with pytest.MonkeyPatch.context() as mp:
-        _stub_train_loop(mp, {})
+        stub_train_loop(mp, {})
         train.train(config, STRATEGY)
     assert checkpoint_numbers(config.model_dir) == [2, 4]
     return config

@@ -23,6 +23,7 @@ from helpers.rel_proc import (
     tiny_flags,
     wait_for,
 )
+from helpers.runs import untrained_run
 from PIL import Image
 
 from tf_simclr import data as data_lib
@@ -174,9 +175,15 @@ def _restored_teacher_model(teacher_run):
     return model, prefix
 
 
-def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(
-    finetuned_run, tmp_path, monkeypatch
+def test_distil_into_a_deeper_student_keeps_the_teacher_frozen_and_resumes_after_dying(
+    finetuned_run, tmp_path, monkeypatch, caplog
 ):
+    """A ResNet-34 student of the ResNet-18 teacher, in one 4-step run that dies right after
+    saving ckpt-2 (an exception out of the save: nothing else runs, as with a kill; the
+    in-process version of the SIGKILL test below) and is rerun: it resumes from ckpt-2 with
+    its teacher and finishes, one record per logged step, none repeated; every teacher it
+    loaded is the checkpoint's, unchanged by the steps; result.json scores the teacher as a
+    second path does. (One run checks both: each run traces the deeper student anew.)"""
     teacher_run = finetuned_run
     loaded = []
     real_load = distill.load_teacher
@@ -186,8 +193,9 @@ def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(
         return loaded[-1]
 
     monkeypatch.setattr(distill, "load_teacher", recording_load)
+    model_dir = str(tmp_path / "student")
     config = tiny_config(
-        tmp_path / "student",
+        model_dir,
         train_mode="distill",
         teacher=str(teacher_run),
         resnet_depth=34,
@@ -195,18 +203,26 @@ def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(
         distill_alpha=0.5,
         distill_temperature=2.0,
     )
-    result = runner.run(config)
-    # The teacher used in training is the checkpoint's, unchanged by the steps.
+    run_until_saved(monkeypatch, config, step=2)
+    assert checkpoint_numbers(model_dir) == [2]
+    with caplog.at_level(logging.INFO):
+        result = runner.run(config)
+    assert result["step"] == 4
+    assert resumed_steps(caplog.text) == [2]
+    assert 4 in checkpoint_numbers(model_dir)
+    history = metrics_records(model_dir)
+    assert [r["step"] for r in history] == [2, 4]
+    assert all(r["distill_loss"] > 0 and "teacher_agreement" in r for r in history)
+    # The teachers used in training (one per run, then the evaluation's) are the checkpoint's.
     model, prefix = _restored_teacher_model(teacher_run)
     values = ckpt_lib.read_model_weights(prefix, [w.path for w in model.weights])
-    training_teacher = loaded[0]
-    assert len(training_teacher.variables) == len(model.weights) > 50
-    for variable in training_teacher.variables:
-        np.testing.assert_array_equal(variable.numpy(), values[variable.path], variable.path)
+    assert len(loaded) >= 2
+    for teacher in loaded:
+        assert len(teacher.variables) == len(model.weights) > 50
+        for variable in teacher.variables:
+            np.testing.assert_array_equal(variable.numpy(), values[variable.path], variable.path)
     # The student is a ResNet-34 (16 residual blocks; the teacher a ResNet-18's 8).
-    student_paths = ckpt_lib.stored_model_weight_paths(
-        ckpt_lib.latest_valid_checkpoint(str(tmp_path / "student"))
-    )
+    student_paths = ckpt_lib.stored_model_weight_paths(ckpt_lib.latest_valid_checkpoint(model_dir))
     assert any("block_group3" in p and "block_5" in p for p in student_paths)
     assert not any("block_5" in p for p in ckpt_lib.stored_model_weight_paths(prefix))
     # result.json: the teacher's accuracy on the same split, as a second path computes it.
@@ -214,9 +230,6 @@ def test_distil_into_a_deeper_student_keeps_the_teacher_frozen(
     want = eval_lib.classification_accuracy(model, factory.eval_dataset(config, "test"))
     assert metrics["teacher_top1"] == pytest.approx(want["top1"])
     assert 0.0 <= metrics["student_top1"] <= 1.0
-    history = metrics_records(str(tmp_path / "student"))
-    assert [r["step"] for r in history] == [2, 4]
-    assert all(r["distill_loss"] > 0 and "teacher_agreement" in r for r in history)
 
 
 def test_an_exported_teacher_gives_the_checkpoint_teachers_logits(finetuned_run):
@@ -231,30 +244,6 @@ def test_an_exported_teacher_gives_the_checkpoint_teachers_logits(finetuned_run)
     )
     # Inference mode: the same images give the same logits (no batch statistics).
     np.testing.assert_array_equal(from_run.logits(images), from_run.logits(images))
-
-
-def test_distillation_dies_after_a_checkpoint_and_the_rerun_resumes(
-    finetuned_run, tmp_path, monkeypatch, caplog
-):
-    """In-process version of the SIGKILL test below: a 6-step distillation that dies right
-    after saving ckpt-2 (an exception out of the save: nothing else runs, as with a kill)
-    resumes from ckpt-2 when rerun, with its teacher, and finishes: one record per logged
-    step, none repeated."""
-    model_dir = str(tmp_path / "student")
-    config = tiny_config(
-        model_dir, mode="train", train_mode="distill", teacher=str(finetuned_run), train_steps=6
-    )
-    run_until_saved(monkeypatch, config, step=2)
-    assert checkpoint_numbers(model_dir) == [2]
-    with caplog.at_level(logging.INFO):
-        assert runner.run(config)["step"] == 6
-    assert resumed_steps(caplog.text) == [2]
-    steps = [r["step"] for r in metrics_records(model_dir)]
-    assert steps == [2, 4, 6]
-    assert all(
-        r["distill_loss"] > 0 and "teacher_agreement" in r for r in metrics_records(model_dir)
-    )
-    assert 6 in checkpoint_numbers(model_dir)
 
 
 @pytest.mark.slow
@@ -296,6 +285,8 @@ def _no_training_happened(model_dir):
 
 
 def test_a_teacher_of_other_classes_is_refused_before_training(pretrained_run, tmp_path):
+    # A fine-tuning run on a 3-class folder, as it lays out config.json and its checkpoint
+    # (untrained: only its head's classes matter here).
     other = tiny_config(
         tmp_path / "teacher3",
         mode="train",
@@ -305,7 +296,7 @@ def test_a_teacher_of_other_classes_is_refused_before_training(pretrained_run, t
         train_batch_size=8,
         train_steps=2,
     )
-    runner.run(other)
+    untrained_run(other, num_classes=3)
     config = tiny_config(tmp_path / "s", train_mode="distill", teacher=other.model_dir)
     with pytest.raises(distill.TeacherError, match="predicts 3 classes but embedded has 10"):
         runner.run(config)
@@ -319,9 +310,10 @@ def test_a_teacher_that_is_not_a_model_is_named(tmp_path, kind):
         path.mkdir()
     elif kind == "file":
         path.write_text("hello")
-    elif kind == "no_head":
-        runner.run(
-            tiny_config(path, mode="train", train_steps=1, lineareval_while_pretraining=False)
+    elif kind == "no_head":  # a pretraining run without the linear head (untrained)
+        untrained_run(
+            tiny_config(path, mode="train", train_steps=1, lineareval_while_pretraining=False),
+            num_classes=10,
         )
     elif kind == "not_tf_simclr":
         path.mkdir()
