@@ -225,19 +225,14 @@ def _resolve_model(config: Config) -> tuple[str, str]:
 
 def _open_split(config: Config) -> _Split:
     """The split with the evaluation preprocessing; an empty or unreadable image folder (or a
-    missing split) raises ValueError naming it, before any model is loaded."""
+    missing split) raises ValueError naming it, before any model is loaded. With --unlabelled
+    an image folder is every image at any depth under ROOT/<--eval_split>, or under ROOT when
+    it has no such folder (labels -1, no classes)."""
     split = config.eval_split
     root = data_lib.image_folder_root(config.dataset)
     listed_ids, bad_before, paths = [], [], None
     if root is not None:
-        try:
-            files, _, _, bad = data_lib.list_image_folder(root, split, strict=config.strict_data)
-        except ValueError as err:
-            raise ValueError(
-                f"--mode=embed reads split --eval_split={split!r} of the image folder "
-                f"--dataset={root}: {err}"
-            ) from None
-        split_dir = os.path.dirname(os.path.dirname(files[0]))
+        files, bad, split_dir = _list_folder(config, root)
         listed_ids = [os.path.relpath(p, split_dir).replace(os.sep, "/") for p in files]
         bad_before = [os.path.relpath(p, split_dir).replace(os.sep, "/") for p in bad]
         paths = {i: os.path.abspath(p) for i, p in zip(listed_ids, files, strict=True)}
@@ -247,6 +242,8 @@ def _open_split(config: Config) -> _Split:
         split=split,
         strict=config.strict_data,
         with_ids=True,
+        unlabelled=config.unlabelled,
+        root_if_no_split=True,
     )
     image_size = config.image_size
     # As the evaluation pipeline (data.build_eval_dataset) preprocesses, keeping the ids.
@@ -271,6 +268,27 @@ def _open_split(config: Config) -> _Split:
         labelled=info.num_classes > 0,
         class_names=tuple(info.class_names),
     )
+
+
+def _list_folder(config: Config, root: str) -> tuple[list[str], list[str], str]:
+    """(good files, refused files, the folder the ids are relative to) of the image folder
+    `root`: split --eval_split by class folders, or with --unlabelled every image at any depth
+    (as training's --unlabelled reads a folder); ValueError naming the folder and the flag."""
+    split = config.eval_split
+    try:
+        if config.unlabelled:
+            log.info("%s", data_lib.describe_unlabelled_folder(root, split, root_if_no_split=True))
+            return data_lib.list_unlabelled_images(
+                root, split, strict=config.strict_data, root_if_no_split=True
+            )
+        files, _, _, bad = data_lib.list_image_folder(root, split, strict=config.strict_data)
+    except ValueError as err:
+        reading = " as unlabelled images (--unlabelled)" if config.unlabelled else ""
+        raise ValueError(
+            f"--mode=embed reads split --eval_split={split!r} of the image folder "
+            f"--dataset={root}{reading}: {err}"
+        ) from None
+    return files, bad, os.path.dirname(os.path.dirname(files[0]))
 
 
 def nearest_neighbours(features: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -299,12 +317,14 @@ def _neighbours_picture(split: _Split, features, labels, ids, config: Config) ->
                 thumbnails[image_id] = visualize.thumbnails(image[None])[0]
         if len(thumbnails) == len(wanted):
             break
+    # An unlabelled query or neighbour (-1) has no class to match: a grey frame.
+    unlabelled = (labels[neighbours] < 0) | (labels[queries] < 0)[:, None]
     return visualize.neighbours_picture(
         np.stack([thumbnails[ids[q]] for q in queries]),
         np.stack([[thumbnails[ids[n]] for n in row] for row in neighbours]),
-        # Unlabelled images (-1) are never of the same class.
-        (labels[neighbours] == labels[queries][:, None]) & (labels[neighbours] >= 0),
+        (labels[neighbours] == labels[queries][:, None]) & ~unlabelled,
         caption=f"image | its {neighbours.shape[1]} nearest images of the split",
+        unlabelled=unlabelled,
     )
 
 

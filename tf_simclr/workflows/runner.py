@@ -38,6 +38,12 @@ def check_saved_architecture(config: Config) -> None:
     if not os.path.isfile(path):
         return
     saved = Config.load(config.model_dir)
+    if config.mode == "embed":
+        # --unlabelled only says how the images to embed are read: the network is the run's.
+        config = config.replace(
+            unlabelled=saved.unlabelled,
+            lineareval_while_pretraining=saved.lineareval_while_pretraining,
+        )
     if saved.unlabelled != config.unlabelled:
         trained, now = ("without", "with") if saved.unlabelled else ("with", "without")
         raise ConfigError(
