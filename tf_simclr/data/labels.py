@@ -138,6 +138,21 @@ def labelled_class_counts(
     return {name: int(n) for name, n in zip(names, counts, strict=False)}, total
 
 
+def has_labelled_example(
+    dataset: str, *, data_dir: str | None = None, split: str = "train", strict: bool = False
+) -> bool:
+    """Whether `split` holds any example with a label (>= 0). Cheap: an image folder's labels
+    come from its listing; a TFDS split's label feature is read (images not decoded) only
+    until the first labelled example, so only a split without any is read through."""
+    raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
+    if raw.labels is not None:
+        return bool(np.any(np.asarray(raw.labels) >= 0))
+    for labels in _map(raw.dataset, lambda d: d["label"]).batch(1024):
+        if np.any(labels.numpy() >= 0):
+            return True
+    return False
+
+
 def labelled_subset_ids(
     dataset, data_dir, split, label_fraction, label_ids_file, seed, strict, label_cache=None
 ) -> list[str] | None:
