@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from tf_simclr.data.folders import _MAX_LOGGED
-from tf_simclr.data.sources import DEFAULT_DATASET, _map, _open_raw, _Raw
+from tf_simclr.data.sources import DEFAULT_DATASET, _map, _open_raw, _Raw, image_folder_root
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +141,14 @@ def labelled_class_counts(
 def has_labelled_example(
     dataset: str, *, data_dir: str | None = None, split: str = "train", strict: bool = False
 ) -> bool:
-    """Whether `split` holds any example with a label (>= 0). Cheap: an image folder's labels
-    come from its listing; a TFDS split's label feature is read (images not decoded) only
-    until the first labelled example, so only a split without any is read through."""
+    """Whether `split` holds any example with a label (>= 0). Cheap: an image folder (read with
+    its class folders) labels every image it lists, so it is not listed again here; a TFDS
+    split's label feature is read (images not decoded) only until the first labelled example,
+    so only a split without any is read through."""
+    if image_folder_root(dataset) is not None:
+        # Every listed image has its class folder's label; an empty or damaged split is
+        # refused where the split is opened.
+        return True
     raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
     if raw.labels is not None:
         return bool(np.any(np.asarray(raw.labels) >= 0))
