@@ -1,7 +1,9 @@
 """`--mode=embed`: one model output (--embed_output, final_avg_pool by default) for every image
 of a split (--eval_split of --dataset: an image folder, a TFDS dataset or 'embedded'), computed
 with the evaluation preprocessing (central crop, bicubic resize to --image_size) and written as
-one .npz file with the images' ids, paths and labels, plus a JSON summary beside it.
+one .npz file with the images' ids, paths and labels, plus a JSON summary beside it. With
+--unlabelled an image folder is every image at any depth (under ROOT/<--eval_split>, else
+ROOT), its labels all -1 and no class names; a TFDS split keeps its labels (-1: none).
 
 The model is --checkpoint (a model_dir, a ckpt-N prefix, an export model_dir/saved_model/<step>
 or a converted published model's model_dir) or, without it, the newest checkpoint in
