@@ -19,6 +19,7 @@ from tf_simclr import cli
 from tf_simclr.config import Config, ConfigError, resolve
 from tf_simclr.evaluation import visualize
 from tf_simclr.workflows import embed, runner
+from tf_simclr.workflows.report import format_report
 
 CLASSES = ("cat", "dog")
 IMAGE_SIZE = 16  # the tiny run's; the folder's 20 x 24 images are resized to it
@@ -327,6 +328,9 @@ def test_any_folder_is_embedded_whole_without_the_split_folder(run, tmp_path):
     expected = run["outputs"]["final_avg_pool"][[source_of[i] for i in saved["ids"]]]
     np.testing.assert_allclose(saved["features"], expected, rtol=1e-4, atol=1e-5)
     assert summary["bad_images"] == 0 and summary["count"] == len(targets)
+    assert summary["folder"] == str(folder)  # read whole: it has no test/ folder
+    report = format_report(summary, _embed_config(run["model_dir"], folder, "e.npz"))
+    assert f"of {len(targets)} images at any depth under {folder} (unlabelled)" in report
     with pytest.raises(ValueError, match="--unlabelled"):
         runner.run(_embed_config(run["model_dir"], folder, tmp_path / "labelled" / "e.npz"))
     assert _nothing_written(tmp_path / "labelled")

@@ -156,6 +156,8 @@ def _results(config: Config, split: _Split, out: str, model_path: str, features,
         "bad_images": bad_count,
         "bad_image_names": bad,
     }
+    if split.folder is not None:
+        summary["folder"] = split.folder
     if bad_count:
         log.warning(
             "%d image(s) of split %r could not be read and are not in %s%s%s",
@@ -180,6 +182,7 @@ class _Split:
     paths: dict[str, str] | None  # id -> absolute file path (image folders)
     labelled: bool
     class_names: tuple[str, ...]
+    folder: str | None = None  # the directory an image folder's ids are relative to
 
 
 def _check_settings_source(config: Config) -> None:
@@ -232,7 +235,7 @@ def _open_split(config: Config) -> _Split:
     it has no such folder (labels -1, no classes)."""
     split = config.eval_split
     root = data_lib.image_folder_root(config.dataset)
-    listed_ids, bad_before, paths = [], [], None
+    listed_ids, bad_before, paths, split_dir = [], [], None, None
     if root is not None:
         files, bad, split_dir = _list_folder(config, root)
         listed_ids = [os.path.relpath(p, split_dir).replace(os.sep, "/") for p in files]
@@ -269,6 +272,7 @@ def _open_split(config: Config) -> _Split:
         paths=paths,
         labelled=info.num_classes > 0,
         class_names=tuple(info.class_names),
+        folder=split_dir and os.path.abspath(split_dir),
     )
 
 
