@@ -152,7 +152,9 @@ def has_labelled_example(
     raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
     if raw.labels is not None:
         return bool(np.any(np.asarray(raw.labels) >= 0))
-    for labels in _map(raw.dataset, lambda d: d["label"]).batch(1024):
+    # Each record is read whole (TFRecords hold the image bytes beside the label): small
+    # batches, so a labelled split stops after a few records.
+    for labels in _map(raw.dataset, lambda d: d["label"]).batch(64):
         if np.any(labels.numpy() >= 0):
             return True
     return False
