@@ -153,6 +153,7 @@ def _nothing_written(folder):
     "case, error, message",
     [
         ("empty folder", ValueError, "is empty"),
+        ("unlabelled, no image", ValueError, r"as unlabelled images \(--unlabelled\): No images"),
         ("unreadable images", ValueError, "No readable images"),
         ("no checkpoint", FileNotFoundError, "there is none"),
         (
@@ -173,6 +174,11 @@ def test_bad_input_is_named_before_anything_is_written(run, tmp_path, case, erro
     if case == "empty folder":
         folder = tmp_path / "empty"
         folder.mkdir()
+    elif case == "unlabelled, no image":
+        folder = tmp_path / "notes"
+        (folder / "deep").mkdir(parents=True)
+        (folder / "deep" / "a.txt").write_text("no image at any depth")
+        changes["unlabelled"] = True
     elif case == "unreadable images":
         folder = tmp_path / "unreadable"
         for name in CLASSES:
