@@ -199,7 +199,7 @@ class DataSettings:
     )
     unlabelled: bool = _setting(
         False,
-        "The training data has no labels: an image folder is read as every image at any depth under ROOT/<train_split> (under ROOT when it has no train/ folder), class folders or not; other sources' labels are ignored. Pretraining only; the online linear head (--lineareval_while_pretraining) is switched off, and the kNN and linear probe need --eval_dataset.",
+        "The training data has no labels: an image folder is read as every image at any depth under ROOT/<train_split> (under ROOT when it has no train/ folder), class folders or not; other sources' labels are ignored. Pretraining only; the online linear head (--lineareval_while_pretraining) is switched off, and the kNN and linear probe need --eval_dataset. With --mode=embed: the images to embed are read so (ROOT/<eval_split>, else ROOT), with any model.",
     )
     eval_dataset: str | None = _setting(
         None,

@@ -118,8 +118,9 @@ def _check_data(config) -> None:
 
 
 def _check_unlabelled(config) -> None:
-    """--unlabelled: pretraining only, and nothing to evaluate on without --eval_dataset."""
-    if not config.unlabelled:
+    """--unlabelled: pretraining only, and nothing to evaluate on without --eval_dataset.
+    (--mode=embed reads its images that way with any model: no check.)"""
+    if not config.unlabelled or config.mode == "embed":
         return
     if config.mode == "semi_supervised" or config.train_mode != "pretrain":
         what = (

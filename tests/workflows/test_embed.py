@@ -19,6 +19,7 @@ from tf_simclr import cli
 from tf_simclr.config import Config, ConfigError, resolve
 from tf_simclr.evaluation import visualize
 from tf_simclr.workflows import embed, runner
+from tf_simclr.workflows.report import format_report
 
 CLASSES = ("cat", "dog")
 IMAGE_SIZE = 16  # the tiny run's; the folder's 20 x 24 images are resized to it
@@ -75,15 +76,14 @@ def run(tmp_path_factory):
 
 
 def _embed_config(model_dir, folder, out, **changes):
-    return tiny_config(
-        model_dir,
+    values = dict(
         mode="embed",
         dataset=str(folder),
         eval_split="test",
         eval_batch_size=3,  # 8 images: batches of 3, 3 and 2
         embed_out=str(out),
-        **changes,
     )
+    return tiny_config(model_dir, **{**values, **changes})
 
 
 class _Lines(logging.Handler):
@@ -153,9 +153,14 @@ def _nothing_written(folder):
     "case, error, message",
     [
         ("empty folder", ValueError, "is empty"),
+        ("unlabelled, no image", ValueError, r"as unlabelled images \(--unlabelled\): No images"),
         ("unreadable images", ValueError, "No readable images"),
         ("no checkpoint", FileNotFoundError, "there is none"),
-        ("images without class folders", ValueError, "lie directly in the image folder"),
+        (
+            "images without class folders",
+            ValueError,
+            "lie directly in the image folder.*--unlabelled",
+        ),
         ("missing split", ValueError, "Split 'test' not found"),
         ("strict data", ValueError, "corrupt or non-image file.*test/dog/9.png"),
         ("checkpoint over another run", ConfigError, "holds a run, whose settings"),
@@ -169,6 +174,11 @@ def test_bad_input_is_named_before_anything_is_written(run, tmp_path, case, erro
     if case == "empty folder":
         folder = tmp_path / "empty"
         folder.mkdir()
+    elif case == "unlabelled, no image":
+        folder = tmp_path / "notes"
+        (folder / "deep").mkdir(parents=True)
+        (folder / "deep" / "a.txt").write_text("no image at any depth")
+        changes["unlabelled"] = True
     elif case == "unreadable images":
         folder = tmp_path / "unreadable"
         for name in CLASSES:
@@ -275,6 +285,89 @@ def test_neighbour_picture_shows_the_nearest_images_by_the_features_written(run,
             if column:
                 same = saved["labels"][shown] == saved["labels"][query]
                 assert tuple(picture[y - 1, x]) == ((40, 170, 70) if same else (210, 50, 40))
+
+
+def _embed_unlabelled(run, folder, out, **changes):
+    """--mode=embed --unlabelled of `folder` with the run's newest checkpoint (a run trained
+    with labels: the reading of the images to embed is not the model's)."""
+    config = _embed_config(run["model_dir"], folder, out, unlabelled=True, **changes)
+    return runner.run(config), np.load(out)
+
+
+def test_an_unlabelled_split_folder_embeds_every_image_at_any_depth(run, tmp_path):
+    """--unlabelled with ROOT/test present: every image under it (class folders or not), in
+    path order, with the features of the export and the two damaged files counted."""
+    summary, saved = _embed_unlabelled(run, run["folder"], tmp_path / "e.npz", embed_neighbours=2)
+    files = run["files"]
+    assert list(saved["paths"]) == sorted(files)
+    np.testing.assert_allclose(
+        saved["features"], run["outputs"]["final_avg_pool"], rtol=1e-4, atol=1e-5
+    )
+    assert list(saved["labels"]) == [-1] * len(files)  # no labels: -1, no classes
+    assert list(saved["class_names"]) == []
+    assert summary["labelled"] is False and summary["bad_images"] == 2
+    assert summary["bad_image_names"] == ["dog/9.png", "cat/8.png"]
+    picture = np.asarray(Image.open(summary["neighbours"]).convert("RGB"))
+    for row in range(2):  # every neighbour framed grey: no class to match
+        for column in range(1, len(files)):
+            y, x = visualize.neighbour_tile_origin(row, column, IMAGE_SIZE * 4)
+            assert tuple(picture[y - 1, x]) == (150, 150, 150), (row, column)
+
+
+def test_any_folder_is_embedded_whole_without_the_split_folder(run, tmp_path):
+    """A folder without a test/ folder, its images at several depths and no class folders:
+    with --unlabelled every image is embedded (ids relative to the folder), features equal
+    the export's for the same images; without it, the error names --unlabelled."""
+    folder = tmp_path / "photos"
+    targets = ["a.png", "2020/b.png", "2020/x/c.png", "2021/d.png", "2021/x/y/e.png"]
+    for target, source in zip(targets, run["files"], strict=False):
+        (folder / target).parent.mkdir(parents=True, exist_ok=True)
+        (folder / target).write_bytes(open(source, "rb").read())
+    (folder / ".hidden").mkdir()
+    (folder / ".hidden" / "f.png").write_bytes(open(run["files"][5], "rb").read())
+    (folder / "notes.txt").write_text("not an image")
+    summary, saved = _embed_unlabelled(run, folder, tmp_path / "out" / "e.npz")
+    written = {str(folder / t) for t in targets}
+    assert set(saved["paths"]) == written and len(saved["paths"]) == len(written)
+    assert list(saved["ids"]) == sorted(targets)
+    source_of = dict(zip(targets, range(len(targets)), strict=False))
+    expected = run["outputs"]["final_avg_pool"][[source_of[i] for i in saved["ids"]]]
+    np.testing.assert_allclose(saved["features"], expected, rtol=1e-4, atol=1e-5)
+    assert summary["bad_images"] == 0 and summary["count"] == len(targets)
+    assert summary["folder"] == str(folder)  # read whole: it has no test/ folder
+    report = format_report(summary, _embed_config(run["model_dir"], folder, "e.npz"))
+    assert f"of {len(targets)} images at any depth under {folder} (unlabelled)" in report
+    with pytest.raises(ValueError, match="--unlabelled"):
+        runner.run(_embed_config(run["model_dir"], folder, tmp_path / "labelled" / "e.npz"))
+    assert _nothing_written(tmp_path / "labelled")
+
+
+def test_a_mixed_tfds_split_keeps_its_labels_and_minus_one(run, mixed_tfds, tmp_path):
+    """A TFDS split of labelled and unlabelled images: every image embedded, with its stored
+    label (read here with TFDS itself), -1 where it has none."""
+    import tensorflow_datasets as tfds
+    from helpers import mixed_tfds as mixed
+
+    config = _embed_config(
+        run["model_dir"],
+        mixed.NAME,
+        tmp_path / "e.npz",
+        data_dir=str(mixed_tfds),
+        eval_split=mixed.MIXED_SPLIT,
+        eval_batch_size=8,
+    )
+    summary = runner.run(config)
+    saved = np.load(tmp_path / "e.npz")
+    builder = tfds.builder_from_directory(str(mixed_tfds / mixed.NAME / "1.0.0"))
+    stored = builder.as_dataset(split=mixed.MIXED_SPLIT)
+    label_of = {d["id"].decode(): int(d["label"]) for d in tfds.as_numpy(stored)}
+    assert sorted(saved["ids"]) == sorted(label_of)
+    assert [int(x) for x in saved["labels"]] == [label_of[i] for i in saved["ids"]]
+    assert int(np.sum(saved["labels"] == -1)) == mixed.NUM_UNLABELLED
+    counts = np.bincount(saved["labels"][saved["labels"] >= 0])
+    assert counts.tolist() == [mixed.TRAIN_PER_CLASS] * 3
+    assert list(saved["class_names"]) == list(mixed.CLASS_NAMES)
+    assert summary["count"] == mixed.NUM_MIXED and summary["bad_images"] == 0
 
 
 def test_embed_settings_are_neither_part_of_the_run_nor_inherited():

@@ -139,3 +139,58 @@ def test_the_recipe_on_a_split_without_labels_is_refused_before_any_stage(mixed_
     with pytest.raises(ConfigError, match="--train_split='unlabelled' has no labelled image"):
         runner.run(config.replace(train_split="unlabelled", train_batch_size=8))
     assert not os.path.exists(os.path.join(config.model_dir, "pretrain"))
+
+
+def _nothing_trained(model_dir) -> bool:
+    """No checkpoint (nor its index) was written into `model_dir`."""
+    names = os.listdir(model_dir) if os.path.isdir(model_dir) else []
+    return not any(name.startswith("ckpt") or name == "checkpoint" for name in names)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            dict(eval_split="unlabelled"),
+            r"--eval_split='unlabelled' has no labelled example",
+        ),
+        (
+            dict(train_split="unlabelled", train_batch_size=8),
+            r"--train_split='unlabelled' has no labelled example.*the kNN bank.*"
+            r"--eval_dataset=<labelled data>.*--mode=train to pretrain only",
+        ),
+        (
+            dict(eval_dataset=mixed.NAME, eval_split="unlabelled"),
+            r"--eval_split='unlabelled' of --eval_dataset=mixed3 has no labelled example",
+        ),
+    ],
+    ids=["eval split", "kNN bank split", "eval split of --eval_dataset"],
+)
+def test_a_split_without_labels_is_refused_before_training(mixed_tfds, tmp_path, changes, message):
+    """--mode=train_then_eval scores labelled images and fits the kNN bank and the probe on
+    labelled ones: a split whose every label is -1 stops the run before any step is taken."""
+    config = _mixed_config(
+        tmp_path / "run", mixed_tfds, mode="train_then_eval", train_steps=1, **changes
+    )
+    with pytest.raises(ValueError, match=message):
+        runner.run(config)
+    assert _nothing_trained(config.model_dir)
+
+
+def test_a_split_has_a_labelled_example_as_its_stored_labels_say(mixed_tfds, tmp_path):
+    """data.has_labelled_example against the labels the dataset was written with
+    (helpers.mixed_tfds.split_labels), for TFDS splits and their unions, and for an image
+    folder (labels from its class folders)."""
+    from PIL import Image
+
+    from tf_simclr import data as data_lib
+
+    folder = tmp_path / "images" / "train" / "cat"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+    assert data_lib.has_labelled_example(str(tmp_path / "images"), split="train")
+
+    for split in ("train", "unlabelled", "test", "train+unlabelled", "unlabelled+test"):
+        stored = np.concatenate([mixed.split_labels(s) for s in split.split("+")])
+        found = data_lib.has_labelled_example(mixed.NAME, data_dir=str(mixed_tfds), split=split)
+        assert found == bool(np.any(stored >= 0)), split

@@ -40,6 +40,7 @@ from tf_simclr.data.folders import (
 from tf_simclr.data.labels import (
     LabelCache,
     count_examples,
+    has_labelled_example,
     label_fraction_indices,
     labelled_class_counts,
     labelled_subset_indices,
@@ -90,6 +91,7 @@ __all__ = [
     "describe_unlabelled_folder",
     "image_folder_root",
     "label_fraction_indices",
+    "has_labelled_example",
     "labelled_class_counts",
     "labelled_subset_indices",
     "list_image_folder",

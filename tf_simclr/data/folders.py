@@ -345,9 +345,10 @@ def _no_readable_images(directory: str, found: str, bad: dict[str, str], extensi
 # -- unlabelled folders: every image at any depth ------------------------------------------
 
 
-def unlabelled_image_dir(root: str, split: str = "train") -> str:
+def unlabelled_image_dir(root: str, split: str = "train", *, root_if_no_split: bool = False) -> str:
     """The directory an unlabelled image folder's ``split`` is read from: root/<split> when it
-    exists, else root itself for "train" (a folder without split folders)."""
+    exists, else root itself for "train" (a folder without split folders), or for any split
+    with ``root_if_no_split`` (--mode=embed: any folder is embedded whole)."""
     root = os.path.expanduser(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(
@@ -357,7 +358,7 @@ def unlabelled_image_dir(root: str, split: str = "train") -> str:
     split_dir = os.path.join(root, split)
     if os.path.isdir(split_dir):
         return split_dir
-    if split == "train":
+    if split == "train" or root_if_no_split:
         return root
     raise ValueError(
         f"Split {split!r} not found in the unlabelled image folder {root!r}: there is no "
@@ -386,14 +387,21 @@ def _walk_image_files(directory: str, extensions) -> tuple[list[str], int]:
 
 
 def list_unlabelled_images(
-    root: str, split: str = "train", *, strict: bool = False, extensions=IMAGE_EXTENSIONS, warn=True
+    root: str,
+    split: str = "train",
+    *,
+    strict: bool = False,
+    extensions=IMAGE_EXTENSIONS,
+    warn=True,
+    root_if_no_split: bool = False,
 ) -> tuple[list[str], list[str], str]:
     """List (paths, bad_paths, directory) of every image at any depth under root/<split> (or
     root, for "train" of a folder without split folders), read without labels: class folders,
     if any, are ignored. Damaged files are skipped with a warning as in ``list_image_folder``
     (``strict=True``: they raise); no image at all, or none readable, raises ValueError
-    naming the folder, the count and the fix."""
-    directory = unlabelled_image_dir(root, split)
+    naming the folder, the count and the fix. ``root_if_no_split``: see
+    ``unlabelled_image_dir``."""
+    directory = unlabelled_image_dir(root, split, root_if_no_split=root_if_no_split)
     candidates, _ = _walk_image_files(directory, _CONVERT_EXTENSIONS)
     if not candidates:
         raise ValueError(
@@ -420,10 +428,12 @@ def list_unlabelled_images(
     return paths, list(bad), directory
 
 
-def describe_unlabelled_folder(root: str, split: str = "train") -> str:
+def describe_unlabelled_folder(
+    root: str, split: str = "train", *, root_if_no_split: bool = False
+) -> str:
     """The log line saying how an unlabelled folder is read, e.g. "Reading /x/train as
     unlabelled images: 12,345 images in 3 sub-folders; labels ignored." (names only)."""
-    directory = unlabelled_image_dir(root, split)
+    directory = unlabelled_image_dir(root, split, root_if_no_split=root_if_no_split)
     files, folders = _walk_image_files(directory, IMAGE_EXTENSIONS)
     direct = sum(os.path.dirname(p) == directory for p in files)
     text = f"Reading {directory} as unlabelled images: {len(files):,} images"

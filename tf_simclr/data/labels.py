@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from tf_simclr.data.folders import _MAX_LOGGED
-from tf_simclr.data.sources import DEFAULT_DATASET, _map, _open_raw, _Raw
+from tf_simclr.data.sources import DEFAULT_DATASET, _map, _open_raw, _Raw, image_folder_root
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,28 @@ def labelled_class_counts(
     labels = np.asarray(labels, np.int64)
     counts = np.bincount(labels[labels >= 0], minlength=len(names))  # unlabelled: no class
     return {name: int(n) for name, n in zip(names, counts, strict=False)}, total
+
+
+def has_labelled_example(
+    dataset: str, *, data_dir: str | None = None, split: str = "train", strict: bool = False
+) -> bool:
+    """Whether `split` holds any example with a label (>= 0). Cheap: an image folder (read with
+    its class folders) labels every image it lists, so it is not listed again here; a TFDS
+    split's label feature is read (images not decoded) only until the first labelled example,
+    so only a split without any is read through."""
+    if image_folder_root(dataset) is not None:
+        # Every listed image has its class folder's label; an empty or damaged split is
+        # refused where the split is opened.
+        return True
+    raw = _open_raw(dataset, data_dir, split, strict, None, warn=False)
+    if raw.labels is not None:
+        return bool(np.any(np.asarray(raw.labels) >= 0))
+    # Each record is read whole (TFRecords hold the image bytes beside the label): small
+    # batches, so a labelled split stops after a few records.
+    for labels in _map(raw.dataset, lambda d: d["label"]).batch(64):
+        if np.any(labels.numpy() >= 0):
+            return True
+    return False
 
 
 def labelled_subset_ids(

@@ -109,10 +109,15 @@ def _folder_raw(root: str, split: str, strict: bool, warn: bool = True) -> _Raw:
     )
 
 
-def _unlabelled_folder_raw(root: str, split: str, strict: bool, warn: bool = True) -> _Raw:
+def _unlabelled_folder_raw(
+    root: str, split: str, strict: bool, warn: bool = True, root_if_no_split: bool = False
+) -> _Raw:
     """Every image at any depth under root/<split> (root, for a folder without a train/
-    folder), each with label -1; ids are paths relative to that directory."""
-    paths, bad, directory = list_unlabelled_images(root, split, strict=strict, warn=warn)
+    folder, or any folder with ``root_if_no_split``), each with label -1; ids are paths
+    relative to that directory."""
+    paths, bad, directory = list_unlabelled_images(
+        root, split, strict=strict, warn=warn, root_if_no_split=root_if_no_split
+    )
     info = DatasetInfo(
         num_examples={split: len(paths)},
         num_classes=0,
@@ -257,13 +262,15 @@ def _open_raw(
     seed: int | None = None,
     warn: bool = True,
     unlabelled: bool = False,
+    root_if_no_split: bool = False,
 ) -> _Raw:
     """The source `dataset` names, before decoding; ``unlabelled``: read without labels (an
-    image folder as every image at any depth, other sources with their labels dropped)."""
+    image folder as every image at any depth, other sources with their labels dropped;
+    ``root_if_no_split``: the whole folder when it has no folder named ``split``)."""
     if unlabelled:
         folder = image_folder_root(dataset) if isinstance(dataset, str) else None
         if folder is not None:
-            return _unlabelled_folder_raw(folder, split, strict, warn)
+            return _unlabelled_folder_raw(folder, split, strict, warn, root_if_no_split)
         raw = _open_raw(dataset, data_dir, split, strict, input_context, shuffle_files, seed, warn)
         return _without_labels(raw)
     sh = (shuffle_files, seed)
@@ -366,6 +373,7 @@ def load_source(
     shuffle_files: bool = False,
     seed: int | None = None,
     unlabelled: bool = False,
+    root_if_no_split: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Open a source; returns (dataset of {"image": uint8 [H, W, 3], "label": int64}, info).
 
@@ -378,12 +386,21 @@ def load_source(
     TFDS; the whole file list for image folders, whose stored order is sorted by class).
     ``unlabelled``: every label is -1 (UNLABELLED) and ``info`` has no classes; an image
     folder is then every image at any depth under root/<split> (or root, for "train" of a
-    folder without split folders), class folders or not.
+    folder without split folders), class folders or not; with ``root_if_no_split``, root
+    itself for any split it has no folder for (--mode=embed embeds any folder).
     """
     # A subset of a TFDS split is picked by position, so its files must be read in order.
     tfds_shuffle = shuffle_files and indices is None
     raw = _open_raw(
-        dataset, data_dir, split, strict, input_context, tfds_shuffle, seed, unlabelled=unlabelled
+        dataset,
+        data_dir,
+        split,
+        strict,
+        input_context,
+        tfds_shuffle,
+        seed,
+        unlabelled=unlabelled,
+        root_if_no_split=root_if_no_split,
     )
     ds = raw.dataset
     if raw.paths is not None:

@@ -260,7 +260,9 @@ def neighbours_picture(
     if caption is None:
         caption = f"test image | its {k} nearest training images"
     frames = "green: same class, red: another"
-    if unlabelled is not None and np.any(unlabelled):
+    if unlabelled is not None and np.all(unlabelled):
+        frames = "grey: no labels"  # e.g. an unlabelled folder embedded: no class to show
+    elif unlabelled is not None and np.any(unlabelled):
         frames += ", grey: unlabelled"
     draw.text((border, border), f"{caption} (frame {frames})", fill=(0, 0, 0))
     return np.asarray(image)

@@ -1,7 +1,9 @@
 """`--mode=embed`: one model output (--embed_output, final_avg_pool by default) for every image
 of a split (--eval_split of --dataset: an image folder, a TFDS dataset or 'embedded'), computed
 with the evaluation preprocessing (central crop, bicubic resize to --image_size) and written as
-one .npz file with the images' ids, paths and labels, plus a JSON summary beside it.
+one .npz file with the images' ids, paths and labels, plus a JSON summary beside it. With
+--unlabelled an image folder is every image at any depth (under ROOT/<--eval_split>, else
+ROOT), its labels all -1 and no class names; a TFDS split keeps its labels (-1: none).
 
 The model is --checkpoint (a model_dir, a ckpt-N prefix, an export model_dir/saved_model/<step>
 or a converted published model's model_dir) or, without it, the newest checkpoint in
@@ -154,6 +156,8 @@ def _results(config: Config, split: _Split, out: str, model_path: str, features,
         "bad_images": bad_count,
         "bad_image_names": bad,
     }
+    if split.folder is not None:
+        summary["folder"] = split.folder
     if bad_count:
         log.warning(
             "%d image(s) of split %r could not be read and are not in %s%s%s",
@@ -178,6 +182,7 @@ class _Split:
     paths: dict[str, str] | None  # id -> absolute file path (image folders)
     labelled: bool
     class_names: tuple[str, ...]
+    folder: str | None = None  # the directory an image folder's ids are relative to
 
 
 def _check_settings_source(config: Config) -> None:
@@ -225,19 +230,14 @@ def _resolve_model(config: Config) -> tuple[str, str]:
 
 def _open_split(config: Config) -> _Split:
     """The split with the evaluation preprocessing; an empty or unreadable image folder (or a
-    missing split) raises ValueError naming it, before any model is loaded."""
+    missing split) raises ValueError naming it, before any model is loaded. With --unlabelled
+    an image folder is every image at any depth under ROOT/<--eval_split>, or under ROOT when
+    it has no such folder (labels -1, no classes)."""
     split = config.eval_split
     root = data_lib.image_folder_root(config.dataset)
-    listed_ids, bad_before, paths = [], [], None
+    listed_ids, bad_before, paths, split_dir = [], [], None, None
     if root is not None:
-        try:
-            files, _, _, bad = data_lib.list_image_folder(root, split, strict=config.strict_data)
-        except ValueError as err:
-            raise ValueError(
-                f"--mode=embed reads split --eval_split={split!r} of the image folder "
-                f"--dataset={root}: {err}"
-            ) from None
-        split_dir = os.path.dirname(os.path.dirname(files[0]))
+        files, bad, split_dir = _list_folder(config, root)
         listed_ids = [os.path.relpath(p, split_dir).replace(os.sep, "/") for p in files]
         bad_before = [os.path.relpath(p, split_dir).replace(os.sep, "/") for p in bad]
         paths = {i: os.path.abspath(p) for i, p in zip(listed_ids, files, strict=True)}
@@ -247,6 +247,8 @@ def _open_split(config: Config) -> _Split:
         split=split,
         strict=config.strict_data,
         with_ids=True,
+        unlabelled=config.unlabelled,
+        root_if_no_split=True,
     )
     image_size = config.image_size
     # As the evaluation pipeline (data.build_eval_dataset) preprocesses, keeping the ids.
@@ -270,7 +272,29 @@ def _open_split(config: Config) -> _Split:
         paths=paths,
         labelled=info.num_classes > 0,
         class_names=tuple(info.class_names),
+        folder=split_dir and os.path.abspath(split_dir),
     )
+
+
+def _list_folder(config: Config, root: str) -> tuple[list[str], list[str], str]:
+    """(good files, refused files, the folder the ids are relative to) of the image folder
+    `root`: split --eval_split by class folders, or with --unlabelled every image at any depth
+    (as training's --unlabelled reads a folder); ValueError naming the folder and the flag."""
+    split = config.eval_split
+    try:
+        if config.unlabelled:
+            log.info("%s", data_lib.describe_unlabelled_folder(root, split, root_if_no_split=True))
+            return data_lib.list_unlabelled_images(
+                root, split, strict=config.strict_data, root_if_no_split=True
+            )
+        files, _, _, bad = data_lib.list_image_folder(root, split, strict=config.strict_data)
+    except ValueError as err:
+        reading = " as unlabelled images (--unlabelled)" if config.unlabelled else ""
+        raise ValueError(
+            f"--mode=embed reads split --eval_split={split!r} of the image folder "
+            f"--dataset={root}{reading}: {err}"
+        ) from None
+    return files, bad, os.path.dirname(os.path.dirname(files[0]))
 
 
 def nearest_neighbours(features: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -299,12 +323,14 @@ def _neighbours_picture(split: _Split, features, labels, ids, config: Config) ->
                 thumbnails[image_id] = visualize.thumbnails(image[None])[0]
         if len(thumbnails) == len(wanted):
             break
+    # An unlabelled query or neighbour (-1) has no class to match: a grey frame.
+    unlabelled = (labels[neighbours] < 0) | (labels[queries] < 0)[:, None]
     return visualize.neighbours_picture(
         np.stack([thumbnails[ids[q]] for q in queries]),
         np.stack([[thumbnails[ids[n]] for n in row] for row in neighbours]),
-        # Unlabelled images (-1) are never of the same class.
-        (labels[neighbours] == labels[queries][:, None]) & (labels[neighbours] >= 0),
+        (labels[neighbours] == labels[queries][:, None]) & ~unlabelled,
         caption=f"image | its {neighbours.shape[1]} nearest images of the split",
+        unlabelled=unlabelled,
     )
 
 

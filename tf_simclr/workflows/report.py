@@ -204,10 +204,15 @@ def format_report(result: dict, config: Config) -> str:
         )
     if result.get("embeddings"):
         shape = "x".join(str(d) for d in result["shape"])
+        # An unlabelled folder is read whole when it has no folder named --eval_split.
+        read = (
+            f"at any depth under {result['folder']} (unlabelled)"
+            if result.get("folder") and not result.get("labelled")
+            else f"of split {result['split']!r} of {result['dataset']}"
+        )
         lines.append(
-            f"Embeddings ({result['output']}, {shape} each) of {result['count']} images of "
-            f"split {result['split']!r} of {result['dataset']}; "
-            f"{result['bad_images']} unreadable image(s) skipped."
+            f"Embeddings ({result['output']}, {shape} each) of {result['count']} images "
+            f"{read}; {result['bad_images']} unreadable image(s) skipped."
         )
     metrics = result.get("metrics")
     if metrics:

@@ -38,6 +38,12 @@ def check_saved_architecture(config: Config) -> None:
     if not os.path.isfile(path):
         return
     saved = Config.load(config.model_dir)
+    if config.mode == "embed":
+        # --unlabelled only says how the images to embed are read: the network is the run's.
+        config = config.replace(
+            unlabelled=saved.unlabelled,
+            lineareval_while_pretraining=saved.lineareval_while_pretraining,
+        )
     if saved.unlabelled != config.unlabelled:
         trained, now = ("without", "with") if saved.unlabelled else ("with", "without")
         raise ConfigError(
@@ -223,6 +229,44 @@ def _check_evaluation_data(config: Config) -> None:
     if config.eval_dataset and root is not None:
         data_lib.check_same_classes(root, (target.train_split, target.eval_split))
     _check_eval_split(target)
+    _check_splits_have_labels(config, target)
+
+
+def _check_splits_have_labels(config: Config, target: Config) -> None:
+    """The evaluation split, and the split the kNN bank and the probe are fit on, each hold
+    a labelled example (a split of only label -1, as STL-10's "unlabelled", has none): found
+    before training, not when its features are extracted after it."""
+    of = f" of --eval_dataset={target.dataset}" if config.eval_dataset else ""
+    if not _has_labels(target, target.eval_split):
+        raise ValueError(
+            f"--eval_split={target.eval_split!r}{of} has no labelled example (every label -1): "
+            "the accuracies score labelled images. Give a split with labels (e.g. "
+            "--eval_split=test)."
+        )
+    if not (config.knn_eval or config.linear_eval):
+        return
+    if _has_labels(target, target.train_split):
+        return
+    if config.eval_dataset:
+        flag = f"The 'train' split of --eval_dataset={target.dataset}"
+        fix = "Give an --eval_dataset whose train split has labels"
+    else:
+        flag = f"--train_split={target.train_split!r}"
+        fix = (
+            "Give --eval_dataset=<labelled data> to fit and score them on, a --train_split "
+            "with labels (e.g. 'train' or 'train+unlabelled'), or --mode=train to pretrain "
+            "only"
+        )
+    raise ValueError(
+        f"{flag} has no labelled example (every label -1): the kNN bank and the linear probe "
+        f"are fit on its labelled images after training. {fix}."
+    )
+
+
+def _has_labels(config: Config, split: str) -> bool:
+    return data_lib.has_labelled_example(
+        config.dataset, data_dir=config.data_dir, split=split, strict=config.strict_data
+    )
 
 
 def _check_enough_classes(num_classes: int, dataset: str) -> None:
