@@ -218,7 +218,7 @@ def eval_data_config(config: Config) -> Config:
 def num_train_examples(config: Config) -> int:
     """Examples per training epoch: the train split, or its labelled subset when fine-tuning
     on a label fraction / id file (distillation trains on every example)."""
-    labelled_subset = config.train_mode == "finetune"
+    labelled_subset = objectives.OBJECTIVES[config.train_mode].batches == "labelled_subset"
     return data_lib.count_examples(
         config.dataset,
         data_dir=config.data_dir,
@@ -314,13 +314,17 @@ def _single_view_dataset_fn(build, config: Config, global_batch_size: int, start
     return dataset_fn
 
 
+# The training pipeline of each kind of batches an objective takes (its `batches`).
+TRAINING_BATCHES = {
+    "two_views": pretrain_dataset_fn,
+    "labelled_subset": finetune_dataset_fn,
+    "all_images": distill_dataset_fn,
+}
+
+
 def training_dataset_fn(config: Config, global_batch_size: int, start_step: int = 0):
-    """The training pipeline of config.train_mode (see the three functions it picks from)."""
-    build = {
-        "pretrain": pretrain_dataset_fn,
-        "finetune": finetune_dataset_fn,
-        "distill": distill_dataset_fn,
-    }[config.train_mode]
+    """The training pipeline of the batches config.train_mode's objective takes."""
+    build = TRAINING_BATCHES[objectives.OBJECTIVES[config.train_mode].batches]
     return build(config, global_batch_size, start_step=start_step)
 
 

@@ -3,7 +3,11 @@
 Each objective is a small callable, ``objective(model, batch, training) -> Objective`` (the
 total, its loss terms and its rates), with ``metric_names(model)``. `SimCLRModel` holds the one
 its train mode chose (`for_train_mode`), and both ``fit()`` and tf_simclr's training loop take
-their step through it. A new objective is a new module here and one entry in OBJECTIVES.
+their step through it. A new objective is a new module here and one entry in OBJECTIVES; its
+``batches`` attribute names the training batches it takes ("two_views", "labelled_subset" or
+"all_images", which tf_simclr.factory builds), and its train mode is listed in
+tf_simclr.choices.TRAIN_MODES (the settings check it without importing TensorFlow; a test
+keeps the two lists equal).
 """
 
 from __future__ import annotations

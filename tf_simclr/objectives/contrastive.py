@@ -27,6 +27,8 @@ class ContrastivePretraining:
     "sup_labelled_examples" says how many images of the global batch were labelled."""
 
     train_mode = "pretrain"
+    # The training batches it takes (tf_simclr.factory.training_dataset_fn builds them).
+    batches = "two_views"
     metric_names_all = (
         "contrastive_loss",
         "sup_loss",

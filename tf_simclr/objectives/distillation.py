@@ -65,6 +65,8 @@ class Distillation:
     head's L2 term (`head_weight_decay`)."""
 
     train_mode = "distill"
+    # The training batches it takes (tf_simclr.factory.training_dataset_fn builds them).
+    batches = "all_images"
     metric_names_all = ("distill_loss", "sup_loss", "weight_decay_loss", "teacher_agreement")
 
     def __init__(self, temperature: float = 1.0, alpha: float = 0.0, head_weight_decay=0.0):

@@ -14,6 +14,8 @@ class SupervisedFineTuning:
     cross-entropy, trained through the network, plus its L2 term (`head_weight_decay`)."""
 
     train_mode = "finetune"
+    # The training batches it takes (tf_simclr.factory.training_dataset_fn builds them).
+    batches = "labelled_subset"
     metric_names_all = ("sup_loss", "weight_decay_loss", "sup_acc")
 
     def __init__(self, head_weight_decay: float = 0.0):
