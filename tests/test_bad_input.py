@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 from helpers.cli import config_from_argv
 from helpers.configs import tiny_config
-from helpers.files import png_bytes
+from helpers.files import png_bytes, write_files
 from PIL import Image
 
 from tf_simclr import augment, factory
@@ -40,15 +40,6 @@ def _config(tmp_path, **changes):
     values = dict(mode="train", train_steps=1)
     values.update(changes)
     return tiny_config(tmp_path / "model", **values)
-
-
-def _folder(root, files: dict[str, bytes]):
-    for rel, content in files.items():
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content)
-    return str(root)
 
 
 def _no_checkpoint_written(tmp_path):
@@ -87,7 +78,7 @@ def test_empty_image_folder(tmp_path):
 
 
 def test_folder_of_only_corrupt_and_non_image_files(tmp_path):
-    root = _folder(
+    root = write_files(
         tmp_path / "junk",
         {
             "train/a/broken.jpg": b"not a jpeg at all",
@@ -102,7 +93,7 @@ def test_folder_of_only_corrupt_and_non_image_files(tmp_path):
 
 
 def test_strict_data_names_the_corrupt_file(tmp_path):
-    root = _folder(
+    root = write_files(
         tmp_path / "imgs",
         {
             "train/a/0.png": png_bytes(np.zeros((8, 8, 3), np.uint8)),
@@ -114,7 +105,9 @@ def test_strict_data_names_the_corrupt_file(tmp_path):
 
 
 def test_missing_train_split_of_a_folder(tmp_path):
-    root = _folder(tmp_path / "imgs", {"test/a/0.png": png_bytes(np.zeros((8, 8, 3), np.uint8))})
+    root = write_files(
+        tmp_path / "imgs", {"test/a/0.png": png_bytes(np.zeros((8, 8, 3), np.uint8))}
+    )
     with pytest.raises(ValueError, match=r"'train' not found.*available splits: \['test'\]"):
         runner.run(_config(tmp_path, dataset=root))
 
@@ -161,22 +154,22 @@ def _looks_whole_but_does_not_decode() -> bytes:
 def test_an_unlabelled_folder_with_nothing_to_train_on_stops_before_writing(
     tmp_path, files, message
 ):
-    root = _folder(tmp_path / "photos", files)
+    root = write_files(tmp_path / "photos", files)
     with pytest.raises(ValueError, match=message):
         runner.run(_config(tmp_path, dataset=root, unlabelled=True))
     assert not (tmp_path / "model").exists()
 
 
 def test_images_without_class_folders_name_unlabelled_as_the_fix(tmp_path):
-    root = _folder(tmp_path / "photos", {"train/0.png": _png(), "train/1.png": _png(seed=1)})
+    root = write_files(tmp_path / "photos", {"train/0.png": _png(), "train/1.png": _png(seed=1)})
     with pytest.raises(ValueError, match=r"directly in the split folder.*--unlabelled"):
         runner.run(_config(tmp_path, dataset=root))
     assert not (tmp_path / "model").exists()
 
 
 def test_an_eval_dataset_with_other_classes_in_its_splits_stops_before_training(tmp_path):
-    photos = _folder(tmp_path / "photos", {f"{i}.png": _png(seed=i) for i in range(40)})
-    labelled = _folder(
+    photos = write_files(tmp_path / "photos", {f"{i}.png": _png(seed=i) for i in range(40)})
+    labelled = write_files(
         tmp_path / "labelled",
         {"train/cat/0.png": _png(), "train/dog/0.png": _png(seed=1), "test/cat/0.png": _png()},
     )
@@ -191,7 +184,7 @@ def test_an_eval_dataset_with_other_classes_in_its_splits_stops_before_training(
 
 
 def test_unlabelled_train_then_eval_without_eval_dataset_is_a_usage_error(tmp_path):
-    photos = _folder(tmp_path / "photos", {f"{i}.png": _png(seed=i) for i in range(4)})
+    photos = write_files(tmp_path / "photos", {f"{i}.png": _png(seed=i) for i in range(4)})
     with pytest.raises(ConfigError, match=r"Add --eval_dataset=<labelled data>.*--mode=train"):
         config_from_argv(f"--dataset={photos}", "--unlabelled", f"--model_dir={tmp_path / 'm'}")
     assert not (tmp_path / "m").exists()
@@ -314,7 +307,7 @@ def _odd_images(root) -> str:
             files[d + "x.bmp"] = encoded(rng.integers(0, 256, (7, 5, 3), dtype=np.uint8), "BMP")
     files["train/chat/cassé.jpg"] = b"\xff\xd8\xff\xe0 truncated"
     files["train/chat/notes.png"] = b"plain text with an image name"
-    return _folder(root, files)
+    return write_files(root, files)
 
 
 def test_odd_images_under_a_non_ascii_path_are_usable(tmp_path, caplog):
@@ -362,7 +355,7 @@ def test_convert_module_command_writes_a_readable_tfds_directory(tmp_path):
         for cls in ("a", "b")
         for i in range(2)
     }
-    src = _folder(tmp_path / "imgs", files)
+    src = write_files(tmp_path / "imgs", files)
     dst = tmp_path / "tfds"
     proc = subprocess.run(
         [sys.executable, "-m", "tf_simclr.data", "convert", "--src", src, "--dst", str(dst)],
@@ -494,7 +487,7 @@ def test_truncated_jpeg_and_png_are_counted_or_refused_up_front(tmp_path, caplog
     def image():
         return rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
 
-    root = _folder(
+    root = write_files(
         tmp_path / "imgs",
         {
             "train/a/good.png": png_bytes(image()),
@@ -528,7 +521,7 @@ def test_evaluation_honours_strict_data_and_counts_skipped_files(tmp_path, caplo
     def image():
         return rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
 
-    root = _folder(
+    root = write_files(
         tmp_path / "imgs",
         {
             "train/a/0.png": png_bytes(image()),
@@ -558,7 +551,7 @@ def test_eval_steps_evaluate_a_stratified_subset_not_the_first_class(tmp_path, c
             files[f"test/{c}/{i:02d}.png"] = png_bytes(
                 rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
             )
-    root = _folder(tmp_path / "imgs", files)
+    root = write_files(tmp_path / "imgs", files)
     config = _config(tmp_path, dataset=root, eval_steps=2, eval_batch_size=4, seed=3)
 
     def labels_and_pixels(dataset):
@@ -852,7 +845,7 @@ def test_eval_split_layout_is_checked_before_training(tmp_path):
     pixels = np.zeros((8, 8, 3), np.uint8)
     files = {f"train/{c}/{i}.png": png_bytes(pixels + i) for c in "ab" for i in range(4)}
     files.update({f"test/{c}/0.png": png_bytes(pixels) for c in "abz"})
-    root = _folder(tmp_path / "images", files)
+    root = write_files(tmp_path / "images", files)
     config = _config(tmp_path, dataset=root, mode="train_then_eval", image_size=8)
     with pytest.raises(ValueError, match=r"'test' .*\['z'\] that 'train' lacks"):
         runner.run(config)
@@ -904,7 +897,7 @@ def test_one_class_dataset_cannot_be_evaluated(tmp_path):
     files = {
         f"{s}/only/{i}.png": png_bytes(pixels + i) for s in ("train", "test") for i in range(4)
     }
-    root = _folder(tmp_path / "images", files)
+    root = write_files(tmp_path / "images", files)
     config = _config(
         tmp_path, dataset=root, mode="train_then_eval", image_size=8, train_batch_size=4
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.cli import config_from_argv
 from helpers.configs import tiny_config
 
 from tf_simclr import cli
@@ -77,27 +78,19 @@ def test_replace_to_another_mode_takes_its_defaults_unless_given():
     }
 
 
-def _config_from(argv):
-    cli.FLAGS(["tf-simclr", *argv])
-    try:
-        return cli.config_from_flags()
-    finally:
-        cli.FLAGS.unparse_flags()
-
-
 def test_the_command_line_applies_mode_defaults_only_where_no_flag_was_given(tmp_path):
     base = ["--train_mode=finetune", "--checkpoint=/nowhere", f"--model_dir={tmp_path / 'a'}"]
-    assert _schedule(_config_from(base)) == FINETUNE
-    given = _config_from([*base, "--learning_rate=4.0", "--train_epochs=12"])
+    assert _schedule(config_from_argv(*base)) == FINETUNE
+    given = config_from_argv(*base, "--learning_rate=4.0", "--train_epochs=12")
     assert _schedule(given) == PRETRAIN and given.mode_defaulted == ()
-    assert _schedule(_config_from([f"--model_dir={tmp_path / 'b'}"])) == PRETRAIN
+    assert _schedule(config_from_argv(f"--model_dir={tmp_path / 'b'}")) == PRETRAIN
 
 
 def test_resuming_keeps_what_the_run_recorded(tmp_path):
     # A fine-tuning run saved with explicit values (e.g. by an older version) resumes with
     # them, though the flags given now name no learning rate or epochs.
     Config(train_mode="finetune", checkpoint="/pre", model_dir=str(tmp_path), **PRETRAIN).save()
-    resumed = _config_from([f"--model_dir={tmp_path}", "--seed=0"])
+    resumed = config_from_argv(f"--model_dir={tmp_path}", "--seed=0")
     assert _schedule(resumed) == PRETRAIN
     assert describe_mode_defaults(resumed) is None
 

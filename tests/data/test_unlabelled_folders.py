@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers.files import png_bytes
+from helpers.files import png_bytes, write_files
 from PIL import Image
 
 from tf_simclr import data as D
@@ -30,15 +30,6 @@ def _jpeg(size: int = 20) -> bytes:
     return buf.getvalue()
 
 
-def _write(root, files: dict[str, bytes]) -> str:
-    for rel, content in files.items():
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content)
-    return str(root)
-
-
 def _undecodable_png() -> bytes:
     """A PNG whose first and last bytes look whole (signature, IEND) but whose header is
     zeroed: the listing's cheap check passes it, decoding fails."""
@@ -48,7 +39,7 @@ def _undecodable_png() -> bytes:
 
 
 def test_every_image_at_any_depth_under_train_is_read_with_label_minus_one(tmp_path):
-    root = _write(
+    root = write_files(
         tmp_path / "photos",
         {
             "train/0.png": _png(),
@@ -76,7 +67,7 @@ def test_every_image_at_any_depth_under_train_is_read_with_label_minus_one(tmp_p
 
 
 def test_a_folder_without_train_is_read_whole_and_class_folders_too(tmp_path):
-    flat = _write(tmp_path / "flat", {"a.png": _png(), "b.png": _png(), "sub/c.png": _png()})
+    flat = write_files(tmp_path / "flat", {"a.png": _png(), "b.png": _png(), "sub/c.png": _png()})
     paths, _, directory = D.list_unlabelled_images(flat)
     assert directory == flat
     assert set(paths) == {os.path.join(flat, n) for n in ("a.png", "b.png", "sub/c.png")}
@@ -86,7 +77,7 @@ def test_a_folder_without_train_is_read_whole_and_class_folders_too(tmp_path):
     )
 
     # A labelled folder read as unlabelled: the same files the labelled reading lists.
-    classes = _write(
+    classes = write_files(
         tmp_path / "classes",
         {f"train/{c}/{i}.png": _png() for c in ("cat", "dog", "eel") for i in range(3)}
         | {"test/cat/0.png": _png()},
@@ -102,7 +93,7 @@ def test_a_folder_without_train_is_read_whole_and_class_folders_too(tmp_path):
 
 
 def test_the_pretraining_pipeline_yields_two_views_and_label_minus_one(tmp_path):
-    root = _write(tmp_path / "flat", {f"{i:02d}.png": _png() for i in range(10)})
+    root = write_files(tmp_path / "flat", {f"{i:02d}.png": _png() for i in range(10)})
     dataset, info = D.build_pretrain_dataset(
         root, batch_size=4, image_size=16, seed=1, unlabelled=True
     )
@@ -125,14 +116,14 @@ def test_the_pretraining_pipeline_yields_two_views_and_label_minus_one(tmp_path)
 def test_without_the_flag_images_outside_class_folders_name_unlabelled(
     tmp_path, files, where, unlabelled_count
 ):
-    root = _write(tmp_path / "x", {rel: _png() for rel in files})
+    root = write_files(tmp_path / "x", {rel: _png() for rel in files})
     with pytest.raises(ValueError, match=rf"lie directly in the {where}.*--unlabelled"):
         D.load_source(root)
     assert D.count_examples(root, unlabelled=True) == unlabelled_count
 
 
 def test_unlabelled_identity_counts_every_image_and_differs_from_the_labelled_one(tmp_path):
-    root = _write(
+    root = write_files(
         tmp_path / "classes",
         {f"train/{c}/{i}.png": _png() for c in ("cat", "dog") for i in range(3)},
     )
@@ -142,13 +133,13 @@ def test_unlabelled_identity_counts_every_image_and_differs_from_the_labelled_on
     assert unlabelled["class_names"] == [] and unlabelled["unlabelled"] is True
     assert labelled["class_names"] == ["cat", "dog"]
     assert unlabelled["fingerprint"] != labelled["fingerprint"]
-    _write(tmp_path / "classes", {"train/cat/deeper/9.png": _png()})
+    write_files(tmp_path / "classes", {"train/cat/deeper/9.png": _png()})
     grown = data_identity(root, None, "train", unlabelled=True)
     assert grown["num_examples"] == 7 and grown["fingerprint"] != unlabelled["fingerprint"]
 
 
 def test_an_unlabelled_folder_without_images_says_so(tmp_path):
-    root = _write(tmp_path / "nothing", {"train/a/readme.txt": b"hi", "train/b/c/x.csv": b"1"})
+    root = write_files(tmp_path / "nothing", {"train/a/readme.txt": b"hi", "train/b/c/x.csv": b"1"})
     for call in (
         lambda: D.load_source(root, unlabelled=True),
         lambda: data_identity(root, None, "train", unlabelled=True),
@@ -160,7 +151,7 @@ def test_an_unlabelled_folder_without_images_says_so(tmp_path):
 
 
 def test_all_unreadable_images_stop_with_their_count(tmp_path, caplog):
-    root = _write(
+    root = write_files(
         tmp_path / "junk",
         {"0.png": b"not a png", "a/1.jpg": b"\xff\xd8\xff cut short", "a/2.png": b""},
     )
@@ -168,28 +159,28 @@ def test_all_unreadable_images_stop_with_their_count(tmp_path, caplog):
         with pytest.raises(ValueError, match=r"all 3 image file\(s\) are corrupt or unreadable"):
             D.load_source(root, unlabelled=True)
     # The labelled reading says the same, with the count.
-    labelled = _write(tmp_path / "labelled", {"train/a/0.png": b"junk", "train/b/1.png": b""})
+    labelled = write_files(tmp_path / "labelled", {"train/a/0.png": b"junk", "train/b/1.png": b""})
     with pytest.raises(ValueError, match=r"No readable images.*all 2 image file\(s\)"):
         D.load_source(labelled)
 
 
 def test_images_that_look_whole_but_do_not_decode_are_caught(tmp_path):
-    root = _write(tmp_path / "bad", {"0.png": _undecodable_png(), "1.png": _undecodable_png()})
+    root = write_files(tmp_path / "bad", {"0.png": _undecodable_png(), "1.png": _undecodable_png()})
     paths, bad, _ = D.list_unlabelled_images(root)
     assert len(paths) == 2 and bad == []  # the cheap listing check cannot tell
     with pytest.raises(ValueError, match=r"None of the 2 image\(s\) of split 'train'.*decoded"):
         D.check_decodable(root, unlabelled=True)
-    _write(tmp_path / "bad", {"2.png": _png()})
+    write_files(tmp_path / "bad", {"2.png": _png()})
     D.check_decodable(root, unlabelled=True)  # one good image is enough
 
 
 def test_an_evaluation_folder_needs_the_same_classes_in_both_splits(tmp_path):
-    same = _write(
+    same = write_files(
         tmp_path / "same",
         {f"{s}/{c}/0.png": _png() for s in ("train", "test") for c in ("cat", "dog")},
     )
     assert D.check_same_classes(same, ("train", "test")) == ("cat", "dog")
-    fewer = _write(
+    fewer = write_files(
         tmp_path / "fewer",
         {"train/cat/0.png": _png(), "train/dog/0.png": _png(), "test/cat/0.png": _png()},
     )
@@ -218,7 +209,7 @@ def test_a_tfds_source_read_as_unlabelled_drops_its_labels():
 
 
 def test_the_info_command_describes_an_unlabelled_folder(tmp_path, capsys):
-    root = _write(tmp_path / "flat", {"a.png": _png(), "b/c.png": _png(), "b/d.png": _png()})
+    root = write_files(tmp_path / "flat", {"a.png": _png(), "b/c.png": _png(), "b/d.png": _png()})
     assert D.main(["info", root]) == 2
     assert "--unlabelled" in capsys.readouterr().err
     assert D.main(["info", root, "--unlabelled"]) == 0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.configs import tiny_config
+from helpers.logs import log_messages
 from PIL import Image
 
 from tf_simclr import cli
@@ -86,33 +87,17 @@ def _embed_config(model_dir, folder, out, **changes):
     return tiny_config(model_dir, **{**values, **changes})
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def embedded(run, tmp_path_factory):
     """--mode=embed over the run's model_dir (its newest checkpoint), with a neighbour
     picture: (the folder written into, the summary returned, the log lines)."""
     out_dir = tmp_path_factory.mktemp("embedded")
-    lines, logger = _Lines(), logging.getLogger("tf_simclr")
-    previous_level = logger.level
-    logger.addHandler(lines)
-    logger.setLevel(logging.INFO)
-    try:
-        config = _embed_config(
-            run["model_dir"], run["folder"], out_dir / "embeddings.npz", embed_neighbours=2
-        )
+    config = _embed_config(
+        run["model_dir"], run["folder"], out_dir / "embeddings.npz", embed_neighbours=2
+    )
+    with log_messages("tf_simclr") as lines:
         summary = runner.run(config)
-    finally:
-        logger.removeHandler(lines)
-        logger.setLevel(previous_level)
-    return out_dir, summary, "\n".join(lines.lines)
+    return out_dir, summary, "\n".join(lines)
 
 
 def test_checkpoint_features_are_the_exports_outputs_in_path_order(run, embedded):

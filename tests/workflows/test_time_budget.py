@@ -9,11 +9,11 @@ import math
 
 import pytest
 import tensorflow as tf
+from helpers.cli import config_from_argv
 from helpers.configs import tiny_config
 from helpers.interrupted import run_until_saved
 from helpers.numpy_refs import warmup_cosine
 
-from tf_simclr import cli
 from tf_simclr.choices import ConfigError
 from tf_simclr.config import Config
 from tf_simclr.training.budget import BudgetTooShortError
@@ -148,7 +148,7 @@ def test_a_resumed_run_keeps_the_recorded_plan(tmp_path, monkeypatch):
     run_until_saved(monkeypatch, config, 10)  # dies after checkpoint 10, the plan fixed at 8
     recorded = Config.load(str(tmp_path)).budget_plan
     assert recorded["planned_steps"] == 12 and recorded["fixed"]
-    assert _config_from([f"--model_dir={tmp_path}"]).budget_plan == recorded  # the command line
+    assert config_from_argv(f"--model_dir={tmp_path}").budget_plan == recorded  # the command line
     # Rerun at ten times the speed: planning again would give far more steps; it does not.
     _fake_time(monkeypatch, lambda loop: 0.1)
     result = runner.run(config)
@@ -164,7 +164,7 @@ def test_a_resumed_run_keeps_the_recorded_plan(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="planned 12 steps for a 0.45-minute budget"):
         runner.run(config.replace(train_minutes=1.0))
     with pytest.raises(ConfigError, match="drop --train_minutes to resume that plan"):
-        _config_from(["--train_minutes=1", f"--model_dir={tmp_path}"])
+        config_from_argv("--train_minutes=1", f"--model_dir={tmp_path}")
 
 
 def test_a_run_stopped_before_its_plan_was_fixed_plans_counting_its_recorded_time(
@@ -240,14 +240,6 @@ def test_bad_budgets_are_usage_errors(values, message):
         Config(**values)
 
 
-def _config_from(argv):
-    cli.FLAGS(["tf-simclr", *argv])
-    try:
-        return cli.config_from_flags()
-    finally:
-        cli.FLAGS.unparse_flags()
-
-
 def test_a_mode_default_length_is_not_taken_for_a_given_one(tmp_path):
     """Each mode fills in its --train_epochs where none was given; with --train_minutes it
     fills in none, and only an --train_epochs on the command line is refused."""
@@ -256,15 +248,15 @@ def test_a_mode_default_length_is_not_taken_for_a_given_one(tmp_path):
         ["--train_mode=finetune", "--checkpoint=/nowhere"],
         ["--train_mode=distill", "--teacher=/nowhere"],
     ):
-        config = _config_from([*mode, "--train_minutes=10", f"--model_dir={tmp_path / 'a'}"])
+        config = config_from_argv(*mode, "--train_minutes=10", f"--model_dir={tmp_path / 'a'}")
         assert config.train_minutes == 10 and config.train_epochs is None
         assert "learning_rate" in config.mode_defaulted  # the rate's default still applies
     with pytest.raises(ConfigError, match="--train_minutes=10 and --train_epochs=12"):
-        _config_from(["--train_minutes=10", "--train_epochs=12", f"--model_dir={tmp_path}"])
+        config_from_argv("--train_minutes=10", "--train_epochs=12", f"--model_dir={tmp_path}")
     # A model_dir whose run trained for epochs keeps them: the message says to start anew.
     Config(model_dir=str(tmp_path / "epochs")).save()
     with pytest.raises(ConfigError, match="use a new --model_dir for a time budget"):
-        _config_from(["--train_minutes=10", f"--model_dir={tmp_path / 'epochs'}"])
+        config_from_argv("--train_minutes=10", f"--model_dir={tmp_path / 'epochs'}")
 
 
 def test_the_budget_is_part_of_the_hash_only_when_set():

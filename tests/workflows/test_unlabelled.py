@@ -7,7 +7,6 @@ folder; a run recorded with one refuses another)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from helpers.cli import config_from_argv
 from helpers.configs import tiny_config
+from helpers.logs import log_messages
 from PIL import Image
 
 from tf_simclr.config import Config, ConfigError
@@ -86,15 +86,6 @@ def _ckpts(model_dir) -> list[int]:
     return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"ckpt-(\d+)\.index", n)))
 
 
-class _Messages(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("unlabelled_data")
@@ -119,16 +110,9 @@ def pretrained(data):
         export=True,
         **SMALL,
     )
-    messages = _Messages()
-    logging.getLogger().addHandler(messages)
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.INFO)
-    try:
+    with log_messages() as messages:
         result = runner.run(config)
-    finally:
-        logging.getLogger().removeHandler(messages)
-        logging.getLogger().setLevel(level)
-    return {"dir": data["root"] / "run", "result": result, "config": config, "log": messages.lines}
+    return {"dir": data["root"] / "run", "result": result, "config": config, "log": messages}
 
 
 def test_pretraining_on_unlabelled_images_trains_checkpoints_exports_and_says_why_no_results(
