@@ -36,8 +36,11 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, ROOT)
 
 from default_run import cpu_model  # noqa: E402
+
+from tf_simclr.training.history import save_figure  # noqa: E402
 
 CSV_NAME = "time_to_accuracy.csv"
 PNG_NAME = "time_to_accuracy.png"
@@ -162,10 +165,7 @@ def write_png(path: str, rows: list[dict]) -> None:
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str]) -> int:

@@ -83,16 +83,7 @@ def _folder_identity(root: str, split: str) -> dict:
                 if _is_image_name(entry.name) and entry.is_file():
                     files.append((f"{name}/{entry.name}", entry.stat().st_size))
     files.sort()
-    return {
-        "kind": "folder",
-        "dataset": os.path.abspath(root),
-        "data_dir": None,
-        "version": None,
-        "split": split,
-        "class_names": classes,
-        "num_examples": len(files),
-        "fingerprint": _digest(["folder", split, classes, files]),
-    }
+    return _folder_record(root, split, classes, files, _digest(["folder", split, classes, files]))
 
 
 def _unlabelled_folder_identity(root: str, split: str) -> dict:
@@ -105,16 +96,22 @@ def _unlabelled_folder_identity(root: str, split: str) -> dict:
     files = sorted(
         (os.path.relpath(p, directory).replace(os.sep, "/"), os.path.getsize(p)) for p in paths
     )
+    fingerprint = _digest(["unlabelled folder", split, files])
+    return {**_folder_record(root, split, [], files, fingerprint), "unlabelled": True}
+
+
+def _folder_record(root: str, split: str, classes: list, files: list, fingerprint: str) -> dict:
+    """An image folder's identity: where it is, its split, classes and file count, and the
+    fingerprint of its files (the labelled and unlabelled readings digest them differently)."""
     return {
         "kind": "folder",
         "dataset": os.path.abspath(root),
         "data_dir": None,
         "version": None,
         "split": split,
-        "class_names": [],
+        "class_names": classes,
         "num_examples": len(files),
-        "fingerprint": _digest(["unlabelled folder", split, files]),
-        "unlabelled": True,
+        "fingerprint": fingerprint,
     }
 
 

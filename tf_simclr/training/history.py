@@ -68,6 +68,17 @@ def truncate_history(model_dir: str, step: int) -> None:
         os.replace(tmp, path)
 
 
+def save_figure(fig, path: str) -> None:
+    """Writes the matplotlib `fig` as a PNG at `path` through a temporary file renamed into
+    place (a reader never sees half a picture), then closes it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def plot_history(history: list[dict], path: str) -> str | None:
     """A PNG of the training curves; returns its path (None when there is nothing to plot)."""
     if not history:
@@ -94,8 +105,5 @@ def plot_history(history: list[dict], path: str) -> str | None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return path

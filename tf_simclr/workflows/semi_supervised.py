@@ -41,6 +41,7 @@ from tf_simclr.config import (
 )
 from tf_simclr.evaluation import evaluate as eval_lib
 from tf_simclr.training import checkpoints as ckpt_lib
+from tf_simclr.training import history as history_lib
 from tf_simclr.workflows import run_data
 
 log = logging.getLogger(__name__)
@@ -430,8 +431,5 @@ def write_chart(path: str, table: dict[str, float], *, title: str) -> str | None
     ax.set_xlabel("top-1 accuracy (%)")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    history_lib.save_figure(fig, path)
     return path
