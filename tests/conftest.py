@@ -2,6 +2,7 @@
 tiny runs the whole test session shares (one pretraining run, one run fine-tuned from it):
 training them once instead of once per test file is most of what a file's setup used to cost."""
 
+import fcntl
 import os
 import shutil
 import sys
@@ -34,17 +35,45 @@ def reference_fixtures() -> str:
     return REFERENCE_FIXTURES
 
 
+def _built_once(tmp_path_factory, name: str, build):
+    """`build(folder)` run once for the whole test session, also across pytest-xdist's worker
+    processes (each would otherwise train its own copy); returns the built folder.
+
+    The workers of one session share the parent of their base temporary directories; a file
+    lock there lets the first worker build while the others wait, then read. The folder is
+    built in place (runs record their own paths, so a rename would leave them wrong) and
+    counts as built only once its `.done` mark exists: a worker that died half-way leaves no
+    mark, and the next one deletes the remains and builds again."""
+    basetemp = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's basetemp is a subfolder of the session's; with -n 0 the parent
+    # would be shared with earlier sessions, so the basetemp itself is the session's folder.
+    session_dir = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    shared = session_dir / "shared_runs"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def pretrained_run(tmp_path_factory):
     """A tiny pretraining run on the embedded dataset (tests/helpers/configs.py's tiny settings,
-    --mode=train, 2 steps: ckpt-2, config.json, result.json), shared by the whole session.
-    Read it, never write into it: a test that writes takes `pretrained_copy`."""
+    --mode=train, 2 steps: ckpt-2, config.json, result.json), shared by the whole session
+    (built once for all xdist workers). Read it, never write into it: a test that writes
+    takes `pretrained_copy`."""
     from helpers.configs import tiny_config
 
     from tf_simclr.workflows import runner
 
-    model_dir = tmp_path_factory.mktemp("shared_runs") / "pretrain"
-    runner.run(tiny_config(model_dir, mode="train", train_steps=2))
+    def build(model_dir):
+        runner.run(tiny_config(model_dir, mode="train", train_steps=2))
+
+    model_dir = _built_once(tmp_path_factory, "pretrain", build)
     assert (model_dir / "ckpt-2.index").exists()
     return model_dir
 
@@ -58,25 +87,27 @@ def pretrained_copy(pretrained_run, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def finetuned_run(pretrained_run):
+def finetuned_run(tmp_path_factory, pretrained_run):
     """A run fine-tuned from `pretrained_run` on 10% of the labels (--mode=train, 4 steps, with
-    its SavedModel export), shared by the whole session (e.g. the distillation teacher). Read
-    it, never write into it."""
+    its SavedModel export), shared by the whole session like `pretrained_run` (e.g. the
+    distillation teacher). Read it, never write into it."""
     from helpers.configs import tiny_config
 
     from tf_simclr.workflows import runner
 
-    model_dir = pretrained_run.parent / "finetune"
-    runner.run(
-        tiny_config(
-            model_dir,
-            mode="train",
-            train_mode="finetune",
-            checkpoint=str(pretrained_run),
-            label_fraction=0.1,
-            export=True,
+    def build(model_dir):
+        runner.run(
+            tiny_config(
+                model_dir,
+                mode="train",
+                train_mode="finetune",
+                checkpoint=str(pretrained_run),
+                label_fraction=0.1,
+                export=True,
+            )
         )
-    )
+
+    model_dir = _built_once(tmp_path_factory, "finetune", build)
     assert (model_dir / "ckpt-4.index").exists()
     return model_dir
 
