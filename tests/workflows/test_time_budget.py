@@ -171,16 +171,17 @@ def test_a_run_stopped_before_its_plan_was_fixed_plans_counting_its_recorded_tim
     tmp_path, monkeypatch
 ):
     _fake_time(monkeypatch, _slowing)
-    config = _budget_config(tmp_path, train_minutes=1.0)  # 60 s
+    config = _budget_config(tmp_path, train_minutes=0.8)  # 48 s
     run_until_saved(monkeypatch, config, 4)  # 21 s of training, no plan yet
     assert Config.load(str(tmp_path)).budget_plan is None
     _fake_time(monkeypatch, _slowing)  # the rerun traces again: 41 s at step 6, 42, 43, 45
     runner.run(config)
-    first = 10 + math.floor((60 - 43) / ((43 - 41) / (10 - 6)))
-    planned = 12 + math.floor((60 - 45) / ((45 - 41) / (12 - 6)))
+    first = 10 + math.floor((48 - 43) / ((43 - 41) / (10 - 6)))
+    planned = 12 + math.floor((48 - 45) / ((45 - 41) / (12 - 6)))
     plan = Config.load(str(tmp_path)).budget_plan
     assert (plan["planned_steps"], plan["planned_at_step"]) == (planned, 12)
-    assert (first, planned) == (44, 34)
+    # (A 48 s budget, not 60: the same two estimates, 16 steps to train instead of 34.)
+    assert (first, planned) == (20, 16)
     records = _history(tmp_path)
     assert [r["step"] for r in records] == list(range(2, planned + 1, 2))
     assert records[1]["train_seconds"] == 21 and records[2]["train_seconds"] == 41
