@@ -229,16 +229,25 @@ def test_unknown_split_is_refused(tmp_path):
         train.train(config, tf.distribute.get_strategy())
 
 
-def test_export_mode_and_finetune_from_the_exported_module(tmp_path):
-    pre_dir = tmp_path / "pretrain"
-    config = tiny_config(pre_dir, train_steps=2)
-    state = train.train(config, tf.distribute.get_strategy())
+def _restored_by_hand(config, prefix):
+    """The run's network, every weight (batch-norm statistics included) read straight from the
+    checkpoint file by tf.train.Checkpoint."""
+    model = factory.build_model(config, 10)
+    weights = {w.path: w for w in model.weights}
+    tf.train.Checkpoint(model_weights=weights).read(str(prefix)).assert_existing_objects_matched()
+    return model
+
+
+def test_export_mode_and_finetune_from_the_exported_module(pretrained_copy, tmp_path):
+    # The session's 2-step pretraining run (a copy: the export is written into it).
+    config = tiny_config(pretrained_copy, mode="train", train_steps=2)
     # --mode=export restores the newest checkpoint (batch-norm statistics included) and exports.
     path = runner.export_latest(config.replace(mode="export"), tf.distribute.get_strategy())
     assert path.endswith(os.path.join("saved_model", "2"))
     module = tf.saved_model.load(path)
     images = tf.random.stateless_uniform([4, 16, 16, 3], seed=[1, 2])
-    want = state.model(images, training=False)
+    trained = _restored_by_hand(config, pretrained_copy / "ckpt-2")
+    want = trained(images, training=False)
     got = module(images, training=False)
     for key in ("final_avg_pool", "proj_head_output", "logits_sup"):
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-5)
@@ -252,7 +261,7 @@ def test_export_mode_and_finetune_from_the_exported_module(tmp_path):
         fine_tune_after_block=4,
     )
     ft_state = train.train(ft_config, tf.distribute.get_strategy())
-    pretrained = {w.path: w.numpy() for w in state.model.weights}
+    pretrained = {w.path: w.numpy() for w in trained.weights}
     encoder = [w for w in ft_state.model.weights if "head" not in w.path]
     assert len(encoder) > 80
     for weight in encoder:
