@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 
 import numpy as np
@@ -59,11 +60,14 @@ def _export_outputs(export_path, files, keys):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(pretrained_run, tmp_path_factory):
     """A tiny pretraining run with an export, an image folder, and the export's outputs for
-    the folder's good test images (computed once: loading an export takes seconds)."""
-    model_dir = tmp_path_factory.mktemp("run")
-    result = runner.run(tiny_config(model_dir, mode="train", train_steps=2, export=True))
+    the folder's good test images (computed once: loading an export takes seconds). The run
+    is a copy of the session's 2-step `pretrained_run`, exported by --mode=export (the same
+    export training with --export writes, without training a run of its own here)."""
+    model_dir = tmp_path_factory.mktemp("run") / "pretrain"
+    shutil.copytree(pretrained_run, model_dir)
+    result = runner.run(tiny_config(model_dir, mode="export", train_steps=2))
     folder = tmp_path_factory.mktemp("images")
     files = _write_folder(folder)
     outputs = _export_outputs(result["export_path"], files, ("final_avg_pool", "proj_head_output"))
