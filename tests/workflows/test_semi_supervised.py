@@ -29,8 +29,14 @@ def _recipe(root, **changes):
         label_fraction=FRACTION,
         train_steps=2,
         semi_finetune_epochs=1,
+        # The pretrain stage's frozen-feature evaluations and pictures: checked elsewhere
+        # (tests/workflows/test_train.py), not read here (its table row is the recipe's own
+        # probe on the labelled subset).
         knn_eval=False,
+        linear_eval=False,
         random_init_baseline=False,
+        neighbour_images=0,
+        projector_embeddings=0,
         eval_steps=1,
         eval_batch_size=200,
         linear_eval_epochs=2,
