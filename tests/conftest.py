@@ -2,7 +2,6 @@
 tiny runs the whole test session shares (one pretraining run, one run fine-tuned from it):
 training them once instead of once per test file is most of what a file's setup used to cost."""
 
-import fcntl
 import os
 import shutil
 import sys
@@ -36,28 +35,12 @@ def reference_fixtures() -> str:
 
 
 def _built_once(tmp_path_factory, name: str, build):
-    """`build(folder)` run once for the whole test session, also across pytest-xdist's worker
-    processes (each would otherwise train its own copy); returns the built folder.
+    """`build(folder)` run once for the whole test session, also across xdist's worker
+    processes (each would otherwise train its own copy); returns the built folder."""
+    from helpers.shared import built_once, session_folder
 
-    The workers of one session share the parent of their base temporary directories; a file
-    lock there lets the first worker build while the others wait, then read. The folder is
-    built in place (runs record their own paths, so a rename would leave them wrong) and
-    counts as built only once its `.done` mark exists: a worker that died half-way leaves no
-    mark, and the next one deletes the remains and builds again."""
-    basetemp = tmp_path_factory.getbasetemp()
-    # Under xdist each worker's basetemp is a subfolder of the session's; with -n 0 the parent
-    # would be shared with earlier sessions, so the basetemp itself is the session's folder.
-    session_dir = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
-    shared = session_dir / "shared_runs"
-    shared.mkdir(exist_ok=True)
-    folder, done = shared / name, shared / f"{name}.done"
-    with open(shared / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            build(folder)
-            done.touch()
-    return folder
+    shared = session_folder(tmp_path_factory.getbasetemp()) / "shared_runs"
+    return built_once(shared, name, build)
 
 
 @pytest.fixture(scope="session")
