@@ -107,10 +107,15 @@ def test_the_table_holds_each_stages_own_result(recipe):
     assert table["distilled"] == pytest.approx(_top1_by_hand(distill_dir))
     # The distill run's teacher is the fine-tuned model, evaluated on the same images.
     assert result["teacher_top1_in_distill_run"] == pytest.approx(table["finetuned"])
-    pretrain = result["stages"]["pretrain"]["metrics"]
-    assert table["linear_probe"] == pretrain["labelled_linear_top1"]
+    # The probe row is the fine-tuning stage's probe of its pretrained encoder on the same
+    # labelled images: equal to one computed here from the pretrain stage's checkpoint.
+    finetune = result["stages"]["finetune"]["metrics"]
+    assert table["linear_probe"] == finetune["labelled_linear_top1"]
+    configs = semi_supervised.stage_configs(config)
+    again = semi_supervised.labelled_linear_probe(configs["pretrain"], configs["finetune"])
+    assert again["labelled_linear_top1"] == pytest.approx(table["linear_probe"], abs=1e-6)
     # The probe saw the labelled images only; the usual probe of the pretrain stage saw all.
-    assert pretrain["labelled_examples"] == result["labelled_examples"] == 100
+    assert finetune["labelled_examples"] == result["labelled_examples"] == 100
     # It belongs to this recipe's labelled subset, not to the pretrain stage (which recipes
     # of other label fractions share).
     assert "labelled_linear_top1" not in _stage_result(config, "pretrain")["metrics"]
@@ -135,12 +140,12 @@ def test_a_rerun_skips_finished_stages_and_changed_settings_are_refused_until_de
     recipe, caplog, monkeypatch
 ):
     config, first = recipe
-    # The pretrained encoder's labelled probe is read back from the recipe's folder too.
-    monkeypatch.setattr(semi_supervised, "_probe_checkpoint", _refuse_probe)
+    # The labelled probe comes with the fine-tuning stage's result: not computed again.
+    monkeypatch.setattr(semi_supervised, "probe_on_labelled", _refuse_probe)
     with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.semi_supervised"):
         again = runner.run(config)
     assert again["table"] == first["table"]
-    assert caplog.text.count("done before") == 5
+    assert caplog.text.count("done before") == 4
     # The distill folder holds a finished run at temperature 1: training would find it done
     # and the table would report it as the temperature-2 student.
     changed = config.replace(distill_temperature=2.0)
@@ -153,9 +158,7 @@ def test_a_rerun_skips_finished_stages_and_changed_settings_are_refused_until_de
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tf_simclr.workflows.semi_supervised"):
         result = runner.run(changed)
-    # Pretrain, fine-tune, the baseline and the labelled probe (the distillation's settings
-    # do not decide it).
-    assert caplog.text.count("done before") == 4
+    assert caplog.text.count("done before") == 3
     assert "Stage 3/4, distill, in" in caplog.text
     assert Config.load(distill_dir).distill_temperature == 2.0
     assert (
@@ -165,46 +168,6 @@ def test_a_rerun_skips_finished_stages_and_changed_settings_are_refused_until_de
     shutil.rmtree(os.path.join(config.model_dir, "finetune"))
     with pytest.raises(semi_supervised.StageMismatchError, match="holds a finished distill stage"):
         runner.run(changed)
-
-
-def test_the_stored_labelled_probe_is_computed_again_when_what_it_came_from_changes(
-    recipe, tmp_path, monkeypatch
-):
-    config, first = recipe
-    configs = semi_supervised.stage_configs(config)
-    data = run_data.identity_of(config)
-    shutil.copy(os.path.join(config.model_dir, semi_supervised.PROBE_FILENAME), tmp_path)
-    computed = []
-    real = semi_supervised._probe_checkpoint
-
-    def counting(*args):
-        computed.append(args)
-        return real(*args)
-
-    monkeypatch.setattr(semi_supervised, "_probe_checkpoint", counting)
-    pretrain, labelled = configs["pretrain"], configs["finetune"]
-    same = semi_supervised.stored_labelled_probe(str(tmp_path), pretrain, labelled, data)
-    assert not computed and same["labelled_linear_top1"] == first["table"]["linear_probe"]
-    shorter = labelled.replace(linear_eval_epochs=1)
-    again = semi_supervised.stored_labelled_probe(str(tmp_path), pretrain, shorter, data)
-    assert len(computed) == 1 and computed[0][1].linear_eval_epochs == 1
-    assert again["labelled_examples"] == same["labelled_examples"]
-    with open(tmp_path / semi_supervised.PROBE_FILENAME) as f:
-        assert json.load(f) == {
-            "key": semi_supervised.probe_key(pretrain, shorter, computed[0][2], data),
-            "probe": again,
-        }
-    # Another checkpoint, other data or another list of labelled images: another key.
-    prefix = computed[0][2]
-    key = semi_supervised.probe_key(pretrain, labelled, prefix, data)
-    assert semi_supervised.probe_key(pretrain, labelled, prefix + "0", data) != key
-    assert semi_supervised.probe_key(pretrain, labelled, prefix, {"fingerprint": "x"}) != key
-    ids = tmp_path / "ids.txt"
-    ids.write_text("a.jpg\n")
-    with_ids = labelled.replace(label_fraction=None, label_ids_file=str(ids))
-    ids_key = semi_supervised.probe_key(pretrain, with_ids, prefix, data)
-    ids.write_text("b.jpg\n")
-    assert semi_supervised.probe_key(pretrain, with_ids, prefix, data) != ids_key
 
 
 @pytest.mark.parametrize(

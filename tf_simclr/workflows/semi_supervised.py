@@ -24,7 +24,6 @@ whose folder holds a run of other settings is refused, naming them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -51,27 +50,12 @@ STAGES = ("pretrain", "finetune", "distill", "supervised")
 # The stage each one starts from (the baseline starts from nothing).
 BUILT_ON = {"finetune": "pretrain", "distill": "finetune"}
 TABLE_FILENAME = "semi_supervised.png"
-# The pretrained encoder's probe on this recipe's labelled subset, kept in the recipe's folder
-# (not the pretrain stage's, which recipes with other label fractions share).
-PROBE_FILENAME = "labelled_probe.json"
-# The settings of the labelled stage that decide the probe's result.
-_PROBE_SETTINGS = (
-    "dataset",
-    "data_dir",
-    "train_split",
-    "eval_split",
-    "label_fraction",
-    "label_ids_file",
-    "seed",
-    "strict_data",
-    "image_size",
-    "eval_batch_size",
-    "linear_eval_epochs",
-)
 # (row key, label, stage, metric of that stage's result)
 ROWS = (
     ("supervised", "supervised from scratch", "supervised", "finetune_top1"),
-    ("linear_probe", "pretrained, linear probe", "pretrain", "labelled_linear_top1"),
+    # The fine-tuning stage reports its pretrained encoder's probe on the same labelled images
+    # (tf_simclr.workflows.runner), the yardstick fine-tuning must beat.
+    ("linear_probe", "pretrained, linear probe", "finetune", "labelled_linear_top1"),
     ("finetuned", "pretrained, fine-tuned (teacher)", "finetune", "finetune_top1"),
     ("distilled", "distilled student", "distill", "student_top1"),
 )
@@ -286,60 +270,12 @@ def _check_stage_folder(stage: str, config: Config) -> None:
 def labelled_linear_probe(pretrain: Config, labelled: Config) -> dict[str, float]:
     """Linear probe of the pretrained encoder (newest checkpoint of `pretrain`) trained on the
     labelled subset `labelled` names and scored on the eval split."""
-    return _probe_checkpoint(
-        pretrain, labelled, ckpt_lib.latest_valid_checkpoint(pretrain.model_dir)
-    )
-
-
-def _probe_checkpoint(pretrain: Config, labelled: Config, prefix: str) -> dict[str, float]:
     info = factory.dataset_info(pretrain)
     model = factory.build_model(pretrain, info.num_classes)
+    prefix = ckpt_lib.latest_valid_checkpoint(pretrain.model_dir)
     ckpt_lib.check_checkpoint_fits(prefix, model)
     ckpt_lib.training_checkpoint(model).restore(prefix).expect_partial()
     return probe_on_labelled(model, labelled, info.num_classes)
-
-
-def probe_key(pretrain: Config, labelled: Config, prefix: str, data: dict) -> dict:
-    """What a stored labelled probe was computed from: the pretrain stage's settings and
-    checkpoint, the data's fingerprint, the labelled stage's settings that decide the probe,
-    and the content of its --label_ids_file."""
-    key = {name: getattr(labelled, name) for name in _PROBE_SETTINGS}
-    ids_sha = None
-    if labelled.label_ids_file:
-        with open(labelled.label_ids_file, "rb") as f:
-            ids_sha = hashlib.sha256(f.read()).hexdigest()
-    return key | {
-        "pretrain_config_hash": pretrain.hash(),
-        "pretrain_checkpoint": os.path.basename(prefix),
-        "data_fingerprint": data.get("fingerprint"),
-        "label_ids_sha256": ids_sha,
-    }
-
-
-def stored_labelled_probe(
-    root: str, pretrain: Config, labelled: Config, data: dict
-) -> dict[str, float]:
-    """`labelled_linear_probe`, read from root/labelled_probe.json when it was computed from
-    the same checkpoint, data and settings (`probe_key`); else computed and stored there."""
-    prefix = ckpt_lib.latest_valid_checkpoint(pretrain.model_dir)
-    key = json.loads(json.dumps(probe_key(pretrain, labelled, prefix, data)))
-    path = os.path.join(root, PROBE_FILENAME)
-    try:
-        with open(path, encoding="utf-8") as f:
-            stored = json.load(f)
-    except (OSError, ValueError):
-        stored = {}
-    if stored.get("key") == key and isinstance(stored.get("probe"), dict):
-        log.info("Stage pretrain: the linear probe on the labelled subset, done before (%s).", path)
-        return stored["probe"]
-    # Through JSON, so a computed probe and a stored one are the same Python floats.
-    probe = json.loads(json.dumps(_probe_checkpoint(pretrain, labelled, prefix), default=float))
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"key": key, "probe": probe}, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-    return probe
 
 
 def probe_on_labelled(model, labelled: Config, num_classes: int) -> dict[str, float]:
@@ -421,11 +357,6 @@ def run_recipe(config: Config, run_stage: Callable[[Config], dict]) -> dict:
                     )
             log.info("Stage %d/%d, %s, in %s.", number, len(STAGES), stage, stage_config.model_dir)
             results[stage] = run_stage(stage_config)
-        if stage == "pretrain":
-            probe = stored_labelled_probe(
-                config.model_dir, stage_config, configs["finetune"], current
-            )
-            results[stage] = {**results[stage], "metrics": {**results[stage]["metrics"], **probe}}
     table = {
         key: results[stage]["metrics"][metric]
         for key, _, stage, metric in ROWS
@@ -436,7 +367,7 @@ def run_recipe(config: Config, run_stage: Callable[[Config], dict]) -> dict:
         "stages": {s: _summary(r) for s, r in results.items()},
         "table": table,
         "teacher_top1_in_distill_run": teacher,
-        "labelled_examples": results["pretrain"]["metrics"].get("labelled_examples"),
+        "labelled_examples": results["finetune"]["metrics"].get("labelled_examples"),
         "label_fraction": config.label_fraction,
     }
     result["chart"] = write_chart(
