@@ -25,12 +25,19 @@ TINY_SETTINGS = dict(
 )
 
 # In-process evaluation settings on top of TINY_SETTINGS (small probe, few eval batches).
+# The random-init baseline and the pictures are off: each evaluation would repeat them (the
+# baseline alone is a second network's tracing, features, kNN and probe, ~5 s); the tests
+# that check them switch them on (tests/workflows/test_train.py, test_unlabelled.py,
+# test_mixed_data.py).
 TINY_EVAL_SETTINGS = dict(
     train_steps=4,
     eval_batch_size=250,
     eval_steps=2,
     linear_eval_epochs=3,
     knn_k=20,
+    random_init_baseline=False,
+    neighbour_images=0,
+    projector_embeddings=0,
 )
 
 

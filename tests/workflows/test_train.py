@@ -22,7 +22,13 @@ def _history_steps(model_dir):
 
 
 def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
-    config = tiny_config(tmp_path, summaries=True, neighbour_images=3, projector_embeddings=200)
+    config = tiny_config(
+        tmp_path,
+        summaries=True,
+        neighbour_images=3,
+        projector_embeddings=200,
+        random_init_baseline=True,
+    )
     with caplog.at_level(logging.INFO):
         result = runner.run(config)
     assert result["step"] == 4
@@ -117,7 +123,9 @@ def test_the_evaluation_reads_each_splits_labels_once(pretrained_copy, monkeypat
         return read(raw)
 
     monkeypatch.setattr(labels_lib, "_read_labels_and_ids", counted)
-    config = tiny_config(pretrained_copy, mode="eval", train_steps=2, knn_k=5)
+    config = tiny_config(
+        pretrained_copy, mode="eval", train_steps=2, knn_k=5, random_init_baseline=True
+    )
     result = runner.run(config)
     assert {"knn_top1", "random_init_knn_top1", "linear_top1"} <= set(result["metrics"])
     # One read of the train split and one of the test split (the embedded set: 5,000 / 1,000).

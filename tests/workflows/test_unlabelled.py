@@ -108,6 +108,7 @@ def pretrained(data):
         unlabelled=True,
         train_steps=4,
         export=True,
+        projector_embeddings=1000,  # the eval tests compare the projector's features
         **SMALL,
     )
     with log_messages() as messages:
@@ -207,6 +208,7 @@ def test_train_then_eval_on_an_eval_dataset_records_it_and_refuses_another(data,
         unlabelled=True,
         eval_dataset=labelled,
         train_steps=2,
+        random_init_baseline=True,
         **SMALL,
     )
     result = runner.run(config)
