@@ -85,6 +85,7 @@ def test_wheel_holds_the_embedded_dataset_and_the_console_command(wheel):
         "tf_simclr/embedded_data/generate_embedded.py",
         "tf_simclr/embedded_data/README.md",
         "tf_simclr/recipes/cifar10_paper.flags",  # --recipe's files
+        "tf_simclr/recipes/cifar10_10min.flags",
     ):
         assert module in names
     assert not any(n.startswith(("tests/", "bench/", "examples/")) for n in names)

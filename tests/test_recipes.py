@@ -11,6 +11,7 @@ from tf_simclr import cli
 from tf_simclr.choices import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEARNING_RATE_10MIN = 4.0
 
 
 def _config(argv):
@@ -47,7 +48,26 @@ def test_a_recipe_gives_the_config_of_its_flags(tmp_path):
         use_blur=False,
     )
     assert {name: getattr(from_recipe, name) for name in paper} == paper
-    assert cli.available_recipes() == ["cifar10_paper"]
+    assert cli.available_recipes() == ["cifar10_10min", "cifar10_paper"]
+
+
+def test_the_ten_minute_recipe_is_the_paper_recipe_narrower_cooler_and_faster(tmp_path):
+    """cifar10_10min differs from cifar10_paper in the three settings the 10-minute study
+    chose (README, "Time to accuracy") and in nothing else."""
+    model_dir = f"--model_dir={tmp_path}"
+    short = _config(["--recipe=cifar10_10min", model_dir])
+    assert short == _config([*_recipe_lines("cifar10_10min"), model_dir])
+    paper = _config(["--recipe=cifar10_paper", model_dir])
+    changed = {
+        name: (getattr(paper, name), getattr(short, name))
+        for name in paper.to_dict()
+        if getattr(paper, name) != getattr(short, name)
+    }
+    assert changed == {
+        "width_multiplier": (0.5, 0.125),
+        "temperature": (0.5, 0.2),
+        "learning_rate": (1.0, LEARNING_RATE_10MIN),
+    }
 
 
 def test_flags_after_the_recipe_override_it_and_flags_before_it_do_not(tmp_path):
@@ -64,7 +84,7 @@ def test_flags_after_the_recipe_override_it_and_flags_before_it_do_not(tmp_path)
 def test_an_unknown_recipe_lists_the_available_ones():
     with pytest.raises(ConfigError, match="--recipe='cifar' is not a recipe of tf_simclr; "):
         cli.expand_recipes(["tf-simclr", "--recipe=cifar"])
-    with pytest.raises(ConfigError, match="available: cifar10_paper"):
+    with pytest.raises(ConfigError, match="available: cifar10_10min, cifar10_paper"):
         cli.expand_recipes(["tf-simclr", "--recipe"])
     assert cli.expand_recipes(["tf-simclr", "--", "--recipe=x"]) == [
         "tf-simclr",
@@ -79,7 +99,10 @@ def test_an_unknown_recipe_lists_the_available_ones():
         cwd=ROOT,
     )
     assert proc.returncode == 2
-    assert "--recipe='nope' is not a recipe of tf_simclr; available: cifar10_paper" in proc.stderr
+    assert (
+        "--recipe='nope' is not a recipe of tf_simclr; available: cifar10_10min, cifar10_paper"
+        in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 
