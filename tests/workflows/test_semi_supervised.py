@@ -30,8 +30,8 @@ def _recipe(root, **changes):
         train_steps=2,
         semi_finetune_epochs=1,
         # The pretrain stage's frozen-feature evaluations and pictures: checked elsewhere
-        # (tests/workflows/test_train.py), not read here (its table row is the recipe's own
-        # probe on the labelled subset).
+        # (tests/workflows/test_train.py), not read here (the table's probe row is the
+        # fine-tuning stage's probe on the labelled subset).
         knn_eval=False,
         linear_eval=False,
         random_init_baseline=False,

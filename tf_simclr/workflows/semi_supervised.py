@@ -17,8 +17,8 @@ probes are drawn from the labelled images only (--label_fraction is a fraction o
 4. ``supervised/``: the same architecture trained from scratch on the labelled subset only.
 
 The table compares, on the eval split: the supervised baseline, the pretrained encoder's
-linear probe trained on the same labelled subset, the fine-tuned network and the distilled
-student. A stage whose folder already holds the result of the same settings is not rerun; one
+linear probe trained on the same labelled subset (the one the fine-tuning stage reports), the
+fine-tuned network and the distilled student. A stage whose folder already holds the result of the same settings is not rerun; one
 whose folder holds a run of other settings is refused, naming them.
 """
 
