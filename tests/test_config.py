@@ -142,6 +142,9 @@ BUDGET_FIELDS = ("train_minutes", "budget_plan", "checkpoint_minutes")
 # The data settings added since (unlabelled training data, labelled evaluation data): part of
 # Config.hash only when set, so the hashes above stay.
 UNLABELLED_FIELDS = ("unlabelled", "eval_dataset")
+# The shuffle buffer's size, a setting since the suite's tiny runs needed a smaller one: part of
+# Config.hash only when set, like the two above.
+SHUFFLE_FIELDS = ("shuffle_buffer",)
 
 
 def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
@@ -159,6 +162,8 @@ def test_field_lists_are_read_from_the_declarations_and_equal_the_old_lists():
     assert Config().hash() == "760fa6ce03f7"
     finetune = Config(train_mode="finetune", checkpoint="/p", label_fraction=0.1)
     assert finetune.hash() == "fa0d975910d5"
+    # A setting added since changes the hash only when set.
+    assert Config(shuffle_buffer=256).hash() != Config().hash()
 
 
 def test_every_field_is_declared_in_exactly_one_group_with_a_known_role():
@@ -167,7 +172,13 @@ def test_every_field_is_declared_in_exactly_one_group_with_a_known_role():
     assert (
         len(declared)
         == len(set(declared))
-        == (86 + len(EMBED_FIELDS) + len(BUDGET_FIELDS) + len(UNLABELLED_FIELDS))
+        == (
+            86
+            + len(EMBED_FIELDS)
+            + len(BUDGET_FIELDS)
+            + len(UNLABELLED_FIELDS)
+            + len(SHUFFLE_FIELDS)
+        )
     )
     assert [f.name for f in dataclasses.fields(Config)] == declared  # the order of GROUPS
     for field in dataclasses.fields(Config):
@@ -318,9 +329,11 @@ def test_flags_keep_their_names_types_and_defaults_and_are_listed_by_group():
         "checkpoint_minutes": ("float", 0.0),
         "unlabelled": ("bool", False),
         "eval_dataset": ("string", None),
+        "shuffle_buffer": ("int", 10_000),
     }
     by_module = cli.FLAGS.flags_by_module_dict()
-    assert set(UNLABELLED_FIELDS) <= {f.name for f in by_module["tf_simclr settings: data"]}
+    data_flags = {f.name for f in by_module["tf_simclr settings: data"]}
+    assert set(UNLABELLED_FIELDS) | set(SHUFFLE_FIELDS) <= data_flags
     assert {flag.name for flag in by_module["tf_simclr settings: model"]} == {
         f.name for f in dataclasses.fields(config_lib.ModelSettings)
     }
@@ -471,6 +484,7 @@ OLD_CONFIG_JSON = {
 }
 # What a file that lacks a setting gets: the value the versions before it behaved as.
 DEFAULTS_OF_LATER_SETTINGS = {
+    "shuffle_buffer": 10_000,
     "collective_timeout": 600,
     "sup_head_learning_rate": 0.1,
     "sup_head_optimizer": "momentum",
@@ -546,6 +560,7 @@ def test_an_empty_optional_string_flag_means_none():
     [
         ("run", dict(teacher="/t"), "--teacher only applies to --train_mode=distill"),
         ("data", dict(label_fraction=0.1), "--label_fraction/--label_ids_file only apply"),
+        ("data", dict(shuffle_buffer=0), "--shuffle_buffer must be a positive number, got 0"),
         ("augmentation", dict(use_blur=True, augmentations="crop"), "add 'blur'"),
         ("model", dict(fine_tune_after_block=5), "--fine_tune_after_block must be in"),
         ("optimisation", dict(momentum=1.0), "--momentum must be in"),

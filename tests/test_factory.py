@@ -46,3 +46,19 @@ def test_the_training_batches_are_chosen_by_the_objective(
     assert factory.num_train_examples(config) == size
     batch = next(iter(factory.training_dataset_fn(config, 4)(None)))
     assert set(batch) == keys
+
+
+@pytest.mark.parametrize("train_mode", ["pretrain", "finetune"])
+def test_the_shuffle_buffer_setting_reaches_the_training_pipeline(train_mode):
+    """--shuffle_buffer=1 leaves the training stream in the split's stored order (the order
+    the evaluation reads it in); the default buffer does not."""
+    config = tiny_config("/unused", train_mode=train_mode, train_batch_size=64)
+    whole_split = config.replace(eval_batch_size=64, eval_steps=0)
+    stored = next(iter(factory.eval_dataset(whole_split, "train")))
+
+    def first_labels(buffer):
+        batch = next(iter(factory.training_dataset_fn(config.replace(shuffle_buffer=buffer), 64)()))
+        return batch["label"].numpy().tolist()
+
+    assert first_labels(1) == stored["label"].numpy().tolist()
+    assert first_labels(10_000) != first_labels(1)

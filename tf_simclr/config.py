@@ -210,6 +210,10 @@ class DataSettings:
         "test", "Split to evaluate on (of --eval_dataset when given, else of --dataset)."
     )
     cache_dataset: bool = _setting(False, "Cache decoded images in memory (small datasets).")
+    shuffle_buffer: int = _setting(
+        10_000,
+        "Training examples held in the shuffle buffer (a dataset no larger is shuffled whole). Filling it comes before the first step: smaller starts sooner and holds fewer decoded images in memory, larger mixes better.",
+    )
     image_size: int = _setting(
         32, "Input side in pixels; <= 32 selects the CIFAR stem (--checkpoint: its run's)."
     )
@@ -781,7 +785,7 @@ _UNHASHED_FIELDS = _fields_with_role(INVOCATION, OPERATIONAL, RECORD) + RECIPE_F
 # Settings added after runs recorded their hash (result.json's config_hash, which
 # --mode=semi_supervised compares to skip finished stages): part of it only when they differ
 # from their default, so the runs written before them keep their hash.
-_HASHED_WHEN_SET = ("train_minutes", "unlabelled", "eval_dataset")
+_HASHED_WHEN_SET = ("train_minutes", "unlabelled", "eval_dataset", "shuffle_buffer")
 
 
 def resolve(given: dict[str, Any], saved: Config | None, *, source: str = "") -> Config:

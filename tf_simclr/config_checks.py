@@ -79,6 +79,7 @@ def _check_data(config) -> None:
     if not config.dataset:
         raise ConfigError("--dataset is empty: give a TFDS name, a directory or 'embedded'.")
     _positive("image_size", config.image_size)
+    _positive("shuffle_buffer", config.shuffle_buffer)
     if config.image_size < 8:
         raise ConfigError(
             f"--image_size={config.image_size} is too small for a ResNet: use 8 or more "
