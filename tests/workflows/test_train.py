@@ -21,7 +21,25 @@ def _history_steps(model_dir):
     return [r["step"] for r in train.read_history(str(model_dir))]
 
 
-def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
+def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog, monkeypatch):
+    """A 4-step pretraining run and its evaluation (the random-init baseline, the pictures, the
+    projector, summaries), then a longer rerun that resumes with the optimizer state intact and
+    a checkpoint that holds every weight and optimizer variable. (One run checks them all:
+    each run traces the network anew.)"""
+    from tf_simclr.data import labels as labels_lib
+
+    # The trained model's and the random-init baseline's kNN and probe run over the same
+    # class-stratified --eval_steps subsets: choosing them reads each split's labels once (a
+    # pass over a TFDS split's records), not once per pipeline.
+    reads = []
+    read = labels_lib._read_labels_and_ids
+
+    def counted(raw):
+        labels, ids = read(raw)
+        reads.append(len(labels))
+        return labels, ids
+
+    monkeypatch.setattr(labels_lib, "_read_labels_and_ids", counted)
     config = tiny_config(
         tmp_path,
         summaries=True,
@@ -32,6 +50,9 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         result = runner.run(config)
     assert result["step"] == 4
+    # One read of the train split and one of the test split (the embedded set: 5,000 / 1,000);
+    # pretraining itself reads no labels.
+    assert sorted(reads) == [1000, 5000]
     assert (
         "knn_top1" not in caplog.text
     )  # the metrics are printed once, by tf_simclr.workflows.report
@@ -71,6 +92,23 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog):
     assert state.checkpoint_path.endswith("ckpt-6")
     assert int(state.optimizer.iterations.numpy()) == 6
     assert _history_steps(tmp_path) == [2, 4, 6]
+    _check_checkpoint_holds(tmp_path / "ckpt-6", state)
+
+
+def _check_checkpoint_holds(prefix, state):
+    """The checkpoint at `prefix` holds every weight of the trained model, with its values
+    (batch-norm moving statistics included), and every optimizer variable."""
+    reader = tf.train.load_checkpoint(str(prefix))
+    saved = reader.get_variable_to_shape_map()
+    model_keys = [k for k in saved if k.startswith("model_weights/")]
+    assert len(model_keys) == len(state.model.weights)
+    for weight in state.model.weights:
+        key = "model_weights/" + weight.path.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
+        assert key == ckpt_lib.checkpoint_key(weight.path)  # (paths here hold no dots)
+        np.testing.assert_array_equal(reader.get_tensor(key), weight.numpy(), err_msg=weight.path)
+    assert any("moving_mean" in k for k in model_keys)
+    optimizer_keys = [k for k in saved if k.startswith("optimizer_variables/")]
+    assert len(optimizer_keys) == len(state.optimizer.variables)
 
 
 def _check_projector(config, path, rows):
@@ -90,46 +128,6 @@ def _check_projector(config, path, rows):
     expected = np.concatenate([batch["label"].numpy() for batch in test])[:rows]
     assert features.shape == (rows, 64)  # final_avg_pool of ResNet-18 at width 1/8
     assert labels == expected.tolist()
-
-
-def test_checkpoints_hold_every_weight_and_optimizer_variable(tmp_path):
-    config = tiny_config(tmp_path, train_steps=2)
-    state = train.train(config, tf.distribute.get_strategy())
-    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-2"))
-    saved = reader.get_variable_to_shape_map()
-    model_keys = [k for k in saved if k.startswith("model_weights/")]
-    assert len(model_keys) == len(state.model.weights)
-    # Values, batch-norm moving statistics included, equal the trained model's.
-    for weight in state.model.weights:
-        key = "model_weights/" + weight.path.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
-        assert key == ckpt_lib.checkpoint_key(weight.path)  # (paths here hold no dots)
-        np.testing.assert_array_equal(reader.get_tensor(key), weight.numpy(), err_msg=weight.path)
-    assert any("moving_mean" in k for k in model_keys)
-    optimizer_keys = [k for k in saved if k.startswith("optimizer_variables/")]
-    assert len(optimizer_keys) == len(state.optimizer.variables)
-
-
-def test_the_evaluation_reads_each_splits_labels_once(pretrained_copy, monkeypatch):
-    """The trained model's and the random-init baseline's kNN and probe run over the same
-    class-stratified --eval_steps subsets: choosing them reads each split's labels once (a
-    pass over a TFDS split's records), not once per pipeline."""
-    from tf_simclr.data import labels as labels_lib
-
-    reads = []
-    read = labels_lib._read_labels_and_ids
-
-    def counted(raw):
-        reads.append(raw.info.num_examples)
-        return read(raw)
-
-    monkeypatch.setattr(labels_lib, "_read_labels_and_ids", counted)
-    config = tiny_config(
-        pretrained_copy, mode="eval", train_steps=2, knn_k=5, random_init_baseline=True
-    )
-    result = runner.run(config)
-    assert {"knn_top1", "random_init_knn_top1", "linear_top1"} <= set(result["metrics"])
-    # One read of the train split and one of the test split (the embedded set: 5,000 / 1,000).
-    assert len(reads) == 2
 
 
 def test_rerun_of_a_finished_run_trains_nothing(pretrained_copy):
@@ -158,35 +156,12 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
     )
 
 
-def test_finetune_starts_from_the_pretrained_encoder(pretrained_run, tmp_path):
-    pre_dir = pretrained_run  # 2 steps of the tiny settings
-    ft_dir = tmp_path / "finetune"
-    config = tiny_config(
-        ft_dir,
-        train_mode="finetune",
-        checkpoint=str(pre_dir),
-        label_fraction=0.1,
-        train_steps=2,
-        fine_tune_after_block=4,  # only the head trains: the encoder must equal the checkpoint
-        knn_eval=False,  # the fine-tuned head's accuracy is what this run is evaluated on
-        linear_eval=False,
-        random_init_baseline=False,
-    )
-    result = runner.run(config)
-    assert 0.0 <= result["metrics"]["finetune_top1"] <= 1.0
-    pre = tf.train.load_checkpoint(str(pre_dir / "ckpt-2"))
-    fine = tf.train.load_checkpoint(str(ft_dir / "ckpt-2"))
-    encoder_keys = [
-        k
-        for k in pre.get_variable_to_shape_map()
-        if k.startswith("model_weights/") and "head" not in k and k.endswith("VARIABLE_VALUE")
-    ]
-    assert len(encoder_keys) > 80, encoder_keys  # ResNet-18: 21 convs + 4 variables per BN
-    for key in encoder_keys:
-        np.testing.assert_array_equal(pre.get_tensor(key), fine.get_tensor(key), err_msg=key)
-
-
-def test_finetune_on_another_dataset_gets_a_new_head_for_its_classes(pretrained_run, tmp_path):
+def test_finetune_starts_from_the_pretrained_encoder_with_a_new_head_for_its_classes(
+    pretrained_run, tmp_path
+):
+    """Fine-tuning a 3-class image folder from the 10-class pretraining run: the encoder starts
+    from the checkpoint (it stays equal to it, as only the head trains) and the supervised head
+    is new, sized for the folder's classes; the run is evaluated on its head's accuracy."""
     from PIL import Image
 
     pre_dir = pretrained_run  # 2 steps of the tiny settings
@@ -198,25 +173,37 @@ def test_finetune_on_another_dataset_gets_a_new_head_for_its_classes(pretrained_
             for i in range(count):
                 pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(tmp_path / "folder" / split / label / f"{i}.png")
+    ft_dir = tmp_path / "finetune"
     config = tiny_config(
-        tmp_path / "finetune",
+        ft_dir,
         dataset=str(tmp_path / "folder"),
         train_mode="finetune",
         checkpoint=str(pre_dir),
         train_batch_size=12,
         eval_batch_size=9,
         train_steps=1,
-        fine_tune_after_block=4,
+        fine_tune_after_block=4,  # only the head trains: the encoder must equal the checkpoint
+        knn_eval=False,  # the fine-tuned head's accuracy is what this run is evaluated on
+        linear_eval=False,
     )
-    state = train.train(config, tf.distribute.get_strategy())
+    result = runner.run(config)
+    assert 0.0 <= result["metrics"]["finetune_top1"] <= 1.0
     pre = tf.train.load_checkpoint(str(pre_dir / "ckpt-2"))
-    head = [w for w in state.model.weights if "head_supervised" in w.path]
-    assert [tuple(w.shape)[-1] for w in head] == [3, 3]
-    encoder = [w for w in state.model.weights if "head" not in w.path]
-    assert len(encoder) > 80
-    for weight in encoder:
-        key = ckpt_lib.checkpoint_key(weight.path)
-        np.testing.assert_array_equal(weight.numpy(), pre.get_tensor(key), err_msg=weight.path)
+    fine = tf.train.load_checkpoint(str(ft_dir / "ckpt-1"))
+    head = sorted(
+        k
+        for k in fine.get_variable_to_shape_map()
+        if "head_supervised" in k and "model_weights/" in k
+    )
+    assert [fine.get_variable_to_shape_map()[k][-1] for k in head] == [3, 3], head
+    encoder_keys = [
+        k
+        for k in pre.get_variable_to_shape_map()
+        if k.startswith("model_weights/") and "head" not in k and k.endswith("VARIABLE_VALUE")
+    ]
+    assert len(encoder_keys) > 80, encoder_keys  # ResNet-18: 21 convs + 4 variables per BN
+    for key in encoder_keys:
+        np.testing.assert_array_equal(pre.get_tensor(key), fine.get_tensor(key), err_msg=key)
 
 
 def test_finetune_without_checkpoint_is_refused(tmp_path):
