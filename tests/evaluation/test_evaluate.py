@@ -101,6 +101,37 @@ def test_extract_features_reads_dict_outputs_in_order():
         evaluate.extract_features(model, ds, feature_key="nope")
 
 
+def test_one_inference_function_serves_every_dataset_and_output():
+    """An InferenceFunction is traced once (per input shape) for features and logits of
+    several datasets, and gives what the model gives; a bare model is traced per call."""
+    traces = []
+
+    def model(x, training=False):
+        traces.append(training)  # runs once per trace
+        pooled = tf.reduce_mean(x, axis=[1, 2])
+        return {"final_avg_pool": pooled, "logits_sup": 2.0 * pooled}
+
+    rng = np.random.default_rng(0)
+    datasets = [
+        tf.data.Dataset.from_tensor_slices(
+            {"image": rng.random((8, 2, 2, 3), dtype=np.float32), "label": np.arange(8) % 3}
+        ).batch(4)
+        for _ in range(2)
+    ]
+    inference = evaluate.InferenceFunction(model)
+    assert evaluate.as_inference(inference) is inference
+    for ds in datasets:
+        images = np.concatenate([b["image"].numpy() for b in ds])
+        feats, _ = evaluate.extract_features(inference, ds)
+        np.testing.assert_allclose(feats, images.mean(axis=(1, 2)), rtol=1e-6)
+        logits, _ = evaluate.extract_features(inference, ds, feature_key="logits_sup")
+        np.testing.assert_allclose(logits, 2 * images.mean(axis=(1, 2)), rtol=1e-6)
+    assert traces == [False]
+    evaluate.extract_features(model, datasets[0])
+    evaluate.extract_features(model, datasets[1])
+    assert traces == [False] * 3
+
+
 def test_unlabelled_images_are_left_out_of_the_knn_bank_and_the_probe(caplog):
     """Label -1 (an unlabelled image): the kNN bank and the probe hold the labelled rows only,
     and unlabelled test rows are not scored; a set without any label is refused, named."""

@@ -21,6 +21,26 @@ WEIGHT_DECAY_CANDIDATES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 HOLDOUT_FRACTION = 0.2
 
 
+class InferenceFunction:
+    """`model(images, training=False)` as one tf.function, traced once per input shape and
+    reused for every dataset and output it is given to (`extract_features`,
+    `classification_accuracy`); a bare model passed to them is traced anew on each call."""
+
+    def __init__(self, model: Callable) -> None:
+        self.model = model
+        self._infer = tf.function(
+            lambda images: model(images, training=False), reduce_retracing=True
+        )
+
+    def __call__(self, images):
+        return self._infer(images)
+
+
+def as_inference(model: Callable) -> InferenceFunction:
+    """`model` as an InferenceFunction (itself when it is one)."""
+    return model if isinstance(model, InferenceFunction) else InferenceFunction(model)
+
+
 def extract_features(
     model: Callable,
     dataset: tf.data.Dataset,
@@ -31,27 +51,24 @@ def extract_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run `model(images, training=False)` over {"image", "label"} batches.
 
-    Returns (features [N, D] float32, labels [N] int64). `model` may return a tensor or a dict
-    holding `feature_key`. Each function of `on_batch` is called with every batch's features
-    and the batch itself (e.g. the collectors of tf_simclr.evaluation.visualize), in order.
+    Returns (features [N, D] float32, labels [N] int64). `model` (or an InferenceFunction of
+    it) may return a tensor or a dict holding `feature_key`. Each function of `on_batch` is
+    called with every batch's features and the batch itself (e.g. the collectors of
+    tf_simclr.evaluation.visualize), in order.
     """
-
-    @tf.function(reduce_retracing=True)
-    def embed(images):
-        outputs = model(images, training=False)
+    infer = as_inference(model)
+    features, labels = [], []
+    for i, batch in enumerate(dataset):
+        if max_batches is not None and i >= max_batches:
+            break
+        outputs = infer(batch["image"])
         if isinstance(outputs, dict):
             if feature_key not in outputs:
                 raise KeyError(
                     f"feature_key={feature_key!r} is not a model output; outputs: {sorted(outputs)}"
                 )
             outputs = outputs[feature_key]
-        return tf.cast(outputs, tf.float32)
-
-    features, labels = [], []
-    for i, batch in enumerate(dataset):
-        if max_batches is not None and i >= max_batches:
-            break
-        batch_features = embed(batch["image"]).numpy()
+        batch_features = tf.cast(outputs, tf.float32).numpy()
         for observe in on_batch:
             observe(batch_features, batch)
         features.append(batch_features)

@@ -395,9 +395,11 @@ def evaluate_model(
             num_classes,
         )
     supervised = config.train_mode in SUPERVISED_TRAIN_MODES
+    # One traced inference function for the supervised head's accuracy and the features.
+    inference = eval_lib.InferenceFunction(model)
     if head_fits and (supervised or config.lineareval_while_pretraining):
         sup = eval_lib.classification_accuracy(
-            model,
+            inference,
             factory.eval_dataset(config, config.eval_split, label_cache),
             source=f"--eval_split={config.eval_split!r}",
         )
@@ -417,7 +419,7 @@ def evaluate_model(
             metrics.update(_encoder_probe_on_labelled(config, num_classes))
     if config.train_mode == "pretrain" or not head_fits:
         features, files = _frozen_feature_metrics(
-            config, model, num_classes, choose_weight_decay, label_cache
+            config, inference, num_classes, choose_weight_decay, label_cache
         )
         metrics.update(features)
     return {"metrics": metrics, **files}
@@ -433,11 +435,14 @@ def _frozen_feature_metrics(
     """kNN and linear probe of the frozen features (with the pictures), and with
     --random_init_baseline the same for random weights and the gains; (metrics, files)."""
     probe = dict(choose_weight_decay=choose_weight_decay, label_cache=label_cache)
+    # Traced once for both splits.
+    model = eval_lib.as_inference(model)
     metrics, files = _feature_metrics(config, model, num_classes, pictures=True, **probe)
     if config.random_init_baseline:
         baseline = factory.build_model(config, num_classes)
         # Its own seed, not a global reseed in the middle of the run.
         model_lib.reinitialize(baseline, seed=config.seed + 1)
+        baseline = eval_lib.as_inference(baseline)
         random_init, _ = _feature_metrics(config, baseline, num_classes, "random_init_", **probe)
         for name in list(metrics):
             if name.endswith(("_top1", "_top5")) and "random_init_" + name in random_init:
