@@ -502,14 +502,17 @@ def test_lost_worker_ends_the_others_and_rerun_resumes(tmp_path, victim):
 # -- fast checks of the multi-worker helpers (no cluster) -------------------------------------
 
 
-def test_a_resumed_worker_pipeline_continues_its_own_stream(tmp_path):
+def test_a_resumed_worker_pipeline_continues_its_own_stream(tmp_path, mixed_tfds):
     """Per-worker pipelines (multi-worker, TPU hosts) make per-replica batches and each step
     takes one batch per local replica: resumed at step k, a worker's pipeline must continue
     after k * replicas / pipelines of its own batches (compared with a fresh stream read on).
     Here 2 local replicas per pipeline (a TPU host's case); one replica per worker is
-    test_two_workers_resume_their_streams."""
+    test_two_workers_resume_their_streams. On the session's tiny TFDS dataset (12 images, 6
+    per pipeline: the 6 batches skipped run through several epochs), not the embedded
+    dataset, whose 5000 images each pipeline would read to fill its shuffle buffer."""
     replicas, pipelines = 4, 2
-    config = tiny_config(tmp_path, train_batch_size=16)
+    data = dict(dataset=mixed.NAME, data_dir=str(mixed_tfds))
+    config = tiny_config(tmp_path, train_batch_size=16, **data)
     start_step = 3
     taken = start_step * replicas // pipelines
     for pid in range(pipelines):
