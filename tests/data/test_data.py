@@ -190,7 +190,7 @@ def test_sharding_gives_disjoint_covering_parts():
     assert not parts[0] & parts[1]
     assert len(parts[0] | parts[1]) == 1000
     ctx = tf.distribute.InputContext(2, 1, 2)
-    ds, _ = D.build_pretrain_dataset(batch_size=64, input_context=ctx, seed=0)
+    ds, _ = D.build_pretrain_dataset(batch_size=64, input_context=ctx, seed=0, shuffle_buffer=64)
     assert next(iter(ds))["view1"].shape[0] == 32  # per-replica batch
 
 
