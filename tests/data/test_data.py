@@ -154,24 +154,29 @@ def test_label_fraction_indices_balanced_deterministic():
         D.label_fraction_indices(labels, 1.5)
 
 
-def test_finetune_label_fraction_and_ids_file(tmp_path):
+def test_finetune_label_fraction_and_ids_file(tmp_path, mixed_tfds):
+    # The session's tiny TFDS dataset (3 classes of 4 training images, ids train_000..011): a
+    # labelled subset's pipeline reads the whole split to pick its examples, once per epoch.
+    from helpers.mixed_tfds import NAME
+
+    data = dict(dataset=NAME, data_dir=str(mixed_tfds), image_size=16)
     ds, info = D.build_finetune_dataset(
-        batch_size=50, image_size=32, label_fraction=0.01, seed=0, shuffle_buffer=100
+        **data, batch_size=6, label_fraction=0.5, seed=0, shuffle_buffer=100
     )
-    assert info.num_examples["train"] == 50
+    assert info.num_examples["train"] == 6
     b = next(iter(ds))
-    assert b["image"].shape == (50, 32, 32, 3) and b["label"].dtype == tf.int32
+    assert b["image"].shape == (6, 16, 16, 3) and b["label"].dtype == tf.int32
     seen = np.concatenate([x["label"].numpy() for x in ds.take(4)])
-    assert np.all(np.bincount(seen, minlength=10) == 20)  # 5 per class, 4 epochs
+    assert np.all(np.bincount(seen, minlength=3) == 8)  # 2 per class, 4 epochs
     ids = tmp_path / "ids.txt"
-    ids.write_text("# three examples\ntrain_00000\ntrain_00007\n\ntrain_00042\n")
-    ds, info = D.build_finetune_dataset(batch_size=3, image_size=32, label_ids_file=str(ids))
+    ids.write_text("# three examples\ntrain_000\ntrain_007\n\ntrain_011\n")
+    ds, info = D.build_finetune_dataset(**data, batch_size=3, label_ids_file=str(ids))
     assert info.num_examples["train"] == 3
-    ids.write_text("train_00000\nnot_an_id\n")
+    ids.write_text("train_000\nnot_an_id\n")
     with pytest.raises(ValueError, match="not_an_id"):
-        D.build_finetune_dataset(batch_size=3, image_size=32, label_ids_file=str(ids))
+        D.build_finetune_dataset(**data, batch_size=3, label_ids_file=str(ids))
     with pytest.raises(FileNotFoundError, match="Label ids file"):
-        D.build_finetune_dataset(batch_size=3, image_size=32, label_ids_file=str(tmp_path / "x"))
+        D.build_finetune_dataset(**data, batch_size=3, label_ids_file=str(tmp_path / "x"))
 
 
 def test_sharding_gives_disjoint_covering_parts():
@@ -185,7 +190,7 @@ def test_sharding_gives_disjoint_covering_parts():
     assert not parts[0] & parts[1]
     assert len(parts[0] | parts[1]) == 1000
     ctx = tf.distribute.InputContext(2, 1, 2)
-    ds, _ = D.build_pretrain_dataset(batch_size=64, input_context=ctx, seed=0)
+    ds, _ = D.build_pretrain_dataset(batch_size=64, input_context=ctx, seed=0, shuffle_buffer=64)
     assert next(iter(ds))["view1"].shape[0] == 32  # per-replica batch
 
 
@@ -424,20 +429,26 @@ def test_large_image_route_equals_augment_single_per_image(num_views, brightness
             np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_split_labels_are_cached_only_by_a_label_cache_the_caller_owns(monkeypatch):
+def test_split_labels_are_cached_only_by_a_label_cache_the_caller_owns(monkeypatch, mixed_tfds):
+    from helpers.mixed_tfds import NAME
+
     from tf_simclr.data import labels
 
     reads = []
     read = labels._read_labels_and_ids
     monkeypatch.setattr(labels, "_read_labels_and_ids", lambda raw: reads.append(1) or read(raw))
-    kw = dict(batch_size=10, image_size=32, label_fraction=0.01, seed=0)
+    # The session's tiny TFDS dataset (its labels are read from the records, as the embedded
+    # dataset's are): 12 records a read instead of 5000.
+    data = dict(dataset=NAME, data_dir=str(mixed_tfds))
+    kw = dict(**data, batch_size=3, image_size=16, label_fraction=0.5, seed=0)
     _, first = D.build_finetune_dataset(**kw)
+    assert first.num_examples["train"] == 6
     D.build_finetune_dataset(**kw)
     assert len(reads) == 2  # no hidden process-wide cache
     cache = D.LabelCache()
     _, cached = D.build_finetune_dataset(**kw, label_cache=cache)
     D.build_finetune_dataset(**kw, label_cache=cache)
-    D.build_eval_dataset(split="train", max_examples=20, label_cache=cache)
+    D.build_eval_dataset(**data, split="train", max_examples=6, label_cache=cache)
     assert len(reads) == 3  # one read for the cache's lifetime
     assert cached.num_examples == first.num_examples
 
@@ -446,13 +457,16 @@ def test_count_examples_of_a_split_or_its_labelled_subset(folder, tmp_path):
     root, _ = folder
     assert D.count_examples("embedded") == 5000
     assert D.count_examples("embedded", split="test") == 1000
+    # Each subset count reads the split's labels: the counts after the first share one read
+    # (the pipeline below reads its own).
+    cache = D.LabelCache()
     assert D.count_examples("embedded", label_fraction=1.0) == 5000
     _, info = D.build_finetune_dataset(batch_size=1, label_fraction=0.01, seed=2)
-    assert D.count_examples("embedded", label_fraction=0.01, seed=2) == 50
+    assert D.count_examples("embedded", label_fraction=0.01, seed=2, label_cache=cache) == 50
     assert info.num_examples["train"] == 50
     ids = tmp_path / "ids.txt"
     ids.write_text("train_00000\ntrain_00007\ntrain_00042\ntrain_00007\n")
-    assert D.count_examples("embedded", label_ids_file=str(ids)) == 3
+    assert D.count_examples("embedded", label_ids_file=str(ids), label_cache=cache) == 3
     assert D.count_examples(str(root)) == 18  # the 2 damaged files are not examples
     assert D.count_examples(str(root), label_fraction=0.5) == 9
     with pytest.raises(ValueError, match="broken.jpg"):

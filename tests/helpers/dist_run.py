@@ -13,39 +13,27 @@ order, of the batches the N workers' own pipelines give (the training pipeline b
 worker i's tf.distribute.InputContext); a resumed run skips the batches of the steps already
 taken by iterating the fresh streams, independently of the offset the pipelines compute
 themselves when a multi-worker run resumes.
+
+The test imports `workers_training_dataset_fn` and `weights_of` to run that twin in its own
+process (no TensorFlow start-up to pay again); importing this module changes nothing.
 """
 
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
-
-from tf_simclr import cli, factory  # noqa: E402  (cli defines the flags)
-from tf_simclr.workflows import train as train_lib  # noqa: E402
-
-_states = []
-_train = train_lib.train
 
 
-def _recording_train(config, strategy):
-    state = _train(config, strategy)
-    _states.append(state)
-    return state
-
-
-train_lib.train = _recording_train  # runner calls train_lib.train through the module
-
-
-def emulate_workers(num_workers: int) -> None:
-    """Feed a one-device run the global batches of `num_workers` workers' pipelines."""
-    fresh_dataset_fn = factory.training_dataset_fn
+def workers_training_dataset_fn(fresh_dataset_fn, num_workers: int):
+    """A replacement for factory.training_dataset_fn (given as `fresh_dataset_fn`) that feeds
+    a one-device run the global batches of `num_workers` workers' pipelines."""
 
     def training_dataset_fn(config, global_batch_size, start_step=0):
         fresh = fresh_dataset_fn(config, global_batch_size, start_step=0)
@@ -63,21 +51,47 @@ def emulate_workers(num_workers: int) -> None:
 
         return dataset_fn
 
-    factory.training_dataset_fn = training_dataset_fn  # train.py calls it through the module
+    return training_dataset_fn
 
 
-def main(argv):
-    code = cli.main(argv)
-    if code == 0 and _states:
-        model = _states[-1].model
-        weights = {v.path: np.asarray(v.numpy()) for v in model.weights}
-        trainable = np.array([v.path for v in model.trainable_weights])
-        np.savez(OUT, _step=_states[-1].step, _trainable=trainable, **weights)
-    return code
+def weights_of(state) -> dict:
+    """What WEIGHTS.npz holds for the TrainState `state` train() returned."""
+    model = state.model
+    weights = {v.path: np.asarray(v.numpy()) for v in model.weights}
+    trainable = np.array([v.path for v in model.trainable_weights])
+    return {"_step": state.step, "_trainable": trainable, **weights}
+
+
+def _main(out: str, argv: list[str]) -> None:
+    from absl import app
+
+    from tf_simclr import cli, factory  # cli defines the flags
+    from tf_simclr.workflows import train as train_lib
+
+    if argv[1].startswith("--as_workers="):
+        num_workers = int(argv.pop(1).split("=", 1)[1])
+        # train.py calls it through the module
+        factory.training_dataset_fn = workers_training_dataset_fn(
+            factory.training_dataset_fn, num_workers
+        )
+    states = []
+    train = train_lib.train
+
+    def recording_train(config, strategy):
+        state = train(config, strategy)
+        states.append(state)
+        return state
+
+    train_lib.train = recording_train  # runner calls train_lib.train through the module
+
+    def main(args):
+        code = cli.main(args)
+        if code == 0 and states:
+            np.savez(out, **weights_of(states[-1]))
+        return code
+
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":
-    OUT = sys.argv.pop(1)
-    if sys.argv[1].startswith("--as_workers="):
-        emulate_workers(int(sys.argv.pop(1).split("=", 1)[1]))
-    app.run(main)
+    _main(sys.argv[1], [sys.argv[0], *sys.argv[2:]])

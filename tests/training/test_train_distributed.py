@@ -8,14 +8,17 @@
 - A worker that never starts, or dies during training, ends the others with a clear error in
   bounded time instead of a hang; rerunning all workers resumes from the checkpoint (slow).
 
-Every TF run is a subprocess (logical devices and TF_CONFIG must be set before TF starts) in
-its own process group, killed with SIGKILL on timeout, so no test can hang. The default-run
-subprocesses are all started together by one fixture: they are mostly TF start-up and tracing,
-so overlapping them roughly halves the wall time.
+Every distributed run is a subprocess (logical devices and TF_CONFIG must be set before TF
+starts) in its own process group, killed with SIGKILL on timeout, so no test can hang. The
+default-run subprocesses are all started together by one fixture: they are mostly TF start-up
+and tracing, so overlapping them roughly halves the wall time. Their one-device references run
+in the test's own process meanwhile, from the same flags (the Config `run.py FLAGS` builds):
+TensorFlow is started there already, and they need nothing set before it starts.
 """
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -26,12 +29,16 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import dist_run
 from helpers import mixed_tfds as mixed
+from helpers.cli import config_from_argv
 from helpers.configs import TINY_SETTINGS, as_flags, tiny_config
 
 from tf_simclr import factory
 from tf_simclr.config import Config, ConfigError
 from tf_simclr.training import distribute
+from tf_simclr.workflows import runner
+from tf_simclr.workflows import train as train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(ROOT, "run.py")
@@ -133,6 +140,60 @@ class Job:
         self.proc.wait()
 
 
+class InProcessRun:
+    """`run.py FLAGS --strategy=default` run in this process (runner.run on the Config the
+    flags give), done when constructed; the same interface as Job and the same outputs as
+    tests/helpers/dist_run.py: the model_dir, a log file (tf_simclr's log records) and
+    tmp/NAME.npz. as_workers=N: fed the global batches of N workers' pipelines (dist_run.py
+    --as_workers=N)."""
+
+    def __init__(self, name, flags, tmp, as_workers=None):
+        self.name = name
+        self.log_path = os.path.join(tmp, f"{name}.log")
+        config = config_from_argv(*TINY, "--strategy=default", *flags)
+        states = []
+        train = train_lib.train
+
+        def recording_train(config, strategy):
+            state = train(config, strategy)
+            states.append(state)
+            return state
+
+        logger = logging.getLogger("tf_simclr")
+        level = logger.level
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            handler = logging.StreamHandler(log)
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            try:
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(train_lib, "train", recording_train)
+                    if as_workers:
+                        twin = dist_run.workers_training_dataset_fn(
+                            factory.training_dataset_fn, as_workers
+                        )
+                        patch.setattr(factory, "training_dataset_fn", twin)
+                    runner.run(config)
+            finally:
+                logger.removeHandler(handler)
+                logger.setLevel(level)
+        np.savez(os.path.join(tmp, f"{name}.npz"), **dist_run.weights_of(states[-1]))
+
+    def log(self):
+        with open(self.log_path, encoding="utf-8") as f:
+            return f.read()
+
+    def tail(self, lines=25):
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait(self, timeout=None):
+        return 0  # an error in the run fails the fixture that made it
+
+    def kill(self):
+        pass
+
+
 def _workers(name, tmp, model_dir, flags, ports=None, indices=(0, 1)):
     """Workers `indices` of a two-worker cluster on 127.0.0.1 (model_dir: one, or one each)."""
     ports = ports or _free_ports(2)
@@ -183,20 +244,22 @@ def _load_weights(path):
 
 @pytest.fixture(scope="module")
 def jobs(request, tmp_path_factory):
-    """Starts the subprocesses of the selected default tests at once; kills leftovers."""
+    """Starts the subprocesses of the selected default tests at once, runs their one-device
+    references in this process meanwhile; kills leftovers."""
     wanted = {item.originalname for item in request.session.items if item.module is request.module}
     tmp = tmp_path_factory.mktemp("distributed")
+    mirrored = "test_mirrored_matches_single_device" in wanted
+    workers = wanted & {
+        "test_two_workers_match_one_device",
+        "test_two_workers_resume_their_streams",
+    }
     started = {}
-    if "test_mirrored_matches_single_device" in wanted:
-        for name, flags in [
-            ("single", ["--strategy=default"]),
-            ("mirrored", ["--strategy=mirrored", "--num_cpu_devices=2"]),
-        ]:
-            args = [RUN, f"--model_dir={tmp / name}", *TINY, "--train_steps=4", *flags]
-            started[name] = Job(name, args, tmp)
-    if wanted & {"test_two_workers_match_one_device", "test_two_workers_resume_their_streams"}:
+    if mirrored:
+        flags = ["--train_steps=4", "--strategy=mirrored", "--num_cpu_devices=2"]
+        args = [RUN, f"--model_dir={tmp / 'mirrored'}", *TINY, *flags]
+        started["mirrored"] = Job("mirrored", args, tmp)
+    if workers:
         started["mw"], _ = _workers("mw", tmp, tmp / "mw", ["--train_steps=2"])
-        started["one"] = _one_device_twin("one", tmp, ["--train_steps=2"])
     if "test_missing_worker_fails_fast_at_startup" in wanted:
         started["alone"] = _start_alone(tmp, index=0)  # the chief, without worker 1
     if "test_mirrored_online_head_on_partly_labelled_batches" in wanted:
@@ -214,10 +277,18 @@ def jobs(request, tmp_path_factory):
         ]:
             args = [RUN, f"--model_dir={tmp / name}", *TINY, *mixed_flags, *flags]
             started[name] = Job(name, args, tmp)
-    yield started, tmp
-    for value in started.values():
-        for job in value if isinstance(value, list) else [value]:
-            job.kill()
+    try:
+        if mirrored:
+            flags = [f"--model_dir={tmp / 'single'}", "--train_steps=4"]
+            started["single"] = InProcessRun("single", flags, tmp)
+        if workers:  # the two workers' one-device twin
+            flags = [f"--model_dir={tmp / 'one'}", "--train_steps=2"]
+            started["one"] = InProcessRun("one", flags, tmp, as_workers=2)
+        yield started, tmp
+    finally:
+        for value in started.values():
+            for job in value if isinstance(value, list) else [value]:
+                job.kill()
 
 
 # Slow: two more TF processes; tests/training/test_distribute.py checks the same global
@@ -307,7 +378,9 @@ def test_two_workers_resume_their_streams(jobs):
     for job in [*started["mw"], started["one"]]:
         assert job.wait() == 0, f"{job.name} failed:\n{job.tail()}"
     resumed, _ = _workers("mwres", tmp, tmp / "mw", ["--train_steps=4"])
-    one = _one_device_twin("oneres", tmp, ["--train_steps=4"])
+    one = InProcessRun(
+        "oneres", [f"--model_dir={tmp / 'one'}", "--train_steps=4"], tmp, as_workers=2
+    )
     started["resumed"] = [*resumed, one]  # killed by the fixture if the test fails
     for job in [*resumed, one]:
         assert job.wait() == 0, f"{job.name} failed:\n{job.tail()}"
@@ -321,13 +394,6 @@ def test_two_workers_resume_their_streams(jobs):
     assert step == 4
     assert _max_relative_diff(single, chief) <= WEIGHT_RTOL
     assert [r["step"] for r in _history(tmp / "mw")] == [2, 4]
-
-
-def _one_device_twin(name, tmp, flags):
-    """One device fed the global batches of the two workers' pipelines (dist_run.py
-    --as_workers=2), over model_dir tmp/one."""
-    args = [DIST_RUN, str(tmp / f"{name}.npz"), "--as_workers=2", "--strategy=default"]
-    return Job(name, [*args, f"--model_dir={tmp / 'one'}", *TINY, *flags], tmp)
 
 
 def _max_relative_diff(ref: dict, got: dict) -> float:
@@ -436,14 +502,17 @@ def test_lost_worker_ends_the_others_and_rerun_resumes(tmp_path, victim):
 # -- fast checks of the multi-worker helpers (no cluster) -------------------------------------
 
 
-def test_a_resumed_worker_pipeline_continues_its_own_stream(tmp_path):
+def test_a_resumed_worker_pipeline_continues_its_own_stream(tmp_path, mixed_tfds):
     """Per-worker pipelines (multi-worker, TPU hosts) make per-replica batches and each step
     takes one batch per local replica: resumed at step k, a worker's pipeline must continue
     after k * replicas / pipelines of its own batches (compared with a fresh stream read on).
     Here 2 local replicas per pipeline (a TPU host's case); one replica per worker is
-    test_two_workers_resume_their_streams."""
+    test_two_workers_resume_their_streams. On the session's tiny TFDS dataset (12 images, 6
+    per pipeline: the 6 batches skipped run through several epochs), not the embedded
+    dataset, whose 5000 images each pipeline would read to fill its shuffle buffer."""
     replicas, pipelines = 4, 2
-    config = tiny_config(tmp_path, train_batch_size=16)
+    data = dict(dataset=mixed.NAME, data_dir=str(mixed_tfds))
+    config = tiny_config(tmp_path, train_batch_size=16, **data)
     start_step = 3
     taken = start_step * replicas // pipelines
     for pid in range(pipelines):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -31,9 +35,9 @@ def _quiet(*_args, **_kwargs):
 
 @pytest.fixture(scope="module")
 def r18_by_the_command(reference_fixtures, tmp_path_factory):
-    """The r18 fixture's SavedModel converted once, by the command with --verify: (the finished
-    process, its --dst). The command's own test reads what it printed and wrote; the other
-    tests use the model_dir (one conversion for both instead of one each)."""
+    """The r18 fixture's SavedModel converted once, by the command with --verify: (how the
+    command finished, its --dst). The command's own test reads what it printed and wrote; the
+    other tests use the model_dir (one conversion for both instead of one each)."""
     dst = tmp_path_factory.mktemp("convert") / "r18"
     src = os.path.join(reference_fixtures, R18, "saved_model")
     return _run_cli(f"--src={src}", f"--dst={dst}", "--verify"), dst
@@ -56,16 +60,22 @@ def _assert_equals_reference(outputs, io, names=None):
     assert not bad, bad
 
 
-def _run_cli(*args, cwd=REPO):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", "tf_simclr.convert", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _run_cli(*args):
+    """`python -m tf_simclr.convert ARGS`, run as __main__ in this process (a subprocess would
+    pay TensorFlow's start-up again): its exit code and what it printed, as a finished
+    process would give them."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["python -m tf_simclr.convert", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with pytest.raises(SystemExit) as exit, warnings.catch_warnings():
+                # Another test may have imported the module already: run_module says so.
+                warnings.filterwarnings("ignore", "'tf_simclr.convert' found in sys.modules")
+                runpy.run_module("tf_simclr.convert", run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, exit.value.code, out.getvalue(), err.getvalue())
 
 
 def test_cli_converts_and_verifies_a_saved_model(r18_by_the_command):
