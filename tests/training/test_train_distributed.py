@@ -411,16 +411,6 @@ def _max_relative_diff(ref: dict, got: dict) -> float:
             diff = float(np.max(np.abs(got[key] - value)))
             worst = max(worst, diff / max(float(np.max(np.abs(value))), SCALE_FLOOR))
     print(f"max relative difference {worst:.2e}")  # (pytest -s: how the tolerances were set)
-    import sys
-
-    [
-        print(
-            "DBG", k, float(np.max(np.abs(got[k] - v))), float(np.max(np.abs(v))), file=sys.stderr
-        )
-        for k, v in ref.items()
-        if v.size
-        and float(np.max(np.abs(got[k] - v))) / max(float(np.max(np.abs(v))), SCALE_FLOOR) > 2e-4
-    ]
     return worst
 
 
