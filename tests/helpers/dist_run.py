@@ -14,8 +14,9 @@ worker i's tf.distribute.InputContext); a resumed run skips the batches of the s
 taken by iterating the fresh streams, independently of the offset the pipelines compute
 themselves when a multi-worker run resumes.
 
-The test imports `workers_training_dataset_fn` and `weights_of` to run that twin in its own
-process (no TensorFlow start-up to pay again); importing this module changes nothing.
+The test imports `workers_training_dataset_fn`, `recording` and `weights_of` to run that
+twin in its own process (no TensorFlow start-up to pay again); importing this module changes
+nothing.
 """
 
 import os
@@ -54,6 +55,18 @@ def workers_training_dataset_fn(fresh_dataset_fn, num_workers: int):
     return training_dataset_fn
 
 
+def recording(train, states: list):
+    """`train` (tf_simclr.workflows.train.train) that also appends each TrainState it returns
+    to `states`."""
+
+    def recording_train(config, strategy):
+        state = train(config, strategy)
+        states.append(state)
+        return state
+
+    return recording_train
+
+
 def weights_of(state) -> dict:
     """What WEIGHTS.npz holds for the TrainState `state` train() returned."""
     model = state.model
@@ -75,14 +88,8 @@ def _main(out: str, argv: list[str]) -> None:
             factory.training_dataset_fn, num_workers
         )
     states = []
-    train = train_lib.train
-
-    def recording_train(config, strategy):
-        state = train(config, strategy)
-        states.append(state)
-        return state
-
-    train_lib.train = recording_train  # runner calls train_lib.train through the module
+    # runner calls train_lib.train through the module
+    train_lib.train = recording(train_lib.train, states)
 
     def main(args):
         code = cli.main(args)

@@ -156,13 +156,6 @@ class InProcessRun:
         self.log_path = os.path.join(tmp, f"{name}.log")
         config = config_from_argv(*TINY, "--strategy=default", *flags)
         states = []
-        train = train_lib.train
-
-        def recording_train(config, strategy):
-            state = train(config, strategy)
-            states.append(state)
-            return state
-
         logger = logging.getLogger("tf_simclr")
         level = logger.level
         with open(self.log_path, "w", encoding="utf-8") as log:
@@ -172,7 +165,7 @@ class InProcessRun:
             logger.setLevel(logging.INFO)
             try:
                 with pytest.MonkeyPatch.context() as patch:
-                    patch.setattr(train_lib, "train", recording_train)
+                    patch.setattr(train_lib, "train", dist_run.recording(train_lib.train, states))
                     if as_workers:
                         twin = dist_run.workers_training_dataset_fn(
                             factory.training_dataset_fn, as_workers
