@@ -27,7 +27,6 @@ class InferenceFunction:
     `classification_accuracy`); a bare model passed to them is traced anew on each call."""
 
     def __init__(self, model: Callable) -> None:
-        self.model = model
         self._infer = tf.function(
             lambda images: model(images, training=False), reduce_retracing=True
         )
