@@ -5,7 +5,8 @@ augmentation as a tf.data map, a kNN monitor, and keras.saving.
 
 --images holds train/<class>/*.jpg and test/<class>/*.jpg (the labels are only used by the kNN
 monitor; pretraining itself ignores them). Without --images, the dataset shipped with
-tf_simclr is used. Prints each epoch's loss and kNN top-1 and saves the trained model.
+tf_simclr is used. Prints each epoch's loss and kNN top-1 and saves the trained model;
+--monitor_images N scores the monitor on N images per split instead of all.
 """
 
 import argparse
@@ -20,14 +21,17 @@ from tf_simclr.network.resnet import build_resnet
 from tf_simclr.training.optim import LARS
 
 
-def image_batches(images_dir, split, image_size, batch_size, shuffle):
-    """(uint8 images, labels) batches of one split, from a folder or the shipped dataset."""
+def image_batches(images_dir, split, image_size, batch_size, shuffle, limit=None):
+    """(uint8 images, labels) batches of one split, from a folder or the shipped dataset;
+    with `limit`, of that many images drawn across the split (a folder lists its files class
+    by class, so its file order is shuffled first; the shipped dataset is stored shuffled)."""
     if images_dir:
         ds = keras.utils.image_dataset_from_directory(
             f"{images_dir}/{split}",
             image_size=(image_size, image_size),
             batch_size=None,
-            shuffle=False,
+            shuffle=limit is not None,
+            seed=0,
         ).map(lambda image, label: (tf.cast(image, tf.uint8), label))
     else:
         from tf_simclr.data import load_source
@@ -35,6 +39,8 @@ def image_batches(images_dir, split, image_size, batch_size, shuffle):
         ds, _ = load_source("embedded", split=split)
         ds = ds.map(lambda x: (tf.image.resize(x["image"], [image_size] * 2), x["label"]))
         ds = ds.map(lambda image, label: (tf.cast(tf.round(image), tf.uint8), label))
+    if limit is not None:
+        ds = ds.take(limit)
     if shuffle:
         ds = ds.shuffle(10_000, seed=0)
     return ds.batch(batch_size)
@@ -49,6 +55,13 @@ def main():
     parser.add_argument("--steps_per_epoch", type=int, default=None)
     parser.add_argument("--width", type=float, default=0.25, help="ResNet-18 width multiplier")
     parser.add_argument("--out", default="simclr.keras")
+    parser.add_argument(
+        "--monitor_images",
+        type=int,
+        default=None,
+        help="the kNN monitor's images per split (default: all): fewer make each epoch's "
+        "check faster and noisier",
+    )
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
     size = args.image_size
@@ -63,9 +76,10 @@ def main():
     model.compile(optimizer=LARS(learning_rate=1.0, weight_decay=1e-4))
 
     # kNN accuracy of the frozen features after every epoch (images resized, not augmented).
+    monitor = dict(shuffle=False, limit=args.monitor_images)
     knn = KNNMonitor(
-        image_batches(args.images, "train", size, 256, shuffle=False),
-        image_batches(args.images, "test", size, 256, shuffle=False),
+        image_batches(args.images, "train", size, 256, **monitor),
+        image_batches(args.images, "test", size, 256, **monitor),
         k=20,
     )
     history = model.fit(

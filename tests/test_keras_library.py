@@ -15,6 +15,7 @@ from helpers.numpy_refs import weighted_knn_top1
 
 from tf_simclr.augment import augment_batch
 from tf_simclr.augment.keras_layers import SimCLRAugmentation, TwoViews
+from tf_simclr.evaluation import evaluate
 from tf_simclr.evaluation.callbacks import KNNMonitor
 from tf_simclr.network.model import SimCLRModel, build_model
 
@@ -66,7 +67,7 @@ def test_augmentation_layer_draws_a_new_view_each_training_call_and_saves():
     assert (clone.image_size, clone.augmentations, clone.seed) == (16, "cifar", 9)
 
 
-def test_knn_monitor_logs_the_knn_accuracy_of_the_current_features(tmp_path):
+def test_knn_monitor_logs_the_knn_accuracy_of_the_current_features(tmp_path, monkeypatch):
     keras.utils.set_random_seed(1)
     model = build_model(resnet_depth=18, width_multiplier=0.125, image_size=16, num_classes=None)
     rng = np.random.default_rng(2)
@@ -87,6 +88,14 @@ def test_knn_monitor_logs_the_knn_accuracy_of_the_current_features(tmp_path):
     two_views = tf.data.Dataset.from_tensor_slices(
         {"view1": train_x, "view2": train_x[::-1].copy()}
     ).batch(8)
+    made = []  # the models an InferenceFunction (one tf.function) is made for
+
+    class Counted(evaluate.InferenceFunction):
+        def __init__(self, model):
+            made.append(model)
+            super().__init__(model)
+
+    monkeypatch.setattr(evaluate, "InferenceFunction", Counted)
     history = model.fit(two_views, epochs=2, callbacks=[monitor], verbose=0).history
     # Epoch 1 is skipped (every=2); epoch 2's value is the kNN of the trained features.
     assert len(history["knn_top1"]) == 1
@@ -102,6 +111,9 @@ def test_knn_monitor_logs_the_knn_accuracy_of_the_current_features(tmp_path):
         if v.tag == "knn_top1"
     ]
     assert logged == [(2, pytest.approx(want))]
+    # Evaluated again, by the same traced inference function: the same value, no new one.
+    assert monitor.evaluate() == pytest.approx(want, abs=1e-9)
+    assert made == [model]
     with pytest.raises(ValueError, match="kNN accuracy needs them"):
         KNNMonitor(tf.data.Dataset.from_tensor_slices(train_x).batch(8), monitor.test_data)
 
@@ -165,6 +177,7 @@ def test_the_keras_example_trains_monitors_and_saves(tmp_path, monkeypatch, caps
     out = tmp_path / "simclr.keras"
     script = os.path.join(ROOT, "examples", "keras_fit.py")
     args = ["--image_size=16", "--batch_size=64", "--epochs=2", "--steps_per_epoch=2"]
+    args.append("--monitor_images=500")
     # Run as a script (__main__), in-process: a subprocess would pay TF's import again.
     monkeypatch.setattr(sys, "argv", [script, *args, "--width=0.125", f"--out={out}"])
     monkeypatch.chdir(tmp_path)

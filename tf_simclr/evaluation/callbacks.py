@@ -66,6 +66,12 @@ class KNNMonitor(keras.callbacks.Callback):
         self.num_classes, self.feature_key, self.name = num_classes, feature_key, name
         self.log_dir = log_dir
         self._writer = None
+        self._inference = None  # (model, its InferenceFunction): traced once, not per epoch
+
+    def _inference_of(self, model) -> evaluate.InferenceFunction:
+        if self._inference is None or self._inference[0] is not model:
+            self._inference = (model, evaluate.InferenceFunction(model))
+        return self._inference[1]
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
@@ -83,11 +89,12 @@ class KNNMonitor(keras.callbacks.Callback):
 
     def evaluate(self) -> float:
         """The kNN top-1 accuracy of the model as it is now."""
+        infer = self._inference_of(self.model)
         train_x, train_y = evaluate.extract_features(
-            self.model, self.train_data, feature_key=self.feature_key
+            infer, self.train_data, feature_key=self.feature_key
         )
         test_x, test_y = evaluate.extract_features(
-            self.model, self.test_data, feature_key=self.feature_key
+            infer, self.test_data, feature_key=self.feature_key
         )
         num_classes = self.num_classes or int(max(np.max(train_y), np.max(test_y)) + 1)
         scores = evaluate.knn_classify(
