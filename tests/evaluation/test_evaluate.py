@@ -101,6 +101,48 @@ def test_extract_features_reads_dict_outputs_in_order():
         evaluate.extract_features(model, ds, feature_key="nope")
 
 
+def test_extract_outputs_keeps_several_outputs_of_one_pass():
+    """Features and logits of one pass over the data (each batch read once), equal to what the
+    model gives; the observers see the first key's outputs; the head's accuracy of those
+    logits is top-k of them on the labelled rows."""
+    rng = np.random.default_rng(1)
+    images = rng.random((10, 2, 2, 3), dtype=np.float32)
+    labels = np.array([0, 1, 2, -1, 0, 1, 2, 0, 1, 2])
+    reads = []
+    ds = (
+        tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+        .batch(4)
+        .map(lambda b: {**b, "read": tf.py_function(lambda: reads.append(1) or 0, [], tf.int32)})
+    )
+    weights = rng.normal(size=(3, 3)).astype(np.float32)
+
+    def model(x, training=False):
+        pooled = tf.reduce_mean(x, axis=[1, 2])
+        return {"final_avg_pool": pooled, "logits_sup": pooled @ weights, "unused": pooled}
+
+    seen = []
+    outputs, got_labels = evaluate.extract_outputs(
+        model,
+        ds,
+        ("final_avg_pool", "logits_sup"),
+        on_batch=[lambda feats, batch: seen.append(feats.shape)],
+    )
+    assert len(reads) == 3 and seen == [(4, 3), (4, 3), (2, 3)]
+    assert set(outputs) == {"final_avg_pool", "logits_sup"}
+    pooled = images.mean(axis=(1, 2))
+    np.testing.assert_allclose(outputs["final_avg_pool"], pooled, rtol=1e-6)
+    np.testing.assert_allclose(outputs["logits_sup"], pooled @ weights, rtol=1e-5)
+    np.testing.assert_array_equal(got_labels, labels)
+    accuracy = evaluate.logits_accuracy(outputs["logits_sup"], got_labels)
+    keep = labels >= 0
+    want = np.mean((pooled @ weights)[keep].argmax(axis=1) == labels[keep])
+    assert set(accuracy) == {"top1"} and accuracy["top1"] == pytest.approx(want)
+    with pytest.raises(ValueError, match="--eval_split='u' has no labelled example"):
+        evaluate.logits_accuracy(
+            outputs["logits_sup"][:1], np.array([-1]), source="--eval_split='u'"
+        )
+
+
 def test_one_inference_function_serves_every_dataset_and_output():
     """An InferenceFunction is traced once (per input shape) for features and logits of
     several datasets, and gives what the model gives; a bare model is traced per call."""

@@ -12,6 +12,7 @@ from helpers.configs import tiny_config
 from PIL import Image
 
 from tf_simclr import factory
+from tf_simclr.evaluation import evaluate as eval_lib
 from tf_simclr.objectives.loss import labelled_cross_entropy
 from tf_simclr.training import checkpoints as ckpt_lib
 from tf_simclr.workflows import runner, train
@@ -40,6 +41,16 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog, monkeyp
         return labels, ids
 
     monkeypatch.setattr(labels_lib, "_read_labels_and_ids", counted)
+    # Each model's evaluation builds each split's pipeline once: the supervised head's accuracy
+    # comes from the features' pass over the test split.
+    builds = []
+    build = factory.data_lib.build_eval_dataset
+
+    def counted_build(*args, **kwargs):
+        builds.append(kwargs["split"])
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(factory.data_lib, "build_eval_dataset", counted_build)
     config = tiny_config(
         tmp_path,
         summaries=True,
@@ -53,6 +64,8 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog, monkeyp
     # One read of the train split and one of the test split (the embedded set: 5,000 / 1,000);
     # pretraining itself reads no labels.
     assert sorted(reads) == [1000, 5000]
+    # The trained model and the random-init baseline, once each.
+    assert sorted(builds) == ["test", "test", "train", "train"]
     assert (
         "knn_top1" not in caplog.text
     )  # the metrics are printed once, by tf_simclr.workflows.report
@@ -61,6 +74,13 @@ def test_pretrain_evaluates_writes_results_and_resumes(tmp_path, caplog, monkeyp
     metrics = saved["metrics"]
     for key in ("knn_top1", "linear_top1", "sup_head_top1", "random_init_knn_top1"):
         assert 0.0 <= metrics[key] <= 1.0
+    # The head's accuracy, by a second path: the checkpoint's model on its own pipeline.
+    model = factory.build_model(config, 10)
+    ckpt_lib.training_checkpoint(model).restore(str(tmp_path / "ckpt-4")).expect_partial()
+    head = eval_lib.classification_accuracy(model, factory.eval_dataset(config, "test"))
+    assert metrics["sup_head_top1"] == pytest.approx(head["top1"])
+    assert metrics["sup_head_top5"] == pytest.approx(head["top5"])
+    assert "random_init_sup_head_top1" not in metrics
     assert metrics["knn_top1_gain"] == pytest.approx(
         metrics["knn_top1"] - metrics["random_init_knn_top1"]
     )

@@ -40,6 +40,46 @@ def as_inference(model: Callable) -> InferenceFunction:
     return model if isinstance(model, InferenceFunction) else InferenceFunction(model)
 
 
+def extract_outputs(
+    model: Callable,
+    dataset: tf.data.Dataset,
+    keys: Sequence[str],
+    *,
+    max_batches: int | None = None,
+    on_batch: Sequence[Callable[[np.ndarray, dict], None]] = (),
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Run `model(images, training=False)` over {"image", "label"} batches once, keeping the
+    outputs named by `keys` (e.g. features and logits from the same pass).
+
+    Returns ({key: [N, ...] float32}, labels [N] int64). `model` (or an InferenceFunction of
+    it) returns a dict holding every key, or a tensor when `keys` is one key. Each function of
+    `on_batch` is called with every batch's output of `keys[0]` and the batch itself (e.g. the
+    collectors of tf_simclr.evaluation.visualize), in order.
+    """
+    infer = as_inference(model)
+    outputs = {key: [] for key in keys}
+    labels = []
+    for i, batch in enumerate(dataset):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch_outputs = infer(batch["image"])
+        if not isinstance(batch_outputs, dict):
+            batch_outputs = {keys[0]: batch_outputs}
+        for key in keys:
+            if key not in batch_outputs:
+                raise KeyError(
+                    f"feature_key={key!r} is not a model output; outputs: {sorted(batch_outputs)}"
+                )
+            outputs[key].append(tf.cast(batch_outputs[key], tf.float32).numpy())
+        for observe in on_batch:
+            observe(outputs[keys[0]][-1], batch)
+        labels.append(batch["label"].numpy())
+    if not labels:
+        raise ValueError("The evaluation dataset is empty: check --eval_split / --dataset.")
+    arrays = {key: np.concatenate(parts).astype(np.float32) for key, parts in outputs.items()}
+    return arrays, np.concatenate(labels).astype(np.int64)
+
+
 def extract_features(
     model: Callable,
     dataset: tf.data.Dataset,
@@ -52,29 +92,12 @@ def extract_features(
 
     Returns (features [N, D] float32, labels [N] int64). `model` (or an InferenceFunction of
     it) may return a tensor or a dict holding `feature_key`. Each function of `on_batch` is
-    called with every batch's features and the batch itself (e.g. the collectors of
-    tf_simclr.evaluation.visualize), in order.
+    called with every batch's features and the batch itself, in order (`extract_outputs`).
     """
-    infer = as_inference(model)
-    features, labels = [], []
-    for i, batch in enumerate(dataset):
-        if max_batches is not None and i >= max_batches:
-            break
-        outputs = infer(batch["image"])
-        if isinstance(outputs, dict):
-            if feature_key not in outputs:
-                raise KeyError(
-                    f"feature_key={feature_key!r} is not a model output; outputs: {sorted(outputs)}"
-                )
-            outputs = outputs[feature_key]
-        batch_features = tf.cast(outputs, tf.float32).numpy()
-        for observe in on_batch:
-            observe(batch_features, batch)
-        features.append(batch_features)
-        labels.append(batch["label"].numpy())
-    if not features:
-        raise ValueError("The evaluation dataset is empty: check --eval_split / --dataset.")
-    return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int64)
+    outputs, labels = extract_outputs(
+        model, dataset, (feature_key,), max_batches=max_batches, on_batch=on_batch
+    )
+    return outputs[feature_key], labels
 
 
 def labelled_only(
@@ -413,5 +436,13 @@ def classification_accuracy(
     scores, labels = extract_features(
         model, dataset, feature_key="logits_sup", max_batches=max_batches
     )
+    return logits_accuracy(scores, labels, source=source)
+
+
+def logits_accuracy(
+    scores: np.ndarray, labels: np.ndarray, *, source: str = "The evaluation split"
+) -> dict[str, float]:
+    """Top-1 (and top-5, with more than 5 classes) of class scores [N, C] on the labelled rows
+    (label >= 0); ValueError naming `source` when no row is labelled."""
     scores, labels = labelled_only(scores, labels, source=source)
     return _topk_metrics("", scores, labels)

@@ -286,12 +286,14 @@ def _feature_metrics(
     pictures: bool = False,
     choose_weight_decay: bool = False,
     label_cache: data_lib.LabelCache | None = None,
+    head_prefix: str | None = None,
 ) -> tuple[dict, dict]:
     """kNN and linear-probe accuracy of frozen final_avg_pool features (`choose_weight_decay`:
     the probe's weight decay chosen on held-out training examples, reported as
     "linear_weight_decay"). With `pictures`, the same features also give the nearest-neighbour
-    picture and the projector files (written by the chief); returns (metrics,
-    {"neighbours": path, "projector": path} as written)."""
+    picture and the projector files (written by the chief). With `head_prefix`, the supervised
+    head's top-1 (and top-5) on the eval split, from the same pass over it, lead the metrics
+    under that prefix. Returns (metrics, {"neighbours": path, "projector": path} as written)."""
     files = {}
     if not (config.knn_eval or config.linear_eval):
         return {}, files
@@ -303,7 +305,17 @@ def _feature_metrics(
     first = visualize.FirstExamples(num_embeddings)
     queries = visualize.QueriesAcrossClasses(num_queries, seed=config.seed)
     test_data, info = factory.eval_dataset_and_info(config, config.eval_split, label_cache)
-    test_x, test_y = eval_lib.extract_features(model, test_data, on_batch=[first, queries])
+    keys = ("final_avg_pool",) + (("logits_sup",) if head_prefix is not None else ())
+    test_outputs, test_y = eval_lib.extract_outputs(
+        model, test_data, keys, on_batch=[first, queries]
+    )
+    test_x = test_outputs["final_avg_pool"]
+    head = {}
+    if head_prefix is not None:
+        scores = eval_lib.logits_accuracy(
+            test_outputs["logits_sup"], test_y, source=f"--eval_split={config.eval_split!r}"
+        )
+        head = {head_prefix + k: v for k, v in scores.items()}
     query_index, query_y, query_images = queries.chosen()
     search = visualize.NeighbourSearch(test_x[query_index]) if len(query_index) else None
     train_x, train_y = eval_lib.extract_features(
@@ -316,7 +328,7 @@ def _feature_metrics(
         *eval_lib.labelled_only(train_x, train_y, source=f"--train_split={config.train_split!r}"),
         *eval_lib.labelled_only(test_x, test_y, source=f"--eval_split={config.eval_split!r}"),
     )
-    metrics = _knn_and_probe(config, labelled, num_classes, prefix, choose_weight_decay)
+    metrics = {**head, **_knn_and_probe(config, labelled, num_classes, prefix, choose_weight_decay)}
     if search is not None:
         files["neighbours"] = visualize.write_neighbours(
             os.path.join(config.model_dir, visualize.NEIGHBOURS_FILENAME),
@@ -397,14 +409,19 @@ def evaluate_model(
     supervised = config.train_mode in SUPERVISED_TRAIN_MODES
     # One traced inference function for the supervised head's accuracy and the features.
     inference = eval_lib.InferenceFunction(model)
-    if head_fits and (supervised or config.lineareval_while_pretraining):
+    wants_head = head_fits and (supervised or config.lineareval_while_pretraining)
+    head_key = {"finetune": "finetune", "distill": "student"}.get(config.train_mode, "sup_head")
+    frozen_features = config.train_mode == "pretrain" or not head_fits
+    # Where the frozen features are evaluated, the head's accuracy comes from their pass over
+    # the eval split (one read of it instead of two).
+    head_with_features = wants_head and frozen_features and (config.knn_eval or config.linear_eval)
+    if wants_head and not head_with_features:
         sup = eval_lib.classification_accuracy(
             inference,
             factory.eval_dataset(config, config.eval_split, label_cache),
             source=f"--eval_split={config.eval_split!r}",
         )
-        key = {"finetune": "finetune", "distill": "student"}.get(config.train_mode, "sup_head")
-        metrics.update({f"{key}_{k}": v for k, v in sup.items()})
+        metrics.update({f"{head_key}_{k}": v for k, v in sup.items()})
     if config.train_mode == "distill":
         # The teacher on the same split, in float32 like the student's evaluation (its classes
         # were checked before: run_data.check_teacher).
@@ -417,9 +434,10 @@ def evaluate_model(
     if head_fits and config.train_mode == "finetune" and config.checkpoint:
         if not config.random_init:
             metrics.update(_encoder_probe_on_labelled(config, num_classes))
-    if config.train_mode == "pretrain" or not head_fits:
+    if frozen_features:
+        head_prefix = f"{head_key}_" if head_with_features else None
         features, files = _frozen_feature_metrics(
-            config, inference, num_classes, choose_weight_decay, label_cache
+            config, inference, num_classes, choose_weight_decay, label_cache, head_prefix
         )
         metrics.update(features)
     return {"metrics": metrics, **files}
@@ -431,13 +449,17 @@ def _frozen_feature_metrics(
     num_classes: int,
     choose_weight_decay: bool,
     label_cache: data_lib.LabelCache | None = None,
+    head_prefix: str | None = None,
 ) -> tuple[dict, dict]:
-    """kNN and linear probe of the frozen features (with the pictures), and with
+    """kNN and linear probe of the frozen features (with the pictures; with `head_prefix`, the
+    supervised head's accuracy from the same pass: _feature_metrics), and with
     --random_init_baseline the same for random weights and the gains; (metrics, files)."""
     probe = dict(choose_weight_decay=choose_weight_decay, label_cache=label_cache)
     # Traced once for both splits.
     model = eval_lib.as_inference(model)
-    metrics, files = _feature_metrics(config, model, num_classes, pictures=True, **probe)
+    metrics, files = _feature_metrics(
+        config, model, num_classes, pictures=True, head_prefix=head_prefix, **probe
+    )
     if config.random_init_baseline:
         baseline = factory.build_model(config, num_classes)
         # Its own seed, not a global reseed in the middle of the run.
