@@ -453,6 +453,57 @@ def test_split_labels_are_cached_only_by_a_label_cache_the_caller_owns(monkeypat
     assert cached.num_examples == first.num_examples
 
 
+@pytest.mark.parametrize(
+    "dataset, split",
+    [
+        ("embedded", "train"),
+        ("embedded", "test[17:301]"),
+        ("mixed3", "train"),
+        ("mixed3", "unlabelled"),
+        ("mixed3", "train+unlabelled"),
+    ],
+)
+def test_records_parsed_directly_are_what_tfds_reads(dataset, split, mixed_tfds, monkeypatch):
+    """A TFDS split's labels and ids parsed in batches from its record files, and the examples
+    a subset keeps parsed from the chosen records, equal what reading through TFDS gives, in
+    its order (slices included). Splits TFDS reads in another order than file after file (a
+    union of two splits: interleaved) and a split read as unlabelled go through TFDS."""
+    from tf_simclr.data import labels, sources
+
+    data_dir = str(mixed_tfds) if dataset == "mixed3" else None
+    raw = sources._open_raw(dataset, data_dir, split, False, None, warn=False)
+    if "+" in split:
+        assert raw.records is None
+        return
+    assert raw.records is not None
+    unlabelled = sources._open_raw(dataset, data_dir, split, False, None, unlabelled=True)
+    assert unlabelled.records is None
+    assert set(labels._read_labels_and_ids(unlabelled)[0]) == {-1}
+    size = raw.info.num_examples[split]
+    chosen = np.random.default_rng(0).choice(size, size // 3, replace=False)
+
+    def read():
+        label_ids = labels._read_labels_and_ids(
+            sources._open_raw(dataset, data_dir, split, False, None, warn=False)
+        )
+        subset, _ = D.load_source(
+            dataset, data_dir=data_dir, split=split, indices=chosen, with_ids=True
+        )
+        return label_ids, [{k: v.numpy() for k, v in x.items()} for x in subset]
+
+    (parsed_labels, parsed_ids), parsed_subset = read()
+    monkeypatch.setattr(sources, "_records_in_read_order", lambda *args: None)
+    (tfds_labels, tfds_ids), tfds_subset = read()
+    np.testing.assert_array_equal(parsed_labels, tfds_labels)
+    assert parsed_labels.dtype == np.int64 and len(parsed_labels) == size
+    assert parsed_ids == tfds_ids and len(set(parsed_ids)) == size
+    assert len(parsed_subset) == len(tfds_subset) == len(chosen)
+    for ours, theirs in zip(parsed_subset, tfds_subset, strict=True):
+        assert ours["id"] == theirs["id"] and ours["label"] == theirs["label"]
+        np.testing.assert_array_equal(ours["image"], theirs["image"])
+    assert [x["id"].decode() for x in parsed_subset] == [tfds_ids[i] for i in sorted(chosen)]
+
+
 def test_count_examples_of_a_split_or_its_labelled_subset(folder, tmp_path):
     root, _ = folder
     assert D.count_examples("embedded") == 5000

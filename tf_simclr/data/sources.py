@@ -4,6 +4,7 @@ folders, opened as encoded examples (``_open_raw``) or decoded ones (``load_sour
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 
@@ -58,6 +59,15 @@ class DatasetInfo:
         return self.image_shape[0] is not None and self.image_shape[1] is not None
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordFiles:
+    """A TFDS split's serialized examples as TFRecord files, (path, skip, take) each, listed in
+    the order the split is read; `id_key` names the string feature holding each example's id."""
+
+    files: tuple[tuple[str, int, int], ...]
+    id_key: str
+
+
 @dataclasses.dataclass
 class _Raw:
     """A source before decoding: encoded image bytes, labels and ids, in a fixed order."""
@@ -68,6 +78,9 @@ class _Raw:
     ids: list[str] | None = None
     paths: list[str] | None = None
     file_sharded: bool = False
+    # The serialized examples behind `dataset`, to parse labels and ids or chosen examples
+    # from directly (TFDS splits read in file order; None: only through `dataset`).
+    records: RecordFiles | None = None
 
 
 def image_folder_root(dataset: str) -> str | None:
@@ -137,7 +150,8 @@ def _without_labels(raw: _Raw) -> _Raw:
     """A labelled source read as unlabelled: every label -1, no classes."""
     dataset = _map(raw.dataset, lambda d: {**d, "label": tf.constant(UNLABELLED, tf.int64)})
     info = dataclasses.replace(raw.info, num_classes=0, class_names=())
-    return dataclasses.replace(raw, info=info, dataset=dataset)
+    # The record files hold the labels this view drops.
+    return dataclasses.replace(raw, info=info, dataset=dataset, records=None)
 
 
 def _folder_dataset(paths, labels, ids) -> tf.data.Dataset:
@@ -225,7 +239,47 @@ def _tfds_raw(
         version=str(info.version),
         location=str(builder.data_dir),
     )
-    return _Raw(info=dinfo, dataset=ds, file_sharded=file_sharded)
+    records = None
+    if not (shuffle_files or file_sharded):
+        records = _records_in_read_order(info, split_info, id_key)
+    return _Raw(info=dinfo, dataset=ds, file_sharded=file_sharded, records=records)
+
+
+def serialized_records(records: RecordFiles) -> tf.data.Dataset:
+    """The split's serialized examples (strings), file after file, in read order."""
+    parts = [
+        tf.data.TFRecordDataset(path).skip(skip).take(take) for path, skip, take in records.files
+    ]
+    return functools.reduce(tf.data.Dataset.concatenate, parts[1:], parts[0])
+
+
+def _parse_record(serialized, id_key: str) -> dict:
+    """One serialized TFDS example as the raw reading gives it: the image's encoded bytes (not
+    decoded), its label and its id."""
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        id_key: tf.io.FixedLenFeature([], tf.string),
+    }
+    example = tf.io.parse_single_example(serialized, spec)
+    return {"encoded": example["image"], "label": example["label"], "id": example[id_key]}
+
+
+def _records_in_read_order(info, split_info, id_key: str) -> RecordFiles | None:
+    """The split's TFRecord files when reading them one after another gives the order TFDS
+    reads the split in (one file, or a dataset TFDS reads in order; several files are
+    otherwise interleaved) and its ids are strings; else None."""
+    file_format = getattr(info, "file_format", None)
+    if file_format is not None and getattr(file_format, "value", file_format) != "tfrecord":
+        return None
+    # ("tfds_id", made up by TFDS while reading, is not in the records.)
+    if id_key not in info.features or getattr(info.features[id_key], "tf_dtype", None) != tf.string:
+        return None
+    instructions = list(split_info.file_instructions)
+    if not instructions or (len(instructions) > 1 and not info.disable_shuffling):
+        return None
+    files = tuple((os.fspath(i.filename), int(i.skip), int(i.take)) for i in instructions)
+    return RecordFiles(files=files, id_key=id_key)
 
 
 def _split_info(info, split: str, name: str):
@@ -410,6 +464,13 @@ def load_source(
         ds = _folder_dataset(
             [raw.paths[i] for i in order], raw.labels[order], [raw.ids[i] for i in order]
         )
+    elif indices is not None and raw.records is not None:
+        # Chosen among the serialized records, so only the kept examples are parsed.
+        indices = np.asarray(indices, np.int64)
+        # Nothing after the last kept position is read.
+        last = int(indices.max()) + 1 if len(indices) else 0
+        serialized = _select(serialized_records(raw.records).take(last), indices, None)
+        ds = _map(serialized, functools.partial(_parse_record, id_key=raw.records.id_key))
     elif indices is not None:
         ds = _select(ds, indices, raw.info.num_examples.get(split))
     if input_context is not None and input_context.num_input_pipelines > 1 and not raw.file_sharded:
