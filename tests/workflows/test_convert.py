@@ -195,6 +195,8 @@ def test_finetune_from_the_converted_model_dir(reference_fixtures, r18_dst, tmp_
             "--steps_per_loop=1",
             "--noexport",
             "--nosummaries",
+            # Not the default 10,000, which decodes all 5,000 embedded images before step 1.
+            "--shuffle_buffer=256",
         ]
     )
     # The encoder settings come from the converted run's config.json.
@@ -222,6 +224,8 @@ def test_reference_pretraining_continues_with_run_py(reference_fixtures, tmp_pat
             "--steps_per_loop=1",
             "--noexport",
             "--nosummaries",
+            # Not the default 10,000, which decodes all 5,000 embedded images before step 1.
+            "--shuffle_buffer=256",
         ]
     )
     result = runner.run(config)
