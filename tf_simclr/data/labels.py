@@ -3,20 +3,20 @@ subset that evaluation uses instead of a whole split."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from tf_simclr.data.folders import _MAX_LOGGED
 from tf_simclr.data.sources import (
     DEFAULT_DATASET,
-    RecordFiles,
     _map,
     _open_raw,
     _Raw,
     image_folder_root,
+    parse_records,
     serialized_records,
 )
 
@@ -86,29 +86,19 @@ class LabelCache:
 
 
 def _read_labels_and_ids(raw: _Raw) -> tuple[np.ndarray, list[str]]:
+    """All labels and ids of the split, in stored order. From its record files when it has
+    them (sources.RecordFiles): parsed in batches, about 20 times faster than reading the
+    split example by example through TFDS (0.05 s against 1.3 s of CPU for 5,000 records on
+    one core of an AMD EPYC), which every evaluation of a subset pays."""
     if raw.records is not None:
-        return _parse_labels_and_ids(raw.records)
+        parse = functools.partial(parse_records, id_key=raw.records.id_key, with_image=False)
+        batches = _map(serialized_records(raw.records).batch(4096), parse)
+    else:
+        batches = _map(raw.dataset, lambda d: {"label": d["label"], "id": d["id"]}).batch(4096)
     labels, ids = [], []
-    for batch in _map(raw.dataset, lambda d: (d["label"], d["id"])).batch(4096):
-        labels.append(batch[0].numpy())
-        ids.extend(x.decode() for x in batch[1].numpy())
-    return np.concatenate(labels) if labels else np.zeros([0], np.int64), ids
-
-
-def _parse_labels_and_ids(records: RecordFiles) -> tuple[np.ndarray, list[str]]:
-    """Labels and ids parsed from the split's record files in batches of serialized examples:
-    about 20 times faster than reading the split's examples one by one (0.05 s against 1.3 s
-    of CPU for 5,000 records on one core of an AMD EPYC), which every evaluation of a subset
-    pays."""
-    spec = {
-        "label": tf.io.FixedLenFeature([], tf.int64),
-        records.id_key: tf.io.FixedLenFeature([], tf.string),
-    }
-    labels, ids = [], []
-    batches = serialized_records(records).batch(4096)
-    for batch in batches.map(lambda s: tf.io.parse_example(s, spec)):
+    for batch in batches:
         labels.append(batch["label"].numpy())
-        ids.extend(x.decode() for x in batch[records.id_key].numpy())
+        ids.extend(x.decode() for x in batch["id"].numpy())
     return np.concatenate(labels) if labels else np.zeros([0], np.int64), ids
 
 

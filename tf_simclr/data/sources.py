@@ -253,16 +253,30 @@ def serialized_records(records: RecordFiles) -> tf.data.Dataset:
     return functools.reduce(tf.data.Dataset.concatenate, parts[1:], parts[0])
 
 
-def _parse_record(serialized, id_key: str) -> dict:
-    """One serialized TFDS example as the raw reading gives it: the image's encoded bytes (not
-    decoded), its label and its id."""
+def parse_records(serialized, id_key: str, with_image: bool = True) -> dict:
+    """A batch of serialized TFDS examples as the raw reading gives them: {"label", "id"} and,
+    `with_image`, "encoded" (the image's bytes, not decoded); `id_key` is the id feature."""
     spec = {
-        "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.int64),
         id_key: tf.io.FixedLenFeature([], tf.string),
     }
-    example = tf.io.parse_single_example(serialized, spec)
-    return {"encoded": example["image"], "label": example["label"], "id": example[id_key]}
+    if with_image:
+        spec["image"] = tf.io.FixedLenFeature([], tf.string)
+    example = tf.io.parse_example(serialized, spec)
+    parsed = {"label": example["label"], "id": example[id_key]}
+    if with_image:
+        parsed["encoded"] = example["image"]
+    return parsed
+
+
+def _chosen_records(records: RecordFiles, indices) -> tf.data.Dataset:
+    """The examples at `indices` (positions in read order) chosen among the serialized
+    records, so only the kept ones are parsed; nothing after the last kept one is read."""
+    indices = np.asarray(indices, np.int64)
+    last = int(indices.max()) + 1 if len(indices) else 0
+    chosen = _select(serialized_records(records).take(last), indices, None)
+    parse = functools.partial(parse_records, id_key=records.id_key)
+    return _map(chosen.batch(256), parse).unbatch()
 
 
 def _records_in_read_order(info, split_info, id_key: str) -> RecordFiles | None:
@@ -465,12 +479,7 @@ def load_source(
             [raw.paths[i] for i in order], raw.labels[order], [raw.ids[i] for i in order]
         )
     elif indices is not None and raw.records is not None:
-        # Chosen among the serialized records, so only the kept examples are parsed.
-        indices = np.asarray(indices, np.int64)
-        # Nothing after the last kept position is read.
-        last = int(indices.max()) + 1 if len(indices) else 0
-        serialized = _select(serialized_records(raw.records).take(last), indices, None)
-        ds = _map(serialized, functools.partial(_parse_record, id_key=raw.records.id_key))
+        ds = _chosen_records(raw.records, indices)
     elif indices is not None:
         ds = _select(ds, indices, raw.info.num_examples.get(split))
     if input_context is not None and input_context.num_input_pipelines > 1 and not raw.file_sharded:
