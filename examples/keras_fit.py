@@ -11,8 +11,14 @@ tf_simclr is used. Prints each epoch's loss and kNN top-1 and saves the trained 
 
 import argparse
 
+# isort: off
+# tf_simclr before keras and tensorflow: imported first, it turns on TensorFlow's oneDNN CPU
+# kernels, which TF leaves off on CPUs without AVX-512 (a training step then takes about twice
+# as long).
+import tf_simclr  # noqa: F401
 import keras
 import tensorflow as tf
+# isort: on
 
 from tf_simclr.augment.keras_layers import TwoViews
 from tf_simclr.evaluation.callbacks import KNNMonitor

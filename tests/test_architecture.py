@@ -17,7 +17,8 @@ PACKAGE = os.path.join(ROOT, "tf_simclr")
 # imports only from its own layer or the ones below. Everything up to `reference` is the
 # library, usable without a Config; the settings, the factory and the workflows sit on top.
 LAYERS = [
-    {"validation", "choices"},
+    # "": the package's __init__, which stays at the bottom so that `import tf_simclr` is light.
+    {"", "validation", "choices", "onednn"},
     {"augment"},
     {"data"},
     {"training"},

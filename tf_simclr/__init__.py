@@ -10,5 +10,14 @@ import sys as _sys
 # TF_ENABLE_ONEDNN_OPTS=0 is respected.
 if "tensorflow" not in _sys.modules:
     _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+else:
+    # Too late to switch them on: say so when they are off and the user did not choose that.
+    from tf_simclr import onednn as _onednn
+
+    if _notice := _onednn.startup_notice(True, _os.environ, _onednn.onednn_enabled):
+        import logging as _logging
+
+        _logging.getLogger("tf_simclr").warning(_notice)
+    del _notice
 
 __version__ = "0.1.0"
