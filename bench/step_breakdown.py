@@ -52,8 +52,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, ROOT)
 
-PIECES = ["forward", "forward_backward", "step", "step_with_input"]
-
 
 def assembled_run(argv: list[str]):
     """The Config of `tf-simclr ARGV` and its assembled run (network, optimizers, pipeline)."""
