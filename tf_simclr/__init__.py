@@ -8,16 +8,13 @@ import sys as _sys
 # step is about 1.6x slower (bench/bench_train_step.py). The switch is read when TensorFlow is
 # first imported, so it only takes effect if tf_simclr is imported first; an explicit
 # TF_ENABLE_ONEDNN_OPTS=0 is respected.
-if "tensorflow" not in _sys.modules:
-    _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-else:
-    # Too late to switch them on: say so when they are off and the user did not choose that.
-    from tf_simclr import onednn as _onednn
+from tf_simclr import onednn as _onednn
 
-    if _notice := _onednn.startup_notice(True, _os.environ, _onednn.onednn_enabled):
-        import logging as _logging
+if _notice := _onednn.switch_on_or_explain(_sys.modules, _os.environ, _onednn.onednn_enabled):
+    # Too late to switch them on: TensorFlow started first, with them off, unasked.
+    import logging as _logging
 
-        _logging.getLogger("tf_simclr").warning(_notice)
-    del _notice
+    _logging.getLogger("tf_simclr").warning(_notice)
+del _notice
 
 __version__ = "0.1.0"

@@ -1,11 +1,11 @@
 """TensorFlow's oneDNN CPU kernels: TF 2.21 turns them on by default only on CPUs with
 AVX-512-class features, and reads the switch (TF_ENABLE_ONEDNN_OPTS) once, when it starts.
 tf_simclr turns them on when it is imported before TensorFlow; imported after it, with the
-kernels off and no choice made by the user, it says so (`startup_notice`)."""
+kernels off and no choice made by the user, it says so (`switch_on_or_explain`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 SWITCH = "TF_ENABLE_ONEDNN_OPTS"
 
@@ -19,13 +19,18 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
-def startup_notice(
-    tensorflow_started: bool, environ: Mapping[str, str], enabled: Callable[[], bool]
+def switch_on_or_explain(
+    modules: Mapping[str, object], environ: MutableMapping[str, str], enabled: Callable[[], bool]
 ) -> str | None:
-    """The warning for an import of tf_simclr, or None: only when TensorFlow started before it
-    (`tensorflow_started`) with the oneDNN kernels off (`enabled()`) and `environ` has no
-    TF_ENABLE_ONEDNN_OPTS (a value the user set, 0 included, is their choice)."""
-    if not tensorflow_started or SWITCH in environ or enabled():
+    """What an import of tf_simclr does about the kernels. Before TensorFlow has started (no
+    "tensorflow" in `modules`): sets TF_ENABLE_ONEDNN_OPTS=1 in `environ` unless the user set
+    it, and returns None. After: returns the warning to give when the kernels are off
+    (`enabled()`) and `environ` has no TF_ENABLE_ONEDNN_OPTS (a value the user set, 0
+    included, is their choice), else None."""
+    if "tensorflow" not in modules:
+        environ.setdefault(SWITCH, "1")
+        return None
+    if SWITCH in environ or enabled():
         return None
     return (
         "TensorFlow was imported before tf_simclr, with its oneDNN CPU kernels off (its "
